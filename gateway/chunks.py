@@ -1,0 +1,72 @@
+"""gRPC chunks -> the JSON objects of the HTTP API, and gRPC statuses -> HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from tiger_grpc.pb.tiger.v1 import tiger_pb2 as pb
+
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+TERMINAL = ("stop", "error")
+
+
+def http_status(code: grpc.StatusCode) -> int:
+    return HTTP_STATUS.get(code, 500)
+
+
+def error_message(error: grpc.aio.AioRpcError) -> str:
+    if error.code() == grpc.StatusCode.UNAVAILABLE and not error.details():
+        return "the Tiger backend is unavailable"
+    if error.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (
+        error.details() or ""
+    ).lower():
+        return "the Tiger backend is unreachable; is tiger-server running?"
+    return error.details() or error.code().name.lower()
+
+
+def stop_reason_name(reason: int) -> str:
+    return pb.StopReason.Name(reason).removeprefix("STOP_REASON_").lower()
+
+
+def chunk_to_json(chunk: pb.GenerateChunk) -> dict[str, Any]:
+    kind = chunk.WhichOneof("chunk")
+    if kind == "info":
+        return {"type": "info", "message": chunk.info.message}
+    if kind == "delta":
+        return {"type": "delta", "delta": chunk.delta.delta}
+    if kind == "stop":
+        usage = chunk.stop.usage
+        return {
+            "type": "stop",
+            "stop_reason": stop_reason_name(chunk.stop.stop_reason),
+            "usage": {
+                "duration_ms": usage.duration_ms,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+            },
+        }
+    if kind == "error":
+        return {"type": "error", "message": chunk.error.message}
+    return {"type": "error", "message": "the backend sent an empty chunk"}
+
+
+def model_to_json(model: pb.ModelInfo) -> dict[str, Any]:
+    return {
+        "id": model.id,
+        "loaded": model.loaded,
+        "provider": model.provider,
+        "context_length": model.context_length,
+        "source": model.source,
+    }

@@ -1,0 +1,70 @@
+"""Configuration, parsed once at the entry points from flags and TIGER_* variables."""
+
+from __future__ import annotations
+
+import enum
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_GRPC_PORT = 50051
+DEFAULT_HTTP_PORT = 45678
+API_KEY_FILE = "api_key"
+
+
+class Device(enum.Enum):
+    """Which execution provider to ask ONNX Runtime for."""
+
+    AUTO = "auto"  # CUDA when it can load, CPU otherwise
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+def default_home(env: Mapping[str, str] = os.environ) -> Path:
+    """The model store: TIGER_HOME, else ~/.cache/tiger."""
+    if env.get("TIGER_HOME"):
+        return Path(env["TIGER_HOME"]).expanduser()
+    return Path.home() / ".cache" / "tiger"
+
+
+def resolve_api_key(home: Path, env: Mapping[str, str] = os.environ) -> str:
+    """TIGER_API_KEY when set, otherwise a generated key kept in the store.
+
+    The generated key is written once (mode 0600) so it is stable across restarts.
+    """
+    if env.get("TIGER_API_KEY"):
+        return env["TIGER_API_KEY"]
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / API_KEY_FILE
+    if not path.exists():
+        key = "tiger-" + secrets.token_urlsafe(24)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key + "\n")
+    return path.read_text().strip()
+
+
+def env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = env.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the gRPC server needs, resolved before it starts."""
+
+    home: Path
+    api_key: str
+    host: str = "[::]"
+    port: int = DEFAULT_GRPC_PORT
+    device: Device = Device.AUTO
+    default_max_tokens: int = 1024
+    prepare_default_model: bool = True
+    shutdown_grace_s: float = 10.0

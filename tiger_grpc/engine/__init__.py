@@ -1,0 +1,1 @@
+"""The generation engine: ONNX Runtime sessions, a decode loop, sampling and stopping."""

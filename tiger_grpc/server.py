@@ -1,0 +1,151 @@
+"""The gRPC server process: `tiger-server`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .config import DEFAULT_GRPC_PORT, Device, ServerConfig, default_home, env_int, resolve_api_key
+from .models import ModelRegistry
+from .pb.tiger.v1 import tiger_pb2 as pb
+from .pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
+from .prepare import DEFAULT_MODEL_ID, ensure_default_model
+from .service import AuthInterceptor, TigerServicer
+from .store import ModelStore
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Tiger"].full_name
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class TigerServer:
+    """A started server and what it serves; `stop()` shuts it down gracefully."""
+
+    server: grpc.aio.Server
+    port: int
+    registry: ModelRegistry
+    health: health.HealthServicer
+    config: ServerConfig
+
+    async def set_serving(self, serving: bool) -> None:
+        status = SERVING if serving else NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def prepare_default_model(self) -> None:
+        """Prepares the embedded model if missing; NOT_SERVING meanwhile."""
+        store = self.registry.store
+        if store.get(DEFAULT_MODEL_ID) is not None:
+            return
+        self.registry.unavailable[DEFAULT_MODEL_ID] = (
+            f"{DEFAULT_MODEL_ID} is being prepared; try again in a minute"
+        )
+        await self.set_serving(False)
+        try:
+            await asyncio.to_thread(ensure_default_model, store)
+        finally:
+            self.registry.unavailable.pop(DEFAULT_MODEL_ID, None)
+        await self.set_serving(True)
+
+    async def stop(self, grace: float | None = None) -> None:
+        await self.set_serving(False)
+        await self.server.stop(self.config.shutdown_grace_s if grace is None else grace)
+        self.registry.close()
+
+
+async def create_server(config: ServerConfig) -> TigerServer:
+    """Builds and starts the server; `port` is the real one (config.port 0 picks one)."""
+    registry = ModelRegistry(ModelStore(config.home), config.device, config.default_max_tokens)
+    server = grpc.aio.server(
+        interceptors=[AuthInterceptor(config.api_key)],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    pb_grpc.add_TigerServicer_to_server(TigerServicer(registry), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise OSError(f"could not bind {config.host}:{config.port}")
+    await server.start()
+    tiger = TigerServer(server, port, registry, health_servicer, config)
+    await tiger.set_serving(True)
+    return tiger
+
+
+async def serve(config: ServerConfig, port_file: Path | None = None) -> None:
+    tiger = await create_server(config)
+    log.info("gRPC server listening on %s:%d", config.host, tiger.port)
+    if port_file is not None:
+        tmp = port_file.with_suffix(".tmp")
+        tmp.write_text(str(tiger.port))
+        os.replace(tmp, port_file)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    preparing = None
+    if config.prepare_default_model:
+        preparing = asyncio.create_task(tiger.prepare_default_model())
+    await stop.wait()
+    log.info("shutting down (grace %.0fs)", config.shutdown_grace_s)
+    if preparing is not None and not preparing.done():
+        preparing.cancel()
+    await tiger.stop()
+    log.info("stopped")
+
+
+def parse_config(argv: list[str] | None = None) -> tuple[ServerConfig, Path | None]:
+    env = os.environ
+    parser = argparse.ArgumentParser(prog="tiger-server", description="Tiger gRPC server")
+    parser.add_argument("--host", default=env.get("TIGER_GRPC_HOST", "[::]"))
+    parser.add_argument("--port", type=int, default=env_int(env, "TIGER_GRPC_PORT", DEFAULT_GRPC_PORT))
+    parser.add_argument("--home", type=Path, default=default_home(env), help="model store (TIGER_HOME)")
+    parser.add_argument("--device", choices=[d.value for d in Device],
+                        default=env.get("TIGER_DEVICE", "auto"))
+    parser.add_argument("--default-max-tokens", type=int,
+                        default=env_int(env, "TIGER_DEFAULT_MAX_TOKENS", 1024))
+    parser.add_argument("--no-prepare", action="store_true",
+                        help="do not prepare the embedded default model at start-up")
+    parser.add_argument("--port-file", type=Path, help="write the bound port here (for tests)")
+    parser.add_argument("--log-level", default=env.get("TIGER_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServerConfig(
+        home=args.home,
+        api_key=resolve_api_key(args.home, env),
+        host=args.host,
+        port=args.port,
+        device=Device(args.device),
+        default_max_tokens=args.default_max_tokens,
+        prepare_default_model=not args.no_prepare,
+    )
+    return config, args.port_file
+
+
+def main(argv: list[str] | None = None) -> None:
+    config, port_file = parse_config(argv)
+    asyncio.run(serve(config, port_file))
+
+
+if __name__ == "__main__":
+    main()

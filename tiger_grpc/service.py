@@ -1,0 +1,113 @@
+"""The gRPC servicer: thin, converting at the edge and mapping errors to statuses."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from .convert import event_to_pb, model_to_pb, params_from_pb
+from .errors import Status, TigerError
+from .models import ModelRegistry
+from .pb.tiger.v1 import tiger_pb2 as pb
+from .pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+GRPC_CODES = {
+    Status.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    Status.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    Status.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Status.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    Status.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Status.INTERNAL: grpc.StatusCode.INTERNAL,
+    Status.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+}
+INTERNAL_MESSAGE = "internal error (details are in the server log)"
+
+
+class TigerServicer(pb_grpc.TigerServicer):
+    """Implements `tiger.v1.Tiger` over a `ModelRegistry`."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+
+    async def Generate(  # noqa: N802 - gRPC method name
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateChunk]:
+        """Streams info, delta and then one stop (or one error) chunk."""
+        started = False
+        try:
+            params = params_from_pb(request)
+            async with contextlib.aclosing(self._registry.generate(params)) as events:
+                async for event in events:
+                    started = True
+                    yield event_to_pb(event)
+        except TigerError as exc:
+            if started:
+                yield pb.GenerateChunk(error=pb.ErrorChunk(message=exc.message))
+            else:
+                await context.abort(GRPC_CODES[exc.status], exc.message)
+        except Exception:
+            log.exception("Generate failed")
+            if started:
+                yield pb.GenerateChunk(error=pb.ErrorChunk(message=INTERNAL_MESSAGE))
+            else:
+                await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+    async def ListModels(  # noqa: N802 - gRPC method name
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        """The stored models, whether each is loaded, and its execution provider."""
+        return pb.ListModelsResponse(
+            models=[model_to_pb(s) for s in self._registry.statuses()]
+        )
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Requires `authorization: Bearer <key>` on every `tiger.v1` method.
+
+    Health checking and reflection stay open, as load balancers expect.
+    """
+
+    def __init__(self, api_key: str) -> None:
+        self._expected = f"Bearer {api_key}".encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith("/tiger.v1."):
+            return handler
+        metadata = dict(details.invocation_metadata or ())
+        given = metadata.get("authorization", "")
+        if isinstance(given, str) and hmac.compare_digest(given.encode(), self._expected):
+            return handler
+        message = (
+            "missing bearer token: send `authorization: Bearer <key>`"
+            if not given else "invalid API key"
+        )
+        return _rejecting_handler(handler, message)
+
+
+def _rejecting_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    async def reject(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def reject_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # pragma: no cover - makes this an async generator
+
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(reject_stream, **kwargs)
+    return grpc.unary_unary_rpc_method_handler(reject, **kwargs)

@@ -1,0 +1,169 @@
+"""Request validation in one place, shared by the gRPC service and the HTTP gateway.
+
+The gateway parses JSON bodies with `parse_generate_body` (strict types, no silent
+coercion); the gRPC service builds the same `GenerateParams` from the protobuf
+message. Both then call `check_generate_params`, so every range error reads the
+same on both protocols.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidArgument
+
+ROLES = ("system", "user", "assistant")
+MAX_MODEL_ID_CHARS = 128
+MAX_TOKENS_LIMIT = 1_000_000
+MAX_TEMPERATURE = 100.0
+INT32_MAX = 2**31 - 1
+SEED_LIMIT = 2**64
+MAX_STOP_SEQUENCES = 16
+MAX_STOP_SEQUENCE_CHARS = 256
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerateParams:
+    """A generation request after validation; what the engine sees."""
+
+    model: str
+    messages: tuple[ChatMessage, ...]
+    stream: bool = False
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop_sequences: tuple[str, ...] = field(default_factory=tuple)
+    seed: int | None = None
+
+
+def _is_int(value: Any) -> bool:
+    # JSON booleans arrive as Python bools, which are ints: reject them explicitly.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return _is_int(value) or isinstance(value, float)
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if _is_int(value):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _wrong_type(name: str, expected: str, value: Any) -> InvalidArgument:
+    return InvalidArgument(f"`{name}` must be {expected}, got {_type_name(value)}")
+
+
+def _messages_from_json(value: Any) -> tuple[ChatMessage, ...]:
+    if not isinstance(value, list):
+        raise _wrong_type("messages", "an array of {role, content} objects", value)
+    messages = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise _wrong_type(f"messages[{i}]", "an object with `role` and `content`", item)
+        role, content = item.get("role"), item.get("content")
+        if not isinstance(role, str):
+            raise _wrong_type(f"messages[{i}].role", "a string", role)
+        if not isinstance(content, str):
+            raise _wrong_type(f"messages[{i}].content", "a string", content)
+        messages.append(ChatMessage(role=role, content=content))
+    return tuple(messages)
+
+
+def parse_generate_body(body: Any) -> GenerateParams:
+    """Builds validated params from a decoded JSON body; raises `InvalidArgument`."""
+    if not isinstance(body, dict):
+        raise InvalidArgument(f"the request body must be a JSON object, got {_type_name(body)}")
+    if "model" not in body:
+        raise InvalidArgument("`model` is required")
+    model = body["model"]
+    if not isinstance(model, str):
+        raise _wrong_type("model", "a string", model)
+    if "messages" not in body:
+        raise InvalidArgument("`messages` is required")
+    kwargs: dict[str, Any] = {"model": model, "messages": _messages_from_json(body["messages"])}
+
+    def optional(name: str, check: Any, expected: str) -> None:
+        value = body.get(name)
+        if value is None:
+            return
+        if not check(value):
+            raise _wrong_type(name, expected, value)
+        kwargs[name] = float(value) if expected == "a number" else value
+
+    optional("stream", lambda v: isinstance(v, bool), "a boolean")
+    optional("max_tokens", _is_int, "an integer")
+    optional("temperature", _is_number, "a number")
+    optional("top_p", _is_number, "a number")
+    optional("top_k", _is_int, "an integer")
+    optional("seed", _is_int, "an integer")
+    stops = body.get("stop_sequences")
+    if stops is not None:
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise _wrong_type("stop_sequences", "an array of strings", stops)
+        kwargs["stop_sequences"] = tuple(stops)
+    params = GenerateParams(**kwargs)
+    check_generate_params(params)
+    return params
+
+
+def check_generate_params(p: GenerateParams) -> None:
+    """Range checks common to both protocols; raises `InvalidArgument`."""
+    if not p.model.strip():
+        raise InvalidArgument("`model` must be a non-empty model id (see GET /v1/models)")
+    if len(p.model) > MAX_MODEL_ID_CHARS:
+        raise InvalidArgument(f"`model` must be at most {MAX_MODEL_ID_CHARS} characters")
+    if not p.messages:
+        raise InvalidArgument("`messages` must contain at least one message")
+    for i, m in enumerate(p.messages):
+        if m.role not in ROLES:
+            raise InvalidArgument(
+                f"`messages[{i}].role` must be one of {', '.join(ROLES)}, got {m.role!r}"
+            )
+    if p.max_tokens is not None and not 1 <= p.max_tokens <= MAX_TOKENS_LIMIT:
+        raise InvalidArgument(
+            f"`max_tokens` must be an integer from 1 to {MAX_TOKENS_LIMIT}, got {p.max_tokens}"
+        )
+    if not math.isfinite(p.temperature) or not 0.0 <= p.temperature <= MAX_TEMPERATURE:
+        raise InvalidArgument(
+            f"`temperature` must be a number from 0 to {MAX_TEMPERATURE:g} "
+            f"(0 is greedy), got {p.temperature}"
+        )
+    if not math.isfinite(p.top_p) or not 0.0 < p.top_p <= 1.0:
+        raise InvalidArgument(f"`top_p` must be a number in (0, 1], got {p.top_p}")
+    if not 0 <= p.top_k <= INT32_MAX:
+        raise InvalidArgument(f"`top_k` must be an integer from 0 (off) to {INT32_MAX}, got {p.top_k}")
+    if p.seed is not None and not 0 <= p.seed < SEED_LIMIT:
+        raise InvalidArgument(f"`seed` must be an integer from 0 to 2**64 - 1, got {p.seed}")
+    if len(p.stop_sequences) > MAX_STOP_SEQUENCES:
+        raise InvalidArgument(
+            f"`stop_sequences` may hold at most {MAX_STOP_SEQUENCES} strings, "
+            f"got {len(p.stop_sequences)}"
+        )
+    for i, s in enumerate(p.stop_sequences):
+        if not 1 <= len(s) <= MAX_STOP_SEQUENCE_CHARS:
+            raise InvalidArgument(
+                f"`stop_sequences[{i}]` must be 1 to {MAX_STOP_SEQUENCE_CHARS} characters long"
+            )
