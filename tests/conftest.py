@@ -1,0 +1,161 @@
+"""Shared fixtures: the embedded model, a tiny random Llama, and the real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tiger_grpc.config import default_home
+from tiger_grpc.prepare import DEFAULT_MODEL_ID, ensure_default_model
+from tiger_grpc.store import ModelManifest, ModelStore
+
+ROOT = Path(__file__).resolve().parent.parent
+API_KEY = "test-key-123"
+TINY_MODEL_ID = "tiny-llama"
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    """The embedded model, prepared once in the user's store and reused across runs."""
+    cache = Path(os.environ.get("TIGER_TEST_CACHE", default_home()))
+    store = ModelStore(cache)
+    ensure_default_model(store)
+    return store.path(DEFAULT_MODEL_ID)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(default_model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(default_model_dir / "hf")
+
+
+@pytest.fixture(scope="session")
+def store_home(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Path) -> Path:
+    """A model store of the test session's own, holding the embedded model."""
+    home = tmp_path_factory.mktemp("tiger-home")
+    store = ModelStore(home)
+    store.path(DEFAULT_MODEL_ID).symlink_to(default_model_dir, target_is_directory=True)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model(store_home: Path, tokenizer) -> ModelManifest:
+    """A 2-layer random-weight Llama with the real tokenizer, exported by optimum."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tiger_grpc.prepare import end_of_turn_ids, export_onnx
+
+    store = ModelStore(store_home)
+    existing = store.get(TINY_MODEL_ID)
+    if existing is not None:
+        return existing
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config).eval()
+    # The exporter traces the model, which warns a lot; pytest turns warnings into
+    # errors, which must not fire inside torch's tracer.
+    with warnings.catch_warnings(), store.lock(TINY_MODEL_ID), \
+            store.staging(TINY_MODEL_ID) as scratch:
+        warnings.simplefilter("ignore")
+        model.save_pretrained(scratch / "hf")
+        tokenizer.save_pretrained(scratch / "hf")
+        export_onnx(scratch / "hf", scratch / "onnx")
+        manifest = ModelManifest(
+            id=TINY_MODEL_ID, source="tests: random weights",
+            context_length=config.max_position_embeddings,
+            eos_token_ids=end_of_turn_ids(tokenizer, model.generation_config),
+        )
+        manifest.write(scratch)
+    return manifest
+
+
+@dataclass
+class Process:
+    popen: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def start_process(args: list[str], workdir: Path, name: str, env: dict[str, str]) -> Process:
+    """Starts `python -m ...` with `--port-file`, and waits for the port it bound."""
+    port_file = workdir / f"{name}.port"
+    port_file.unlink(missing_ok=True)
+    log = workdir / f"{name}.log"
+    with log.open("wb") as out:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", *args, "--port-file", str(port_file)],
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+        )
+    deadline = time.monotonic() + 120
+    while not port_file.exists():
+        if popen.poll() is not None or time.monotonic() > deadline:
+            popen.kill()
+            raise RuntimeError(f"{name} did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.05)
+    return Process(popen, int(port_file.read_text()), log)
+
+
+def process_env(store_home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(TIGER_HOME=str(store_home), TIGER_API_KEY=API_KEY, PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.fixture(scope="session")
+def backend(store_home: Path, tiny_model: ModelManifest, tmp_path_factory) -> Iterator[Process]:
+    """The real gRPC server on a free port, serving the embedded and the tiny model."""
+    workdir = tmp_path_factory.mktemp("backend")
+    proc = start_process(
+        ["tiger_grpc.server", "--port", "0", "--host", "127.0.0.1"],
+        workdir, "server", process_env(store_home),
+    )
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(backend: Process, store_home: Path, tmp_path_factory) -> Iterator[Process]:
+    """The real HTTP gateway on a free port, in front of `backend`."""
+    workdir = tmp_path_factory.mktemp("gateway")
+    proc = start_process(
+        ["gateway.main", "--port", "0", "--host", "127.0.0.1",
+         "--grpc-target", f"127.0.0.1:{backend.port}", "--max-body-bytes", "65536"],
+        workdir, "gateway", process_env(store_home),
+    )
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def base_url(gateway: Process) -> str:
+    return f"http://127.0.0.1:{gateway.port}"
+
+
+@pytest.fixture(scope="session")
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {API_KEY}"}
