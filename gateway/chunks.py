@@ -69,4 +69,6 @@ def model_to_json(model: pb.ModelInfo) -> dict[str, Any]:
         "provider": model.provider,
         "context_length": model.context_length,
         "source": model.source,
+        "running": model.running,
+        "tokens_generated": model.tokens_generated,
     }

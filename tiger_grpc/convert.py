@@ -74,4 +74,6 @@ def model_to_pb(status: ModelStatus) -> pb.ModelInfo:
         provider=status.provider,
         context_length=status.manifest.context_length,
         source=status.manifest.source,
+        running=status.running,
+        tokens_generated=status.tokens_generated,
     )

@@ -29,6 +29,7 @@ class ModelStatus:
     loaded: bool
     provider: str
     running: int
+    tokens_generated: int
 
 
 class LoadedModel:
@@ -39,14 +40,6 @@ class LoadedModel:
         self.onnx = onnx
         self.tokenizer = tokenizer
         self.scheduler = Scheduler(onnx, manifest.id)
-
-    def render(self, params: GenerateParams) -> list[int]:
-        """The prompt's token ids, through the model's own chat template."""
-        messages = [{"role": m.role, "content": m.content} for m in params.messages]
-        ids = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True
-        )
-        return [int(i) for i in ids]
 
     def close(self) -> None:
         self.scheduler.close()
@@ -61,6 +54,7 @@ class ModelRegistry:
         self.default_max_tokens = default_max_tokens
         self._loaded: dict[str, LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._tokenizers: dict[str, Any] = {}  # loaded ahead of their model
         self.unavailable: dict[str, str] = {}  # model id -> why (e.g. still preparing)
 
     def resolve(self, model_id: str) -> ModelManifest:
@@ -83,8 +77,18 @@ class ModelRegistry:
                 loaded=loaded is not None,
                 provider=loaded.onnx.provider if loaded else expected,
                 running=loaded.scheduler.running if loaded else 0,
+                tokens_generated=loaded.scheduler.tokens_generated if loaded else 0,
             ))
         return result
+
+    async def _tokenizer(self, manifest: ModelManifest) -> Any:
+        """The model's tokenizer, loaded once; needed before any chunk is sent."""
+        if manifest.id in self._loaded:
+            return self._loaded[manifest.id].tokenizer
+        if manifest.id not in self._tokenizers:
+            path = str(self.store.path(manifest.id) / manifest.hf_path)
+            self._tokenizers[manifest.id] = await asyncio.to_thread(_load_tokenizer, path)
+        return self._tokenizers[manifest.id]
 
     async def _load(self, manifest: ModelManifest) -> AsyncIterator[Info]:
         """Loads the model unless it is loaded, yielding the progress messages."""
@@ -99,8 +103,9 @@ class ModelRegistry:
                 OnnxCausalLM, directory / manifest.onnx_path, self.device
             )
             yield Info("Loading tokenizer")
-            tokenizer = await asyncio.to_thread(_load_tokenizer, str(directory / manifest.hf_path))
+            tokenizer = await self._tokenizer(manifest)
             self._loaded[manifest.id] = LoadedModel(manifest, onnx, tokenizer)
+            self._tokenizers.pop(manifest.id, None)
             seconds = time.monotonic() - started
             log.info("model %s ready on %s in %.1fs", manifest.id, onnx.provider, seconds)
             yield Info(f"Model {manifest.id} ready on {onnx.provider} ({seconds:.1f}s)")
@@ -109,10 +114,10 @@ class ModelRegistry:
         """Streams a generation's events; raises `TigerError` before the first one."""
         received = time.monotonic()
         manifest = self.resolve(params.model)
-        async for info in self._load(manifest):
-            yield info
-        model = self._loaded[manifest.id]
-        prompt_ids = await asyncio.to_thread(model.render, params)
+        # The prompt is rendered and checked before any chunk, so a prompt that does
+        # not fit is an error status (HTTP 400), even when the model still has to load.
+        tokenizer = await self._tokenizer(manifest)
+        prompt_ids = await asyncio.to_thread(render_prompt, tokenizer, params)
         room = manifest.context_length - len(prompt_ids)
         if room < 1:
             raise InvalidArgument(
@@ -120,6 +125,9 @@ class ModelRegistry:
                 f"{manifest.id} fits at most {manifest.context_length - 1} prompt tokens "
                 f"(context length {manifest.context_length})"
             )
+        async for info in self._load(manifest):
+            yield info
+        model = self._loaded[manifest.id]
         max_tokens = min(params.max_tokens or self.default_max_tokens, room)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
@@ -152,6 +160,13 @@ class ModelRegistry:
         for model in self._loaded.values():
             model.close()
         self._loaded.clear()
+
+
+def render_prompt(tokenizer: Any, params: GenerateParams) -> list[int]:
+    """The prompt's token ids, through the model's own chat template."""
+    messages = [{"role": m.role, "content": m.content} for m in params.messages]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return [int(i) for i in ids]
 
 
 def _load_tokenizer(path: str) -> Any:

@@ -9,11 +9,13 @@ tokenizer, which are saved as HF weights, then exported by optimum
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import logging
 import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,18 @@ Progress = Callable[[str], None]
 
 def _print_progress(message: str) -> None:
     print(f"[tiger] {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _quiet_third_party_warnings() -> Iterator[None]:
+    """The converters warn at length about tracing details that are not ours to fix.
+
+    Silencing them also keeps a caller's `warnings.simplefilter("error")` (pytest's
+    `filterwarnings = error`) from firing inside torch's tracer.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def find_gguf() -> Path:
@@ -70,14 +84,15 @@ def export_onnx(hf_dir: Path, onnx_dir: Path, dtype: str = "fp32", device: str =
     """Exports a saved HF causal LM with optimum, with past key values."""
     from optimum.exporters.onnx import main_export
 
-    main_export(
-        model_name_or_path=str(hf_dir),
-        output=onnx_dir,
-        task="text-generation-with-past",
-        dtype=dtype,
-        device=device,
-        do_validation=False,
-    )
+    with _quiet_third_party_warnings():
+        main_export(
+            model_name_or_path=str(hf_dir),
+            output=onnx_dir,
+            task="text-generation-with-past",
+            dtype=dtype,
+            device=device,
+            do_validation=False,
+        )
 
 
 def save_hf_from_gguf(gguf: Path, hf_dir: Path) -> tuple[Any, Any]:
@@ -113,7 +128,7 @@ def ensure_default_model(store: ModelStore, progress: Progress = _print_progress
             progress(f"preparing {DEFAULT_MODEL_ID} [{n}/3] {message} "
                      f"({time.monotonic() - started:.0f}s)")
 
-        with store.staging(DEFAULT_MODEL_ID) as scratch:
+        with _quiet_third_party_warnings(), store.staging(DEFAULT_MODEL_ID) as scratch:
             gguf = find_gguf()
             step(1, f"converting {gguf.name} to Hugging Face weights")
             tokenizer, model = save_hf_from_gguf(gguf, scratch / "hf")

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14tiger/v1/tiger.proto\x12\x08tiger.v1\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x87\x02\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12#\n\x08messages\x18\x02 \x03(\x0b\x32\x11.tiger.v1.Message\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x06 \x01(\x05H\x03\x88\x01\x01\x12\x16\n\x0estop_sequences\x18\x07 \x03(\t\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x04\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"\xb0\x01\n\rGenerateChunk\x12#\n\x04info\x18\x01 \x01(\x0b\x32\x13.tiger.v1.InfoChunkH\x00\x12%\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x14.tiger.v1.DeltaChunkH\x00\x12#\n\x04stop\x18\x03 \x01(\x0b\x32\x13.tiger.v1.StopChunkH\x00\x12%\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x14.tiger.v1.ErrorChunkH\x00\x42\x07\n\x05\x63hunk\"\x1c\n\tInfoChunk\x12\x0f\n\x07message\x18\x01 \x01(\t\"\x1b\n\nDeltaChunk\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\"I\n\x05Usage\x12\x13\n\x0b\x64uration_ms\x18\x01 \x01(\x03\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x03\x12\x15\n\routput_tokens\x18\x03 \x01(\x03\"V\n\tStopChunk\x12)\n\x0bstop_reason\x18\x01 \x01(\x0e\x32\x14.tiger.v1.StopReason\x12\x1e\n\x05usage\x18\x02 \x01(\x0b\x32\x0f.tiger.v1.Usage\"\x1d\n\nErrorChunk\x12\x0f\n\x07message\x18\x01 \x01(\t\"\x13\n\x11ListModelsRequest\"a\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06loaded\x18\x02 \x01(\x08\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\x05\x12\x0e\n\x06source\x18\x05 \x01(\t\"9\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.tiger.v1.ModelInfo*~\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14STOP_REASON_END_TURN\x10\x01\x12\x1a\n\x16STOP_REASON_MAX_TOKENS\x10\x02\x12\x1d\n\x19STOP_REASON_STOP_SEQUENCE\x10\x03\x32\x92\x01\n\x05Tiger\x12@\n\x08Generate\x12\x19.tiger.v1.GenerateRequest\x1a\x17.tiger.v1.GenerateChunk0\x01\x12G\n\nListModels\x12\x1b.tiger.v1.ListModelsRequest\x1a\x1c.tiger.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14tiger/v1/tiger.proto\x12\x08tiger.v1\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x87\x02\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12#\n\x08messages\x18\x02 \x03(\x0b\x32\x11.tiger.v1.Message\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x06 \x01(\x05H\x03\x88\x01\x01\x12\x16\n\x0estop_sequences\x18\x07 \x03(\t\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x04\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"\xb0\x01\n\rGenerateChunk\x12#\n\x04info\x18\x01 \x01(\x0b\x32\x13.tiger.v1.InfoChunkH\x00\x12%\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x14.tiger.v1.DeltaChunkH\x00\x12#\n\x04stop\x18\x03 \x01(\x0b\x32\x13.tiger.v1.StopChunkH\x00\x12%\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x14.tiger.v1.ErrorChunkH\x00\x42\x07\n\x05\x63hunk\"\x1c\n\tInfoChunk\x12\x0f\n\x07message\x18\x01 \x01(\t\"\x1b\n\nDeltaChunk\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\"I\n\x05Usage\x12\x13\n\x0b\x64uration_ms\x18\x01 \x01(\x03\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x03\x12\x15\n\routput_tokens\x18\x03 \x01(\x03\"V\n\tStopChunk\x12)\n\x0bstop_reason\x18\x01 \x01(\x0e\x32\x14.tiger.v1.StopReason\x12\x1e\n\x05usage\x18\x02 \x01(\x0b\x32\x0f.tiger.v1.Usage\"\x1d\n\nErrorChunk\x12\x0f\n\x07message\x18\x01 \x01(\t\"\x13\n\x11ListModelsRequest\"\x8c\x01\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06loaded\x18\x02 \x01(\x08\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\x05\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x0f\n\x07running\x18\x06 \x01(\x05\x12\x18\n\x10tokens_generated\x18\x07 \x01(\x03\"9\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.tiger.v1.ModelInfo*~\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14STOP_REASON_END_TURN\x10\x01\x12\x1a\n\x16STOP_REASON_MAX_TOKENS\x10\x02\x12\x1d\n\x19STOP_REASON_STOP_SEQUENCE\x10\x03\x32\x92\x01\n\x05Tiger\x12@\n\x08Generate\x12\x19.tiger.v1.GenerateRequest\x1a\x17.tiger.v1.GenerateChunk0\x01\x12G\n\nListModels\x12\x1b.tiger.v1.ListModelsRequest\x1a\x1c.tiger.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tiger.v1.tiger_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STOPREASON']._serialized_start=953
-  _globals['_STOPREASON']._serialized_end=1079
+  _globals['_STOPREASON']._serialized_start=997
+  _globals['_STOPREASON']._serialized_end=1123
   _globals['_MESSAGE']._serialized_start=34
   _globals['_MESSAGE']._serialized_end=74
   _globals['_GENERATEREQUEST']._serialized_start=77
@@ -51,10 +51,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ERRORCHUNK']._serialized_end=772
   _globals['_LISTMODELSREQUEST']._serialized_start=774
   _globals['_LISTMODELSREQUEST']._serialized_end=793
-  _globals['_MODELINFO']._serialized_start=795
-  _globals['_MODELINFO']._serialized_end=892
-  _globals['_LISTMODELSRESPONSE']._serialized_start=894
-  _globals['_LISTMODELSRESPONSE']._serialized_end=951
-  _globals['_TIGER']._serialized_start=1082
-  _globals['_TIGER']._serialized_end=1228
+  _globals['_MODELINFO']._serialized_start=796
+  _globals['_MODELINFO']._serialized_end=936
+  _globals['_LISTMODELSRESPONSE']._serialized_start=938
+  _globals['_LISTMODELSRESPONSE']._serialized_end=995
+  _globals['_TIGER']._serialized_start=1126
+  _globals['_TIGER']._serialized_end=1272
 # @@protoc_insertion_point(module_scope)

@@ -99,18 +99,22 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("id", "loaded", "provider", "context_length", "source")
+    __slots__ = ("id", "loaded", "provider", "context_length", "source", "running", "tokens_generated")
     ID_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_GENERATED_FIELD_NUMBER: _ClassVar[int]
     id: str
     loaded: bool
     provider: str
     context_length: int
     source: str
-    def __init__(self, id: _Optional[str] = ..., loaded: _Optional[bool] = ..., provider: _Optional[str] = ..., context_length: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
+    running: int
+    tokens_generated: int
+    def __init__(self, id: _Optional[str] = ..., loaded: _Optional[bool] = ..., provider: _Optional[str] = ..., context_length: _Optional[int] = ..., source: _Optional[str] = ..., running: _Optional[int] = ..., tokens_generated: _Optional[int] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
