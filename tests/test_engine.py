@@ -137,3 +137,35 @@ def test_interleaved_sequences_match_solo_runs_and_cancel_frees(tiny, tokenizer)
         assert len(stops) == 1 and stops[0].reason is StopReason.MAX_TOKENS
     finally:
         scheduler.close()
+
+
+class ExplodingModel:
+    """A model whose forward pass fails for one prompt: an engine bug, simulated."""
+
+    def __init__(self, real: OnnxCausalLM, poison: int) -> None:
+        self.real, self.poison = real, poison
+
+    def empty_cache(self):
+        return self.real.empty_cache()
+
+    def forward(self, token_ids, cache):
+        if token_ids and token_ids[0] == self.poison:
+            raise RuntimeError("boom")
+        return self.real.forward(token_ids, cache)
+
+
+def test_an_engine_exception_ends_that_stream_with_one_error(tiny, tokenizer) -> None:
+    _, model = tiny
+    scheduler = Scheduler(ExplodingModel(model, poison=999), "tiny")  # type: ignore[arg-type]
+    try:
+        bad_collector = Collector()
+        bad = sequence(tokenizer, bad_collector, 5, temperature=0.0)
+        bad.prompt_ids = [999, *PROMPT]
+        scheduler.submit(bad)
+        assert bad_collector.done.wait(30)
+        assert [type(e) for e in bad_collector.events] == [Failure]
+        assert "boom" not in bad_collector.events[0].message  # no internals leak
+        good = run(scheduler, tokenizer, 5, temperature=0.0)  # the loop lives on
+        assert len(good.generated) == 5
+    finally:
+        scheduler.close()
