@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 BACKEND_SERVICE = "tiger.v1.Tiger"
 NDJSON = "application/x-ndjson"
+RETRY_AFTER_S = "1"
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,13 @@ HEALTH = web.AppKey("health", health_pb2_grpc.HealthStub)
 def error_response(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"type": "error", "message": message}, status=status,
                              headers=headers or None)
+
+
+def rpc_error_response(exc: grpc.aio.AioRpcError) -> web.Response:
+    status = http_status(exc.code())
+    if status == 429:  # at capacity: a slot frees up as soon as any stream ends
+        return error_response(status, error_message(exc), **{"Retry-After": RETRY_AFTER_S})
+    return error_response(status, error_message(exc))
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
@@ -127,7 +135,7 @@ async def generate_response(request: web.Request) -> web.StreamResponse:
         try:
             first = await call.read()
         except grpc.aio.AioRpcError as exc:
-            return error_response(http_status(exc.code()), error_message(exc))
+            return rpc_error_response(exc)
         if params.stream:
             return await _stream(request, call, first)
         return await _collect(call, first, params)
@@ -191,7 +199,7 @@ async def list_models(request: web.Request) -> web.Response:
     except _Reject as reject:
         return error_response(reject.status, reject.message)
     except grpc.aio.AioRpcError as exc:
-        return error_response(http_status(exc.code()), error_message(exc))
+        return rpc_error_response(exc)
     return web.json_response({"models": [model_to_json(m) for m in reply.models]})
 
 

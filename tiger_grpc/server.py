@@ -14,11 +14,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .config import DEFAULT_GRPC_PORT, Device, ServerConfig, default_home, env_int, resolve_api_key
+from .config import (
+    DEFAULT_GRPC_PORT,
+    Device,
+    EngineOptions,
+    ServerConfig,
+    default_home,
+    env_int,
+    resolve_api_key,
+)
 from .models import ModelRegistry
 from .pb.tiger.v1 import tiger_pb2 as pb
 from .pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
-from .prepare import DEFAULT_MODEL_ID, ensure_default_model
+from .prepare import DEFAULT_MODEL_ID, DEFAULT_PRECISION, PRECISIONS, ensure_default_model
 from .service import AuthInterceptor, TigerServicer
 from .store import ModelStore
 
@@ -48,14 +56,15 @@ class TigerServer:
     async def prepare_default_model(self) -> None:
         """Prepares the embedded model if missing; NOT_SERVING meanwhile."""
         store = self.registry.store
-        if store.get(DEFAULT_MODEL_ID) is not None:
+        manifest = store.get(DEFAULT_MODEL_ID)
+        if manifest is not None and self.config.engine.precision in manifest.fast_graphs:
             return
         self.registry.unavailable[DEFAULT_MODEL_ID] = (
             f"{DEFAULT_MODEL_ID} is being prepared; try again in a minute"
         )
         await self.set_serving(False)
         try:
-            await asyncio.to_thread(ensure_default_model, store)
+            await asyncio.to_thread(ensure_default_model, store, self.config.engine.precision)
         finally:
             self.registry.unavailable.pop(DEFAULT_MODEL_ID, None)
         await self.set_serving(True)
@@ -68,7 +77,7 @@ class TigerServer:
 
 async def create_server(config: ServerConfig) -> TigerServer:
     """Builds and starts the server; `port` is the real one (config.port 0 picks one)."""
-    registry = ModelRegistry(ModelStore(config.home), config.device, config.default_max_tokens)
+    registry = ModelRegistry(ModelStore(config.home), config.engine)
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(config.api_key)],
         options=[
@@ -121,6 +130,16 @@ def parse_config(argv: list[str] | None = None) -> tuple[ServerConfig, Path | No
     parser.add_argument("--home", type=Path, default=default_home(env), help="model store (TIGER_HOME)")
     parser.add_argument("--device", choices=[d.value for d in Device],
                         default=env.get("TIGER_DEVICE", "auto"))
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        default=env.get("TIGER_PRECISION", DEFAULT_PRECISION),
+                        help="weights of the fused graph to serve (and prepare)")
+    parser.add_argument("--max-batch", type=int, default=env_int(env, "TIGER_MAX_BATCH", 16),
+                        help="sequences decoded together per model")
+    parser.add_argument("--max-queued", type=int, default=env_int(env, "TIGER_MAX_QUEUED", 64),
+                        help="requests waiting for a slot before RESOURCE_EXHAUSTED")
+    parser.add_argument("--max-context", type=int,
+                        default=env_int(env, "TIGER_MAX_CONTEXT", 0) or None,
+                        help="cap on prompt + output tokens per sequence")
     parser.add_argument("--default-max-tokens", type=int,
                         default=env_int(env, "TIGER_DEFAULT_MAX_TOKENS", 1024))
     parser.add_argument("--no-prepare", action="store_true",
@@ -135,8 +154,14 @@ def parse_config(argv: list[str] | None = None) -> tuple[ServerConfig, Path | No
         api_key=resolve_api_key(args.home, env),
         host=args.host,
         port=args.port,
-        device=Device(args.device),
-        default_max_tokens=args.default_max_tokens,
+        engine=EngineOptions(
+            device=Device(args.device),
+            precision=args.precision,
+            max_batch=args.max_batch,
+            max_queued=args.max_queued,
+            max_context=args.max_context,
+            default_max_tokens=args.default_max_tokens,
+        ),
         prepare_default_model=not args.no_prepare,
     )
     return config, args.port_file

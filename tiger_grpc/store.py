@@ -9,6 +9,7 @@ into place, so a preparation killed half-way leaves nothing that looks like a mo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -16,7 +17,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,8 @@ class ModelManifest:
     eos_token_ids: list[int]
     onnx_path: str = "onnx/model.onnx"
     hf_path: str = "hf"
+    # Fused graphs for the batched engine, by precision ("int8", "int4", "fp32").
+    fast_graphs: dict[str, str] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
 
     @classmethod
@@ -75,6 +78,29 @@ class ModelStore:
         except (OSError, ValueError, TypeError) as exc:
             log.warning("ignoring model %s: unreadable manifest (%s)", model_id, exc)
             return None
+
+    def add_fast_graph(self, model_id: str, precision: str, build: Callable[[Path], None]) -> ModelManifest:
+        """Adds a fused graph to a stored model, atomically; hold `lock(model_id)`.
+
+        `build(scratch)` writes `model.onnx` into `scratch`, which is renamed to
+        `fast-<precision>/` before the manifest (rewritten atomically) points at it.
+        """
+        directory = self.path(model_id)
+        manifest = ModelManifest.read(directory)
+        final = directory / f"fast-{precision}"
+        scratch = directory / f"{_STAGING_PREFIX}fast-{precision}"
+        for leftover in (scratch, final):
+            shutil.rmtree(leftover, ignore_errors=True)
+        try:
+            scratch.mkdir()
+            build(scratch)
+            os.rename(scratch, final)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        graphs = {**manifest.fast_graphs, precision: f"{final.name}/model.onnx"}
+        updated = dataclasses.replace(manifest, fast_graphs=graphs)
+        updated.write(directory)
+        return updated
 
     def list(self) -> list[ModelManifest]:
         manifests = []

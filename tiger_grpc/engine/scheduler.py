@@ -118,19 +118,23 @@ class Scheduler:
         else:
             new_ids = s.generated[-1:]
         logits, s.cache = self.model.forward(new_ids, s.cache)
-        token = s.sampler(logits)
-        s.generated.append(token)
         self.tokens_generated += 1
-        reason = s.stopper(token, len(s.generated))
-        text = "" if reason is StopReason.END_TURN else s.detokenizer.add(token)
-        text, matched = s.stop_matcher.feed(text)
-        if matched:
-            reason = StopReason.STOP_SEQUENCE
-        elif reason is not None:
-            text += s.stop_matcher.flush()
-        if text:
-            s.emit(Delta(text))
-        if reason is None:
-            return False
-        s.emit(Stop(reason, s.usage()))
-        return True
+        return advance(s, s.sampler(logits))
+
+
+def advance(s: Sequence, token: int) -> bool:
+    """Adds a sampled token to `s` and emits what it releases; True when `s` is done."""
+    s.generated.append(token)
+    reason = s.stopper(token, len(s.generated))
+    text = "" if reason is StopReason.END_TURN else s.detokenizer.add(token)
+    text, matched = s.stop_matcher.feed(text)
+    if matched:
+        reason = StopReason.STOP_SEQUENCE
+    elif reason is not None:
+        text += s.stop_matcher.flush()
+    if text:
+        s.emit(Delta(text))
+    if reason is None:
+        return False
+    s.emit(Stop(reason, s.usage()))
+    return True

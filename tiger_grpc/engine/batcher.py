@@ -1,0 +1,140 @@
+"""Continuous batching over the fused graph: one decode step serves every sequence.
+
+The loop alternates between admitting one waiting sequence (its prefill, into the
+next free slot) and one batched decode step for all running sequences, so a new
+request joins the batch at the next step without waiting for the others to finish,
+and a finished or cancelled one leaves at once (the last slot moves into its place).
+Admission is bounded: past `max_running + max_queued` sequences, `submit` refuses.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+
+from ..errors import ResourceExhausted
+from .fused_model import FusedCausalLM
+from .scheduler import Sequence, advance
+from .types import Failure
+
+log = logging.getLogger(__name__)
+
+
+class BatchScheduler:
+    """Owns a fused model's decode thread; `submit` and `cancel` are thread-safe."""
+
+    def __init__(self, model: FusedCausalLM, name: str, max_queued: int = 64) -> None:
+        self.model = model
+        self.max_running = model.max_batch
+        self.max_queued = max_queued
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._running: list[Sequence] = []  # index == KV cache slot
+        self._lengths: list[int] = []  # tokens in each slot's cache
+        self._wake = threading.Condition()
+        self._closed = False
+        self.tokens_generated = 0
+        self.steps = 0
+        self._thread = threading.Thread(target=self._loop, name=f"batch-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    def submit(self, sequence: Sequence) -> None:
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("scheduler is closed")
+            if len(self._waiting) + len(self._running) >= self.max_running + self.max_queued:
+                raise ResourceExhausted(
+                    f"the server is at capacity ({self.max_running} running, "
+                    f"{self.max_queued} queued); retry shortly"
+                )
+            self._waiting.append(sequence)
+            self._wake.notify()
+
+    def cancel(self, sequence: Sequence) -> None:
+        with self._wake:
+            sequence.cancelled = True
+            if sequence in self._waiting:
+                self._waiting.remove(sequence)
+            self._wake.notify()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self._closed or self._waiting or self._running)
+                if self._closed:
+                    break
+                admit = None
+                if self._waiting and len(self._running) < self.max_running:
+                    admit = self._waiting.popleft()
+            try:
+                if admit is not None:
+                    self._prefill(admit)
+                self._drop_finished()
+                if self._running:
+                    self._decode()
+                    self._drop_finished()
+            except Exception:
+                log.exception("batched decode step failed")
+                for sequence in self._running:
+                    sequence.emit(Failure("internal error while generating"))
+                self._running.clear()
+                self._lengths.clear()
+        for sequence in [*self._running, *self._waiting]:
+            sequence.emit(Failure("the server is shutting down"))
+
+    def _prefill(self, s: Sequence) -> None:
+        if s.cancelled:
+            return
+        slot = len(self._running)
+        self._running.append(s)
+        self._lengths.append(len(s.prompt_ids))
+        try:
+            logits = self.model.prefill(slot, s.prompt_ids)
+        except Exception:
+            log.exception("prefill failed")
+            s.emit(Failure("internal error while generating"))
+            s.cancelled = True
+            return
+        self.tokens_generated += 1
+        if advance(s, s.sampler(logits)):
+            s.cancelled = True  # done: leaves at the next drop
+
+    def _decode(self) -> None:
+        tokens = [s.generated[-1] for s in self._running]
+        logits = self.model.decode(tokens, self._lengths)
+        self.steps += 1
+        for i, s in enumerate(self._running):
+            self._lengths[i] += 1
+            if s.cancelled:
+                continue
+            self.tokens_generated += 1
+            if advance(s, s.sampler(logits[i])):
+                s.cancelled = True
+
+    def _drop_finished(self) -> None:
+        """Removes finished and cancelled sequences, keeping the slots contiguous."""
+        i = 0
+        while i < len(self._running):
+            if not self._running[i].cancelled:
+                i += 1
+                continue
+            last = len(self._running) - 1
+            if i != last:
+                self.model.move(last, i, self._lengths[last])
+                self._running[i], self._lengths[i] = self._running[last], self._lengths[last]
+            self._running.pop()
+            self._lengths.pop()

@@ -1,0 +1,88 @@
+"""An ONNX Runtime session over Tiger's fused graph, with a slotted KV cache.
+
+The cache is one buffer per layer and kind, (slots, kv_heads, max_len, head_dim).
+Sequence i of the running batch lives in slot i, so the first n slots are one
+contiguous block that a decode step binds as both the past and the present of the
+`GroupQueryAttention` nodes: the graph appends in place and nothing is copied per
+step. The buffers are zero-filled lazily by the OS, so untouched slots and positions
+cost no memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from ..config import Device
+from .onnx_model import choose_providers
+
+log = logging.getLogger(__name__)
+
+
+class FusedCausalLM:
+    """Prefill one sequence into a slot, or decode one token for slots [0, n)."""
+
+    def __init__(self, onnx_path: Path, device: Device, max_batch: int,
+                 max_len: int | None = None) -> None:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            str(onnx_path), options, providers=choose_providers(device)
+        )
+        self.provider = self.session.get_providers()[0]
+        past = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
+        self._past_names = [i.name for i in past]
+        self._present_names = [n.replace("past_key_values.", "present.") for n in self._past_names]
+        _, self.kv_heads, _, self.head_dim = past[0].shape
+        cos = next(t for t in self._initializer_shapes(onnx_path) if t[0] == "cos_cache")
+        self.max_len = min(max_len or cos[1][0], cos[1][0])
+        self.max_batch = max_batch
+        shape = (max_batch, self.kv_heads, self.max_len, self.head_dim)
+        self._cache = [np.zeros(shape, np.float32) for _ in self._past_names]
+        log.info("loaded %s on %s (%d slots of %d tokens)", onnx_path, self.provider,
+                 max_batch, self.max_len)
+
+    @staticmethod
+    def _initializer_shapes(onnx_path: Path) -> list[tuple[str, list[int]]]:
+        import onnx
+
+        model = onnx.load(str(onnx_path), load_external_data=False)
+        return [(t.name, list(t.dims)) for t in model.graph.initializer]
+
+    def _run(self, rows: slice, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Runs the graph for cache rows `rows`; `lengths` are the cached tokens per row."""
+        binding = self.session.io_binding()
+        new = input_ids.shape[1]
+        feeds = {
+            "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+            "seqlens_k": (lengths + new - 1).astype(np.int32),
+            "total_sequence_length": np.array(int(lengths.max()) + new, dtype=np.int32),
+        }
+        for name, array in feeds.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
+        binding.bind_output("logits")
+        for past, present, buffer in zip(self._past_names, self._present_names, self._cache,
+                                         strict=True):
+            value = ort.OrtValue.ortvalue_from_numpy(buffer[rows])  # shares the memory
+            binding.bind_ortvalue_input(past, value)
+            binding.bind_ortvalue_output(present, value)
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy()
+
+    def prefill(self, slot: int, token_ids: list[int]) -> np.ndarray:
+        """Writes a prompt into an empty slot; returns its last position's logits."""
+        logits = self._run(slice(slot, slot + 1), np.asarray([token_ids]), np.zeros(1, np.int64))
+        return logits[0]
+
+    def decode(self, tokens: list[int], lengths: list[int]) -> np.ndarray:
+        """One token for each of slots [0, n); returns logits (n, vocab)."""
+        n = len(tokens)
+        return self._run(slice(0, n), np.asarray(tokens)[:, None], np.asarray(lengths))
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        """Moves a sequence's cache to another slot (to keep the batch contiguous)."""
+        for buffer in self._cache:
+            buffer[dst, :, :length] = buffer[src, :, :length]
