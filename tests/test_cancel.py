@@ -82,7 +82,7 @@ async def test_grpc_client_that_cancels_frees_the_engine(backend: Process) -> No
     await assert_freed(backend.port, before)
 
 
-async def test_backend_killed_mid_stream_ends_with_one_error(store_home, tmp_path) -> None:
+async def test_backend_killed_mid_stream_ends_with_one_error(store_home, tiny_model, tmp_path):
     env = process_env(store_home)
     server = start_process(["tiger_grpc.server", "--port", "0", "--host", "127.0.0.1",
                             "--no-prepare"], tmp_path, "doomed-server", env)

@@ -1,0 +1,114 @@
+"""Continuous batching over the fused graph, on the tiny random Llama."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_engine import PROMPT, Collector, sequence
+from tiger_grpc.config import Device
+from tiger_grpc.engine.batcher import BatchScheduler
+from tiger_grpc.engine.fused_model import FusedCausalLM
+from tiger_grpc.engine.types import Stop, StopReason
+from tiger_grpc.errors import ResourceExhausted
+from tiger_grpc.store import ModelStore
+
+PROMPTS = [PROMPT, PROMPT[:4] + [77, 88, 99], [1, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]]
+
+
+@pytest.fixture(scope="module")
+def fused_path(store_home, tiny_model):
+    return ModelStore(store_home).path(tiny_model.id) / tiny_model.fast_graphs["fp32"]
+
+
+@pytest.fixture(scope="module")
+def torch_model(store_home, tiny_model):
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM.from_pretrained(ModelStore(store_home).path(tiny_model.id) / "hf").eval()
+
+
+def test_fused_graph_matches_pytorch_in_prefill_and_batched_decode(fused_path, torch_model):
+    model = FusedCausalLM(fused_path, Device.CPU, max_batch=3, max_len=64)
+    firsts = [model.prefill(slot, ids) for slot, ids in enumerate(PROMPTS)]
+    nexts = [int(np.argmax(f)) for f in firsts]
+    decoded = model.decode(nexts, [len(p) for p in PROMPTS])
+    with torch.no_grad():
+        for i, ids in enumerate(PROMPTS):
+            logits = torch_model(torch.tensor([ids + [nexts[i]]])).logits[0].numpy()
+            np.testing.assert_allclose(firsts[i], logits[-2], atol=1e-4)
+            np.testing.assert_allclose(decoded[i], logits[-1], atol=1e-4)
+
+
+def test_moving_a_slot_keeps_its_sequence(fused_path):
+    model = FusedCausalLM(fused_path, Device.CPU, max_batch=2, max_len=64)
+    model.prefill(1, PROMPTS[0])
+    model.move(1, 0, len(PROMPTS[0]))
+    moved = model.decode([42], [len(PROMPTS[0])])[0]
+    fresh = FusedCausalLM(fused_path, Device.CPU, max_batch=1, max_len=64)
+    fresh.prefill(0, PROMPTS[0])
+    np.testing.assert_allclose(moved, fresh.decode([42], [len(PROMPTS[0])])[0], atol=1e-5)
+
+
+def submit(scheduler, tokenizer, prompt, max_tokens):
+    collector = Collector()
+    seq = sequence(tokenizer, collector, max_tokens, temperature=0.0)
+    seq.prompt_ids = list(prompt)
+    scheduler.submit(seq)
+    return seq, collector
+
+
+def test_concurrent_greedy_matches_solo_runs(fused_path, tokenizer) -> None:
+    scheduler = BatchScheduler(FusedCausalLM(fused_path, Device.CPU, 4, 256), "tiny")
+    try:
+        solo = []
+        for prompt in PROMPTS:
+            seq, done = submit(scheduler, tokenizer, prompt, 30)
+            assert done.done.wait(30)
+            solo.append(seq.generated)
+        steps_before = scheduler.steps
+        # Different lengths, joining at different times, finishing at different times.
+        runs = [submit(scheduler, tokenizer, p, n) for p, n in zip(PROMPTS, (30, 10, 20), strict=True)]
+        for _, done in runs:
+            assert done.done.wait(30)
+        for (seq, done), expected, n in zip(runs, solo, (30, 10, 20), strict=True):
+            assert seq.generated == expected[:n]
+            stop = done.events[-1]
+            assert isinstance(stop, Stop) and stop.reason is StopReason.MAX_TOKENS
+        # They shared decode steps: far fewer than the 57 a one-by-one run needs.
+        assert scheduler.steps - steps_before < 57
+        assert scheduler.running == 0
+    finally:
+        scheduler.close()
+
+
+def test_a_late_arrival_joins_the_running_batch(fused_path, tokenizer) -> None:
+    scheduler = BatchScheduler(FusedCausalLM(fused_path, Device.CPU, 4, 1024), "tiny")
+    try:
+        long_seq, long_done = submit(scheduler, tokenizer, PROMPTS[0], 800)
+        while len(long_seq.generated) < 5:
+            time.sleep(0.001)
+        late, late_done = submit(scheduler, tokenizer, PROMPTS[1], 5)
+        assert late_done.done.wait(30)
+        assert not long_done.done.is_set()  # the late one did not wait for the long one
+        scheduler.cancel(long_seq)
+        assert scheduler.running <= 1
+    finally:
+        scheduler.close()
+
+
+def test_admission_is_bounded(fused_path, tokenizer) -> None:
+    scheduler = BatchScheduler(FusedCausalLM(fused_path, Device.CPU, 1, 1024), "tiny",
+                               max_queued=1)
+    try:
+        first, _ = submit(scheduler, tokenizer, PROMPTS[0], 900)
+        second, _ = submit(scheduler, tokenizer, PROMPTS[1], 900)
+        with pytest.raises(ResourceExhausted, match="at capacity"):
+            submit(scheduler, tokenizer, PROMPTS[2], 5)
+        scheduler.cancel(first)
+        scheduler.cancel(second)
+    finally:
+        scheduler.close()
