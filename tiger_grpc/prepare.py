@@ -33,7 +33,7 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "</s>")
 
 PRECISIONS = ("int8", "int4", "fp32")
-DEFAULT_PRECISION = "int8"
+DEFAULT_PRECISION = "int4"
 Progress = Callable[[str], None]
 
 
@@ -181,7 +181,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--home", type=Path, default=None, help="model store (TIGER_HOME)")
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
-                        help="weights of the fused graph (TIGER_PRECISION, default int8)")
+                        help="weights of the fused graph (TIGER_PRECISION, default int4)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     precision = args.precision or os.environ.get("TIGER_PRECISION", DEFAULT_PRECISION)

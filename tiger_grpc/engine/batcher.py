@@ -14,8 +14,8 @@ import logging
 import threading
 
 from ..errors import ResourceExhausted
-from .fused_model import FusedCausalLM
-from .scheduler import Sequence, advance
+from .fused_model import INITIAL_CAPACITY, FusedCausalLM
+from .scheduler import Outbox, Sequence, advance
 from .types import Failure
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ class BatchScheduler:
         self._closed = False
         self.tokens_generated = 0
         self.steps = 0
+        self._out = Outbox()
         self._thread = threading.Thread(target=self._loop, name=f"batch-{name}", daemon=True)
         self._thread.start()
 
@@ -83,6 +84,7 @@ class BatchScheduler:
             try:
                 if admit is not None:
                     self._prefill(admit)
+                    self._out.flush()  # its first token goes out before the next step
                 self._drop_finished()
                 if self._running:
                     self._decode()
@@ -90,11 +92,13 @@ class BatchScheduler:
             except Exception:
                 log.exception("batched decode step failed")
                 for sequence in self._running:
-                    sequence.emit(Failure("internal error while generating"))
+                    self._out.put(sequence, Failure("internal error while generating"))
                 self._running.clear()
                 self._lengths.clear()
+            self._out.flush()
         for sequence in [*self._running, *self._waiting]:
-            sequence.emit(Failure("the server is shutting down"))
+            self._out.put(sequence, Failure("the server is shutting down"))
+        self._out.flush()
 
     def _prefill(self, s: Sequence) -> None:
         if s.cancelled:
@@ -106,11 +110,11 @@ class BatchScheduler:
             logits = self.model.prefill(slot, s.prompt_ids)
         except Exception:
             log.exception("prefill failed")
-            s.emit(Failure("internal error while generating"))
+            self._out.put(s, Failure("internal error while generating"))
             s.cancelled = True
             return
         self.tokens_generated += 1
-        if advance(s, s.sampler(logits)):
+        if advance(s, s.sampler(logits), self._out):
             s.cancelled = True  # done: leaves at the next drop
 
     def _decode(self) -> None:
@@ -122,7 +126,7 @@ class BatchScheduler:
             if s.cancelled:
                 continue
             self.tokens_generated += 1
-            if advance(s, s.sampler(logits[i])):
+            if advance(s, s.sampler(logits[i]), self._out):
                 s.cancelled = True
 
     def _drop_finished(self) -> None:
@@ -138,3 +142,5 @@ class BatchScheduler:
                 self._running[i], self._lengths[i] = self._running[last], self._lengths[last]
             self._running.pop()
             self._lengths.pop()
+        if not self._running and self.model.capacity > INITIAL_CAPACITY:
+            self.model.reset()  # idle: give the grown cache back

@@ -4,8 +4,11 @@ The cache is one buffer per layer and kind, (slots, kv_heads, max_len, head_dim)
 Sequence i of the running batch lives in slot i, so the first n slots are one
 contiguous block that a decode step binds as both the past and the present of the
 `GroupQueryAttention` nodes: the graph appends in place and nothing is copied per
-step. The buffers are zero-filled lazily by the OS, so untouched slots and positions
-cost no memory.
+step. The buffers start `INITIAL_CAPACITY` positions long and double when a
+sequence needs more (up to the model's context), and shrink back when the engine is
+idle: `GroupQueryAttention` clears a slot's whole row when a prompt is written into
+it, so a buffer as long as the full context would cost every new slot hundreds of MB
+of page faults.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import numpy as np
 import onnxruntime as ort
 
 from ..config import Device
-from .onnx_model import choose_providers
+from .onnx_model import choose_providers, session_options
 
 log = logging.getLogger(__name__)
+
+INITIAL_CAPACITY = 512
 
 
 class FusedCausalLM:
@@ -27,10 +32,8 @@ class FusedCausalLM:
 
     def __init__(self, onnx_path: Path, device: Device, max_batch: int,
                  max_len: int | None = None) -> None:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
         self.session = ort.InferenceSession(
-            str(onnx_path), options, providers=choose_providers(device)
+            str(onnx_path), session_options(), providers=choose_providers(device)
         )
         self.provider = self.session.get_providers()[0]
         past = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
@@ -40,8 +43,9 @@ class FusedCausalLM:
         cos = next(t for t in self._initializer_shapes(onnx_path) if t[0] == "cos_cache")
         self.max_len = min(max_len or cos[1][0], cos[1][0])
         self.max_batch = max_batch
-        shape = (max_batch, self.kv_heads, self.max_len, self.head_dim)
-        self._cache = [np.zeros(shape, np.float32) for _ in self._past_names]
+        self.capacity = 0
+        self._cache: list[np.ndarray] = []
+        self.reset()
         log.info("loaded %s on %s (%d slots of %d tokens)", onnx_path, self.provider,
                  max_batch, self.max_len)
 
@@ -51,6 +55,31 @@ class FusedCausalLM:
 
         model = onnx.load(str(onnx_path), load_external_data=False)
         return [(t.name, list(t.dims)) for t in model.graph.initializer]
+
+    def reset(self) -> None:
+        """Drops every slot's cache and goes back to the initial capacity."""
+        self._cache = []
+        self._resize(min(INITIAL_CAPACITY, self.max_len))
+
+    def ensure_capacity(self, length: int) -> None:
+        """Makes room for sequences of `length` tokens (all slots keep their contents)."""
+        if length > self.max_len:
+            raise ValueError(f"{length} tokens exceed the cache of {self.max_len}")
+        if length > self.capacity:
+            self._resize(min(self.max_len, max(length, 2 * self.capacity)))
+
+    def _resize(self, capacity: int) -> None:
+        shape = (self.max_batch, self.kv_heads, capacity, self.head_dim)
+        grown = []
+        for old in self._cache or [None] * len(self._past_names):
+            new = np.empty(shape, np.float32)
+            if old is None:
+                new.fill(0.0)  # fault the pages in now, not in the middle of a step
+            else:
+                new[:, :, : self.capacity] = old
+                new[:, :, self.capacity :] = 0.0
+            grown.append(new)
+        self._cache, self.capacity = grown, capacity
 
     def _run(self, rows: slice, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Runs the graph for cache rows `rows`; `lengths` are the cached tokens per row."""
@@ -74,12 +103,14 @@ class FusedCausalLM:
 
     def prefill(self, slot: int, token_ids: list[int]) -> np.ndarray:
         """Writes a prompt into an empty slot; returns its last position's logits."""
+        self.ensure_capacity(len(token_ids))
         logits = self._run(slice(slot, slot + 1), np.asarray([token_ids]), np.zeros(1, np.int64))
         return logits[0]
 
     def decode(self, tokens: list[int], lengths: list[int]) -> np.ndarray:
         """One token for each of slots [0, n); returns logits (n, vocab)."""
         n = len(tokens)
+        self.ensure_capacity(max(lengths) + 1)
         return self._run(slice(0, n), np.asarray(tokens)[:, None], np.asarray(lengths))
 
     def move(self, src: int, dst: int, length: int) -> None:

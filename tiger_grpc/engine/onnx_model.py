@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,16 @@ def choose_providers(device: Device) -> list[str]:
     return [CPU]
 
 
+def session_options() -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # Idle ORT worker threads spin by default, which takes the cores from the
+    # gateway, the gRPC threads and the sampling between steps on small machines.
+    spin = os.environ.get("TIGER_ORT_SPIN", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    return options
+
+
 @dataclass
 class KVCache:
     """Per-layer keys and values, (batch, kv_heads, length, head_dim) each."""
@@ -61,10 +72,8 @@ class OnnxCausalLM:
     """Runs one forward step: new token ids plus the KV cache in, logits out."""
 
     def __init__(self, onnx_path: Path, device: Device = Device.AUTO) -> None:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
         self.session = ort.InferenceSession(
-            str(onnx_path), options, providers=choose_providers(device)
+            str(onnx_path), session_options(), providers=choose_providers(device)
         )
         self.provider = self.session.get_providers()[0]
         log.info("loaded %s on %s", onnx_path, self.provider)

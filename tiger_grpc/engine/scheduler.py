@@ -3,11 +3,13 @@
 Each step feeds one sequence's new tokens through the session, samples, detokenizes
 and checks the stop conditions, then moves to the next sequence, so every request
 makes progress and a cancelled one leaves before its next step. Events go back to
-the asyncio side through each sequence's thread-safe `emit`.
+the asyncio side through an `Outbox`: one wakeup of an event loop per step, not one
+per token, which keeps the decode thread and the loop from trading the GIL per token.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -34,6 +36,8 @@ class Sequence:
     stop_matcher: StopSequenceMatcher
     detokenizer: IncrementalDetokenizer
     emit: Callable[[Event], None]
+    # When set, `emit` is not thread-safe and runs on this loop (see `Outbox`).
+    loop: asyncio.AbstractEventLoop | None = None
     received_at: float = field(default_factory=time.monotonic)
     generated: list[int] = field(default_factory=list)
     cache: KVCache | None = None
@@ -45,6 +49,32 @@ class Sequence:
             input_tokens=len(self.prompt_ids),
             output_tokens=len(self.generated),
         )
+
+
+class Outbox:
+    """Collects a step's events and hands them over in one call per event loop."""
+
+    def __init__(self) -> None:
+        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[Callable[[Event], None], Event]]] = {}
+
+    def put(self, s: Sequence, event: Event) -> None:
+        if s.loop is None:
+            s.emit(event)
+        else:
+            self._pending.setdefault(s.loop, []).append((s.emit, event))
+
+    def flush(self) -> None:
+        for loop, items in self._pending.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the loop has closed: nobody is listening
+                pass
+        self._pending = {}
+
+
+def _deliver(items: list[tuple[Callable[[Event], None], Event]]) -> None:
+    for emit, event in items:
+        emit(event)
 
 
 _CLOSE = object()
@@ -94,24 +124,27 @@ class Scheduler:
             return True
 
     def _loop(self) -> None:
+        out = Outbox()
         while self._admit(block=not self._running):
             for sequence in list(self._running):
                 if sequence.cancelled:
                     self._running.remove(sequence)
                     continue
                 try:
-                    done = self._step(sequence)
+                    done = self._step(sequence, out)
                 except Exception:
                     log.exception("decode step failed")
-                    sequence.emit(Failure("internal error while generating"))
+                    out.put(sequence, Failure("internal error while generating"))
                     done = True
                 if done:
                     self._running.remove(sequence)
+                out.flush()
         for sequence in self._running:
-            sequence.emit(Failure("the server is shutting down"))
+            out.put(sequence, Failure("the server is shutting down"))
+        out.flush()
         self._running.clear()
 
-    def _step(self, s: Sequence) -> bool:
+    def _step(self, s: Sequence, out: Outbox) -> bool:
         """Runs one forward pass for `s`; True when it has finished."""
         if s.cache is None:
             new_ids, s.cache = s.prompt_ids, self.model.empty_cache()
@@ -119,10 +152,10 @@ class Scheduler:
             new_ids = s.generated[-1:]
         logits, s.cache = self.model.forward(new_ids, s.cache)
         self.tokens_generated += 1
-        return advance(s, s.sampler(logits))
+        return advance(s, s.sampler(logits), out)
 
 
-def advance(s: Sequence, token: int) -> bool:
+def advance(s: Sequence, token: int, out: Outbox) -> bool:
     """Adds a sampled token to `s` and emits what it releases; True when `s` is done."""
     s.generated.append(token)
     reason = s.stopper(token, len(s.generated))
@@ -133,8 +166,8 @@ def advance(s: Sequence, token: int) -> bool:
     elif reason is not None:
         text += s.stop_matcher.flush()
     if text:
-        s.emit(Delta(text))
+        out.put(s, Delta(text))
     if reason is None:
         return False
-    s.emit(Stop(reason, s.usage()))
+    out.put(s, Stop(reason, s.usage()))
     return True
