@@ -45,6 +45,8 @@ class FusedCausalLM:
         self.max_batch = max_batch
         self.capacity = 0
         self._cache: list[np.ndarray] = []
+        self._bindings: dict[tuple[int, int], tuple[ort.IOBinding, np.ndarray]] = {}
+        self.vocab_size = int(self.session.get_outputs()[0].shape[-1])
         self.reset()
         log.info("loaded %s on %s (%d slots of %d tokens)", onnx_path, self.provider,
                  max_batch, self.max_len)
@@ -80,10 +82,28 @@ class FusedCausalLM:
                 new[:, :, self.capacity :] = 0.0
             grown.append(new)
         self._cache, self.capacity = grown, capacity
+        self._bindings = {}
+
+    def _binding(self, rows: slice) -> tuple[ort.IOBinding, np.ndarray]:
+        """The binding of cache rows `rows` (made once per batch shape and capacity):
+        the KV buffers as past and present, logits into a preallocated array."""
+        key = (rows.start, rows.stop)
+        if key not in self._bindings:
+            binding = self.session.io_binding()
+            for past, present, buffer in zip(self._past_names, self._present_names,
+                                             self._cache, strict=True):
+                value = ort.OrtValue.ortvalue_from_numpy(buffer[rows])  # shares the memory
+                binding.bind_ortvalue_input(past, value)
+                binding.bind_ortvalue_output(present, value)
+            logits = np.empty((rows.stop - rows.start, self.vocab_size), np.float32)
+            binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape),
+                                logits.ctypes.data)
+            self._bindings[key] = (binding, logits)
+        return self._bindings[key]
 
     def _run(self, rows: slice, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Runs the graph for cache rows `rows`; `lengths` are the cached tokens per row."""
-        binding = self.session.io_binding()
+        binding, logits = self._binding(rows)
         new = input_ids.shape[1]
         feeds = {
             "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
@@ -91,27 +111,21 @@ class FusedCausalLM:
             "total_sequence_length": np.array(int(lengths.max()) + new, dtype=np.int32),
         }
         for name, array in feeds.items():
-            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
-        binding.bind_output("logits")
-        for past, present, buffer in zip(self._past_names, self._present_names, self._cache,
-                                         strict=True):
-            value = ort.OrtValue.ortvalue_from_numpy(buffer[rows])  # shares the memory
-            binding.bind_ortvalue_input(past, value)
-            binding.bind_ortvalue_output(present, value)
+            binding.bind_cpu_input(name, array)
         self.session.run_with_iobinding(binding)
-        return binding.get_outputs()[0].numpy()
+        return logits
 
     def prefill(self, slot: int, token_ids: list[int]) -> np.ndarray:
         """Writes a prompt into an empty slot; returns its last position's logits."""
         self.ensure_capacity(len(token_ids))
         logits = self._run(slice(slot, slot + 1), np.asarray([token_ids]), np.zeros(1, np.int64))
-        return logits[0]
+        return logits[0].copy()
 
     def decode(self, tokens: list[int], lengths: list[int]) -> np.ndarray:
         """One token for each of slots [0, n); returns logits (n, vocab)."""
         n = len(tokens)
         self.ensure_capacity(max(lengths) + 1)
-        return self._run(slice(0, n), np.asarray(tokens)[:, None], np.asarray(lengths))
+        return self._run(slice(0, n), np.asarray(tokens)[:, None], np.asarray(lengths)).copy()
 
     def move(self, src: int, dst: int, length: int) -> None:
         """Moves a sequence's cache to another slot (to keep the batch contiguous)."""

@@ -50,10 +50,12 @@ def choose_providers(device: Device) -> list[str]:
 def session_options() -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    # Idle ORT worker threads spin by default, which takes the cores from the
-    # gateway, the gRPC threads and the sampling between steps on small machines.
-    spin = os.environ.get("TIGER_ORT_SPIN", "0")
+    # ORT's worker threads spin while waiting for work: good inside a step (hundreds
+    # of small parallel sections), bad after it, where they would take the cores from
+    # the sampling, the gRPC threads and the gateway. Spin within a run, stop after.
+    spin = os.environ.get("TIGER_ORT_SPIN", "1")
     options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     return options
 
 
