@@ -7,21 +7,29 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tiger_grpc.convert import params_to_pb
+from tiger_grpc.params_pb import params_to_pb, train_params_to_pb
 from tiger_grpc.errors import InvalidArgument
 from tiger_grpc.pb.tiger.v1 import tiger_pb2 as pb
 from tiger_grpc.pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
-from tiger_grpc.validation import GenerateParams, parse_generate_body
+from tiger_grpc.validation import parse_generate_body, parse_train_body
 
-from .chunks import TERMINAL, chunk_to_json, error_message, http_status, model_to_json
+from .chunks import (
+    TERMINAL,
+    chunk_to_json,
+    error_message,
+    http_status,
+    model_to_json,
+    train_chunk_to_json,
+)
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BACKEND_SERVICE = "tiger.v1.Tiger"
 NDJSON = "application/x-ndjson"
@@ -105,13 +113,13 @@ class _Reject(Exception):
         self.status, self.message = status, message
 
 
-async def _parse_body(request: web.Request) -> GenerateParams:
+async def _parse_body(request: web.Request, parse: Callable[[Any], T]) -> T:
     try:
         body = await request.json(loads=_strict_loads)
     except ValueError as exc:
         raise _Reject(400, f"the request body is not valid JSON: {exc}") from None
     try:
-        return parse_generate_body(body)
+        return parse(body)
     except InvalidArgument as exc:
         raise _Reject(400, exc.message) from None
 
@@ -127,29 +135,83 @@ async def generate_response(request: web.Request) -> web.StreamResponse:
     """POST /v1/generate_response: NDJSON chunks, or one JSON object."""
     try:
         metadata = _metadata(request)
-        params = await _parse_body(request)
+        params = await _parse_body(request, parse_generate_body)
     except _Reject as reject:
         return error_response(reject.status, reject.message)
     call = request.app[TIGER].Generate(params_to_pb(params), metadata=metadata)
+
+    async def collect(chunks: AsyncIterator[dict[str, Any]]) -> web.Response:
+        parts: list[str] = []
+        async for obj in chunks:
+            if obj["type"] == "delta":
+                parts.append(obj["delta"])
+            elif obj["type"] == "stop":
+                return _json({"type": "message", "model": params.model.strip().lower(),
+                              "content": "".join(parts), "stop_reason": obj["stop_reason"],
+                              "usage": obj["usage"]})
+            elif obj["type"] == "error":
+                return error_response(500, obj["message"])
+        raise AssertionError("unreachable: _chunks always ends with stop or error")
+
+    return await _respond(request, call, chunk_to_json, params.stream, collect)
+
+
+async def train(request: web.Request) -> web.StreamResponse:
+    """POST /v1/train: NDJSON progress, or the final object."""
+    try:
+        metadata = _metadata(request)
+        params = await _parse_body(request, parse_train_body)
+    except _Reject as reject:
+        return error_response(reject.status, reject.message)
+    call = request.app[TIGER].Train(train_params_to_pb(params), metadata=metadata)
+
+    async def last(chunks: AsyncIterator[dict[str, Any]]) -> web.Response:
+        async for obj in chunks:
+            if obj["type"] == "stop":
+                return _json(obj)
+            if obj["type"] == "error":
+                return error_response(500, obj["message"])
+        raise AssertionError("unreachable: _chunks always ends with stop or error")
+
+    return await _respond(request, call, train_chunk_to_json, params.stream, last)
+
+
+async def _respond(
+    request: web.Request,
+    call: Any,
+    to_json: Callable[[Any], dict[str, Any]],
+    stream: bool,
+    collect: Callable[[AsyncIterator[dict[str, Any]]], Awaitable[web.Response]],
+) -> web.StreamResponse:
+    """Answers a server-streaming call: HTTP error before its first chunk, then NDJSON
+    (stream) or `collect`'s single object; the call is cancelled if we stop early."""
     try:
         try:
             first = await call.read()
         except grpc.aio.AioRpcError as exc:
             return rpc_error_response(exc)
-        if params.stream:
-            return await _stream(request, call, first)
-        return await _collect(call, first, params)
+        chunks = _chunks(call, first, to_json)
+        if not stream:
+            return await collect(chunks)
+        response = web.StreamResponse(headers={"Content-Type": NDJSON, "Cache-Control": "no-cache"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        async for obj in chunks:
+            await response.write(_dumps(obj))
+        await response.write_eof()
+        return response
     finally:
         if not call.done():  # the client left, or we stopped early: free the engine
             call.cancel()
 
 
-async def _chunks(call: Any, first: Any) -> AsyncIterator[dict[str, Any]]:
+async def _chunks(call: Any, first: Any, to_json: Callable[[Any], dict[str, Any]]
+                  ) -> AsyncIterator[dict[str, Any]]:
     """The JSON chunks of a call, ending with exactly one `stop` or `error`."""
     chunk = first
     try:
         while chunk is not grpc.aio.EOF:
-            obj = chunk_to_json(chunk)
+            obj = to_json(chunk)
             yield obj
             if obj["type"] in TERMINAL:
                 return
@@ -160,32 +222,8 @@ async def _chunks(call: Any, first: Any) -> AsyncIterator[dict[str, Any]]:
     yield {"type": "error", "message": "the backend ended the stream without a stop chunk"}
 
 
-async def _stream(request: web.Request, call: Any, first: Any) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": NDJSON, "Cache-Control": "no-cache"})
-    response.enable_chunked_encoding()
-    await response.prepare(request)
-    async for obj in _chunks(call, first):
-        await response.write(_dumps(obj))
-    await response.write_eof()
-    return response
-
-
-async def _collect(call: Any, first: Any, params: GenerateParams) -> web.Response:
-    parts: list[str] = []
-    async for obj in _chunks(call, first):
-        if obj["type"] == "delta":
-            parts.append(obj["delta"])
-        elif obj["type"] == "stop":
-            return web.json_response({
-                "type": "message",
-                "model": params.model.strip().lower(),
-                "content": "".join(parts),
-                "stop_reason": obj["stop_reason"],
-                "usage": obj["usage"],
-            }, dumps=lambda o: json.dumps(o, ensure_ascii=False))
-        elif obj["type"] == "error":
-            return error_response(500, obj["message"])
-    return error_response(500, "the backend ended the stream without a stop chunk")
+def _json(obj: dict[str, Any]) -> web.Response:
+    return web.json_response(obj, dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -243,6 +281,7 @@ def init(config: GatewayConfig) -> web.Application:
     app[CONFIG] = config
     app.cleanup_ctx.append(_grpc_channel)
     app.router.add_post("/v1/generate_response", generate_response)
+    app.router.add_post("/v1/train", train)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

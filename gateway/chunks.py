@@ -72,3 +72,28 @@ def model_to_json(model: pb.ModelInfo) -> dict[str, Any]:
         "running": model.running,
         "tokens_generated": model.tokens_generated,
     }
+
+
+def train_chunk_to_json(chunk: pb.TrainChunk) -> dict[str, Any]:
+    kind = chunk.WhichOneof("chunk")
+    if kind == "info":
+        return {"type": "info", "message": chunk.info.message}
+    if kind == "progress":
+        p = chunk.progress
+        return {
+            "type": "progress", "step": p.step, "total_steps": p.total_steps,
+            "epoch": round(p.epoch, 4), "loss": round(p.loss, 6),
+            "learning_rate": float(f"{p.learning_rate:.6g}"), "grad_norm": round(p.grad_norm, 6),
+            "tokens_per_second": round(p.tokens_per_second, 1),
+            "elapsed_ms": p.elapsed_ms, "eta_ms": p.eta_ms,
+        }
+    if kind == "stop":
+        u = chunk.stop.usage
+        return {
+            "type": "stop", "stop_reason": chunk.stop.stop_reason, "model": chunk.stop.model,
+            "usage": {"duration_ms": u.duration_ms, "train_tokens": u.train_tokens,
+                      "steps": u.steps},
+        }
+    if kind == "error":
+        return {"type": "error", "message": chunk.error.message}
+    return {"type": "error", "message": "the backend sent an empty chunk"}

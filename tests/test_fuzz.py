@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import API_KEY, TINY_MODEL_ID, Process
-from tiger_grpc.convert import params_to_pb
+from tiger_grpc.params_pb import params_to_pb
 from tiger_grpc.pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
 from tiger_grpc.validation import ChatMessage, GenerateParams
 

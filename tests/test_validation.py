@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from tiger_grpc.convert import params_from_pb, params_to_pb
+from tiger_grpc.params_pb import params_from_pb, params_to_pb
 from tiger_grpc.errors import InvalidArgument
 from tiger_grpc.validation import ChatMessage, GenerateParams, parse_generate_body
 

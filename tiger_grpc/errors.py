@@ -45,6 +45,10 @@ class NotFound(TigerError):
     status = Status.NOT_FOUND
 
 
+class AlreadyExists(TigerError):
+    status = Status.ALREADY_EXISTS
+
+
 class Unavailable(TigerError):
     status = Status.UNAVAILABLE
 

@@ -42,7 +42,7 @@ def _print_progress(message: str) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_third_party_warnings() -> Iterator[None]:
+def quiet_third_party_warnings() -> Iterator[None]:
     """The converters warn at length about tracing details that are not ours to fix.
 
     Silencing them also keeps a caller's `warnings.simplefilter("error")` (pytest's
@@ -88,7 +88,7 @@ def export_onnx(hf_dir: Path, onnx_dir: Path, dtype: str = "fp32", device: str =
     """Exports a saved HF causal LM with optimum, with past key values."""
     from optimum.exporters.onnx import main_export
 
-    with _quiet_third_party_warnings():
+    with quiet_third_party_warnings():
         main_export(
             model_name_or_path=str(hf_dir),
             output=onnx_dir,
@@ -157,23 +157,26 @@ def ensure_default_model(
         return manifest
 
 
-def add_fast_graph(store: ModelStore, model_id: str, precision: str) -> ModelManifest:
-    """Builds the fused graph of a stored Llama model from its HF weights."""
+def build_fast_graph(hf_dir: Path, out_dir: Path, precision: str) -> None:
+    """Writes the fused graph of a Llama checkpoint to `out_dir/model.onnx`."""
     from .fastgraph import PRECISION_BITS, build_fused_llama, quantize
 
-    hf_dir = store.path(model_id) / "hf"
     bits = PRECISION_BITS[precision]
+    if bits is None:
+        build_fused_llama(hf_dir, out_dir / "model.onnx")
+        return
+    fp32 = out_dir / "fp32"
+    build_fused_llama(hf_dir, fp32 / "model.onnx")
+    quantize(fp32 / "model.onnx", out_dir / "model.onnx", bits)
+    shutil.rmtree(fp32)
 
-    def build(scratch: Path) -> None:
-        if bits is None:
-            build_fused_llama(hf_dir, scratch / "model.onnx")
-            return
-        fp32 = scratch / "fp32"
-        build_fused_llama(hf_dir, fp32 / "model.onnx")
-        quantize(fp32 / "model.onnx", scratch / "model.onnx", bits)
-        shutil.rmtree(fp32)
 
-    return store.add_fast_graph(model_id, precision, build)
+def add_fast_graph(store: ModelStore, model_id: str, precision: str) -> ModelManifest:
+    """Builds the fused graph of a stored Llama model from its HF weights."""
+    hf_dir = store.path(model_id) / "hf"
+    return store.add_fast_graph(
+        model_id, precision, lambda scratch: build_fast_graph(hf_dir, scratch, precision)
+    )
 
 
 def main() -> None:

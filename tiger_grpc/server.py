@@ -29,6 +29,7 @@ from .pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
 from .prepare import DEFAULT_MODEL_ID, DEFAULT_PRECISION, PRECISIONS, ensure_default_model
 from .service import AuthInterceptor, TigerServicer
 from .store import ModelStore
+from .training import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ async def create_server(config: ServerConfig) -> TigerServer:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
-    pb_grpc.add_TigerServicer_to_server(TigerServicer(registry), server)
+    pb_grpc.add_TigerServicer_to_server(TigerServicer(registry, Trainer(registry)), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

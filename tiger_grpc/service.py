@@ -10,9 +10,11 @@ from typing import Any
 
 import grpc
 
-from .convert import event_to_pb, model_to_pb, params_from_pb
+from .convert import event_to_pb, model_to_pb, train_event_to_pb
+from .params_pb import params_from_pb, train_params_from_pb
 from .errors import Status, TigerError
 from .models import ModelRegistry
+from .training import Trainer
 from .pb.tiger.v1 import tiger_pb2 as pb
 from .pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
 
@@ -33,31 +35,27 @@ INTERNAL_MESSAGE = "internal error (details are in the server log)"
 class TigerServicer(pb_grpc.TigerServicer):
     """Implements `tiger.v1.Tiger` over a `ModelRegistry`."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, trainer: Trainer) -> None:
         self._registry = registry
+        self._trainer = trainer
 
     async def Generate(  # noqa: N802 - gRPC method name
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateChunk]:
         """Streams info, delta and then one stop (or one error) chunk."""
-        started = False
-        try:
-            params = params_from_pb(request)
-            async with contextlib.aclosing(self._registry.generate(params)) as events:
-                async for event in events:
-                    started = True
-                    yield event_to_pb(event)
-        except TigerError as exc:
-            if started:
-                yield pb.GenerateChunk(error=pb.ErrorChunk(message=exc.message))
-            else:
-                await context.abort(GRPC_CODES[exc.status], exc.message)
-        except Exception:
-            log.exception("Generate failed")
-            if started:
-                yield pb.GenerateChunk(error=pb.ErrorChunk(message=INTERNAL_MESSAGE))
-            else:
-                await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+        events = _stream(context, lambda: self._registry.generate(params_from_pb(request)),
+                         event_to_pb, lambda m: pb.GenerateChunk(error=pb.ErrorChunk(message=m)))
+        async for chunk in events:
+            yield chunk
+
+    async def Train(  # noqa: N802 - gRPC method name
+        self, request: pb.TrainRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.TrainChunk]:
+        """Streams info and progress chunks, then one stop (or one error) chunk."""
+        events = _stream(context, lambda: self._trainer.train(train_params_from_pb(request)),
+                         train_event_to_pb, lambda m: pb.TrainChunk(error=pb.ErrorChunk(message=m)))
+        async for chunk in events:
+            yield chunk
 
     async def ListModels(  # noqa: N802 - gRPC method name
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -66,6 +64,36 @@ class TigerServicer(pb_grpc.TigerServicer):
         return pb.ListModelsResponse(
             models=[model_to_pb(s) for s in self._registry.statuses()]
         )
+
+
+async def _stream(
+    context: grpc.aio.ServicerContext,
+    make_events: Callable[[], AsyncIterator[Any]],
+    to_pb: Callable[[Any], Any],
+    error_chunk: Callable[[str], Any],
+) -> AsyncIterator[Any]:
+    """Runs a domain event stream as a gRPC stream.
+
+    Errors before the first chunk become a status (`TigerError`'s, or INTERNAL with a
+    generic message); after it, one error chunk ends the stream.
+    """
+    started = False
+    try:
+        async with contextlib.aclosing(make_events()) as events:
+            async for event in events:
+                started = True
+                yield to_pb(event)
+    except TigerError as exc:
+        if started:
+            yield error_chunk(exc.message)
+        else:
+            await context.abort(GRPC_CODES[exc.status], exc.message)
+    except Exception:
+        log.exception("stream failed")
+        if started:
+            yield error_chunk(INTERNAL_MESSAGE)
+        else:
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

@@ -9,6 +9,7 @@ same on both protocols.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,3 +168,127 @@ def check_generate_params(p: GenerateParams) -> None:
             raise InvalidArgument(
                 f"`stop_sequences[{i}]` must be 1 to {MAX_STOP_SEQUENCE_CHARS} characters long"
             )
+
+
+MODEL_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
+MAX_EXAMPLES = 10_000
+METHODS = ("lora", "full")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """A training request after validation."""
+
+    model: str
+    output_model: str
+    examples: tuple[tuple[ChatMessage, ...], ...]
+    stream: bool = False
+    method: str = "lora"
+    epochs: int = 3
+    max_steps: int | None = None
+    learning_rate: float | None = None  # None: the method's default
+    batch_size: int = 4
+    lora_rank: int = 16
+    seed: int = 0
+
+
+TRAIN_LIMITS: dict[str, tuple[float, float]] = {
+    "epochs": (1, 1000),
+    "max_steps": (1, 1_000_000),
+    "batch_size": (1, 256),
+    "lora_rank": (1, 512),
+}
+
+
+def parse_train_body(body: Any) -> TrainParams:
+    """Builds validated training params from a decoded JSON body."""
+    if not isinstance(body, dict):
+        raise InvalidArgument(f"the request body must be a JSON object, got {_type_name(body)}")
+    for name in ("model", "output_model"):
+        if name not in body:
+            raise InvalidArgument(f"`{name}` is required")
+        if not isinstance(body[name], str):
+            raise _wrong_type(name, "a string", body[name])
+    examples = body.get("examples")
+    if not isinstance(examples, list):
+        raise _wrong_type("examples", "an array of {messages: [...]} objects", examples)
+    parsed = []
+    for i, example in enumerate(examples):
+        if not isinstance(example, dict) or "messages" not in example:
+            raise _wrong_type(f"examples[{i}]", "an object with `messages`", example)
+        try:
+            parsed.append(_messages_from_json(example["messages"]))
+        except InvalidArgument as exc:
+            raise InvalidArgument(exc.message.replace("`messages", f"`examples[{i}].messages")) from None
+    kwargs: dict[str, Any] = {"model": body["model"], "output_model": body["output_model"],
+                              "examples": tuple(parsed)}
+    stream = body.get("stream")
+    if stream is not None:
+        if not isinstance(stream, bool):
+            raise _wrong_type("stream", "a boolean", stream)
+        kwargs["stream"] = stream
+    hyper = body.get("hyperparameters")
+    if hyper is not None:
+        if not isinstance(hyper, dict):
+            raise _wrong_type("hyperparameters", "an object", hyper)
+        for name in ("epochs", "max_steps", "batch_size", "lora_rank", "seed"):
+            value = hyper.get(name)
+            if value is not None:
+                if not _is_int(value):
+                    raise _wrong_type(f"hyperparameters.{name}", "an integer", value)
+                kwargs[name] = value
+        if hyper.get("learning_rate") is not None:
+            if not _is_number(hyper["learning_rate"]):
+                raise _wrong_type("hyperparameters.learning_rate", "a number", hyper["learning_rate"])
+            kwargs["learning_rate"] = float(hyper["learning_rate"])
+        if hyper.get("method") is not None:
+            if not isinstance(hyper["method"], str):
+                raise _wrong_type("hyperparameters.method", "a string", hyper["method"])
+            kwargs["method"] = hyper["method"]
+    params = TrainParams(**kwargs)
+    check_train_params(params)
+    return params
+
+
+def check_train_params(p: TrainParams) -> None:
+    """Range checks for training, common to both protocols; raises `InvalidArgument`."""
+    if not p.model.strip():
+        raise InvalidArgument("`model` must be a non-empty model id (see GET /v1/models)")
+    if not MODEL_ID_PATTERN.fullmatch(p.output_model.strip().lower()):
+        raise InvalidArgument(
+            "`output_model` must be 1 to 128 characters of letters, digits, '.', '_' or '-', "
+            f"starting with a letter or digit, got {p.output_model!r}"
+        )
+    if not p.examples:
+        raise InvalidArgument("`examples` must contain at least one conversation")
+    if len(p.examples) > MAX_EXAMPLES:
+        raise InvalidArgument(f"`examples` may hold at most {MAX_EXAMPLES} conversations")
+    for i, messages in enumerate(p.examples):
+        for j, m in enumerate(messages):
+            if m.role not in ROLES:
+                raise InvalidArgument(
+                    f"`examples[{i}].messages[{j}].role` must be one of {', '.join(ROLES)}, "
+                    f"got {m.role!r}"
+                )
+        if not any(m.role == "assistant" for m in messages):
+            raise InvalidArgument(
+                f"`examples[{i}]` has no assistant turn: the loss is computed on assistant "
+                "turns, so each example needs at least one"
+            )
+    if p.method not in METHODS:
+        raise InvalidArgument(f"`hyperparameters.method` must be one of {', '.join(METHODS)}, "
+                              f"got {p.method!r}")
+    for name, (low, high) in TRAIN_LIMITS.items():
+        value = getattr(p, name)
+        if value is not None and not low <= value <= high:
+            raise InvalidArgument(
+                f"`hyperparameters.{name}` must be an integer from {low:g} to {high:g}, got {value}"
+            )
+    if p.learning_rate is not None and (
+        not math.isfinite(p.learning_rate) or not 0 < p.learning_rate <= 1
+    ):
+        raise InvalidArgument(
+            f"`hyperparameters.learning_rate` must be a number in (0, 1], got {p.learning_rate}"
+        )
+    if not 0 <= p.seed < SEED_LIMIT:
+        raise InvalidArgument(f"`hyperparameters.seed` must be an integer from 0 to 2**64 - 1, got {p.seed}")

@@ -121,3 +121,93 @@ class ListModelsResponse(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class Conversation(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[Message]
+    def __init__(self, messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ...) -> None: ...
+
+class Hyperparameters(_message.Message):
+    __slots__ = ("method", "epochs", "max_steps", "learning_rate", "batch_size", "lora_rank", "seed")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LORA_RANK_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    epochs: int
+    max_steps: int
+    learning_rate: float
+    batch_size: int
+    lora_rank: int
+    seed: int
+    def __init__(self, method: _Optional[str] = ..., epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., lora_rank: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class TrainRequest(_message.Message):
+    __slots__ = ("model", "output_model", "examples", "hyperparameters")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    HYPERPARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    output_model: str
+    examples: _containers.RepeatedCompositeFieldContainer[Conversation]
+    hyperparameters: Hyperparameters
+    def __init__(self, model: _Optional[str] = ..., output_model: _Optional[str] = ..., examples: _Optional[_Iterable[_Union[Conversation, _Mapping]]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ...) -> None: ...
+
+class ProgressChunk(_message.Message):
+    __slots__ = ("step", "total_steps", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second", "elapsed_ms", "eta_ms")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_MS_FIELD_NUMBER: _ClassVar[int]
+    ETA_MS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float
+    learning_rate: float
+    grad_norm: float
+    tokens_per_second: float
+    elapsed_ms: int
+    eta_ms: int
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[float] = ..., loss: _Optional[float] = ..., learning_rate: _Optional[float] = ..., grad_norm: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., elapsed_ms: _Optional[int] = ..., eta_ms: _Optional[int] = ...) -> None: ...
+
+class TrainUsage(_message.Message):
+    __slots__ = ("duration_ms", "train_tokens", "steps")
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    duration_ms: int
+    train_tokens: int
+    steps: int
+    def __init__(self, duration_ms: _Optional[int] = ..., train_tokens: _Optional[int] = ..., steps: _Optional[int] = ...) -> None: ...
+
+class TrainStopChunk(_message.Message):
+    __slots__ = ("stop_reason", "model", "usage")
+    STOP_REASON_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    stop_reason: str
+    model: str
+    usage: TrainUsage
+    def __init__(self, stop_reason: _Optional[str] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[TrainUsage, _Mapping]] = ...) -> None: ...
+
+class TrainChunk(_message.Message):
+    __slots__ = ("info", "progress", "stop", "error")
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    info: InfoChunk
+    progress: ProgressChunk
+    stop: TrainStopChunk
+    error: ErrorChunk
+    def __init__(self, info: _Optional[_Union[InfoChunk, _Mapping]] = ..., progress: _Optional[_Union[ProgressChunk, _Mapping]] = ..., stop: _Optional[_Union[TrainStopChunk, _Mapping]] = ..., error: _Optional[_Union[ErrorChunk, _Mapping]] = ...) -> None: ...

@@ -50,6 +50,11 @@ class TigerStub:
                 request_serializer=tiger_dot_v1_dot_tiger__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=tiger_dot_v1_dot_tiger__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.Train = channel.unary_stream(
+                '/tiger.v1.Tiger/Train',
+                request_serializer=tiger_dot_v1_dot_tiger__pb2.TrainRequest.SerializeToString,
+                response_deserializer=tiger_dot_v1_dot_tiger__pb2.TrainChunk.FromString,
+                _registered_method=True)
 
 
 class TigerServicer:
@@ -78,6 +83,18 @@ class TigerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Train(self, request, context):
+        """Fine-tunes a served model on conversations and registers the result under a
+        new id, servable as soon as the stream ends. Streams `info` chunks for the
+        phases, a `progress` chunk per step, then one `stop` (or one `error`).
+        One training runs at a time (RESOURCE_EXHAUSTED otherwise); an existing
+        `output_model` is ALREADY_EXISTS; cancelling the call stops the training
+        within a step and leaves nothing behind.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TigerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +107,11 @@ def add_TigerServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=tiger_dot_v1_dot_tiger__pb2.ListModelsRequest.FromString,
                     response_serializer=tiger_dot_v1_dot_tiger__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Train': grpc.unary_stream_rpc_method_handler(
+                    servicer.Train,
+                    request_deserializer=tiger_dot_v1_dot_tiger__pb2.TrainRequest.FromString,
+                    response_serializer=tiger_dot_v1_dot_tiger__pb2.TrainChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -152,6 +174,33 @@ class Tiger:
             '/tiger.v1.Tiger/ListModels',
             tiger_dot_v1_dot_tiger__pb2.ListModelsRequest.SerializeToString,
             tiger_dot_v1_dot_tiger__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Train(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tiger.v1.Tiger/Train',
+            tiger_dot_v1_dot_tiger__pb2.TrainRequest.SerializeToString,
+            tiger_dot_v1_dot_tiger__pb2.TrainChunk.FromString,
             options,
             channel_credentials,
             insecure,
