@@ -5,13 +5,19 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from tiger_grpc.observability import REQUEST_ID, REQUEST_ID_HEADER
 
 from tiger_grpc.params_pb import params_to_pb, train_params_to_pb
 from tiger_grpc.errors import InvalidArgument
@@ -37,7 +43,26 @@ RETRY_AFTER_S = "1"
 
 
 @dataclass(frozen=True)
+class BackendTls:
+    """PEM files for TLS to the gRPC servers (client certificate optional)."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes(),
+            private_key=self.key.read_bytes() if self.key else None,
+            certificate_chain=self.cert.read_bytes() if self.cert else None,
+        )
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
+    # One address, several (comma-separated), or a name that resolves to several
+    # (`dns:///tiger.default.svc.cluster.local:50051`): requests are spread over all
+    # with gRPC's round_robin policy.
     grpc_target: str = "localhost:50051"
     host: str = "0.0.0.0"
     port: int = 45678
@@ -46,9 +71,18 @@ class GatewayConfig:
     api_key: str | None = None
     max_body_bytes: int = 4 * 1024 * 1024
     unary_timeout_s: float = 10.0
+    tls: BackendTls | None = None
+    tls_server_name: str | None = None  # expected name in the server certificate
 
 
 CONFIG = web.AppKey("config", GatewayConfig)
+REQUEST_ID_KEY = "tiger.request_id"
+MODEL_KEY = "tiger.model"
+HTTP_REQUESTS = Counter("tiger_gateway_requests", "HTTP requests by route, method, model and status",
+                        ["route", "method", "model", "status"])
+HTTP_SECONDS = Histogram("tiger_gateway_request_duration_seconds",
+                         "HTTP request time, to the end of the stream", ["route"],
+                         buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
 CHANNEL = web.AppKey("channel", grpc.aio.Channel)
 TIGER = web.AppKey("tiger", pb_grpc.TigerStub)
 HEALTH = web.AppKey("health", health_pb2_grpc.HealthStub)
@@ -95,7 +129,8 @@ async def json_errors(
 
 
 def _metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
-    """Checks the bearer token (when this gateway knows the key) and forwards it."""
+    """Checks the bearer token (when this gateway knows the key) and forwards it,
+    with the request id."""
     given = request.headers.get("Authorization", "")
     if not given:
         raise _Reject(401, "missing bearer token: send `Authorization: Bearer <key>`")
@@ -104,7 +139,7 @@ def _metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
         given.encode(), f"Bearer {expected}".encode()
     ):
         raise _Reject(401, "invalid API key")
-    return (("authorization", given),)
+    return (("authorization", given), (REQUEST_ID_HEADER, request[REQUEST_ID_KEY]))
 
 
 class _Reject(Exception):
@@ -136,6 +171,7 @@ async def generate_response(request: web.Request) -> web.StreamResponse:
     try:
         metadata = _metadata(request)
         params = await _parse_body(request, parse_generate_body)
+        request[MODEL_KEY] = params.model.strip().lower()
     except _Reject as reject:
         return error_response(reject.status, reject.message)
     call = request.app[TIGER].Generate(params_to_pb(params), metadata=metadata)
@@ -161,6 +197,7 @@ async def train(request: web.Request) -> web.StreamResponse:
     try:
         metadata = _metadata(request)
         params = await _parse_body(request, parse_train_body)
+        request[MODEL_KEY] = params.model.strip().lower()
     except _Reject as reject:
         return error_response(reject.status, reject.message)
     call = request.app[TIGER].Train(train_params_to_pb(params), metadata=metadata)
@@ -260,15 +297,48 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
+def service_config() -> str:
+    """round_robin over every address, and a retry of calls that never reached a
+    server (UNAVAILABLE before any response), so a dead backend costs no request."""
+    retry = {"maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "0.5s",
+             "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}
+    return json.dumps({
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [{
+            "name": [{"service": BACKEND_SERVICE, "method": "Generate"},
+                     {"service": BACKEND_SERVICE, "method": "ListModels"},
+                     {"service": "grpc.health.v1.Health"}],
+            "retryPolicy": retry,
+        }],
+    })
+
+
+def _target(grpc_target: str) -> str:
+    """`host1:p1,host2:p2` becomes gRPC's `ipv4:`/`ipv6:` list URI; others pass as is."""
+    if "," not in grpc_target or "://" in grpc_target or grpc_target.startswith(("ipv4:", "ipv6:")):
+        return grpc_target
+    addresses = [a.strip().replace("localhost", "127.0.0.1") for a in grpc_target.split(",")]
+    scheme = "ipv6" if all(a.startswith("[") for a in addresses) else "ipv4"
+    return f"{scheme}:{','.join(addresses)}"
+
+
 async def _grpc_channel(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    channel = grpc.aio.insecure_channel(config.grpc_target, options=[
-        # One channel per gateway process, spread over every address the target
-        # resolves to (several servers behind one DNS name).
-        ("grpc.lb_policy_name", "round_robin"),
+    options = [
+        ("grpc.service_config", service_config()),
+        ("grpc.enable_retries", 1),
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ("grpc.keepalive_time_ms", 30_000),
-    ])
+        ("grpc.keepalive_timeout_ms", 10_000),
+    ]
+    target = _target(config.grpc_target)
+    if config.tls is not None:
+        if config.tls_server_name:
+            options.append(("grpc.ssl_target_name_override", config.tls_server_name))
+        channel = grpc.aio.secure_channel(target, config.tls.credentials(), options=options)
+    else:
+        channel = grpc.aio.insecure_channel(target, options=options)
     app[CHANNEL] = channel
     app[TIGER] = pb_grpc.TigerStub(channel)
     app[HEALTH] = health_pb2_grpc.HealthStub(channel)
@@ -276,13 +346,50 @@ async def _grpc_channel(app: web.Application) -> AsyncIterator[None]:
     await channel.close()
 
 
+@web.middleware
+async def request_context(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Takes or makes the request id, logs with it, and counts the request."""
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = given[:128] if given and given.isprintable() else uuid.uuid4().hex
+    request[REQUEST_ID_KEY] = request_id
+    REQUEST_ID.set(request_id)
+    started = time.monotonic()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        route = request.match_info.route.resource
+        path = route.canonical if route is not None else "unmatched"
+        HTTP_REQUESTS.labels(path, request.method, request.get(MODEL_KEY, ""), str(status)).inc()
+        HTTP_SECONDS.labels(path).observe(time.monotonic() - started)
+
+
+async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers[REQUEST_ID_HEADER] = request.get(REQUEST_ID_KEY, "")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: Prometheus text format."""
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 def init(config: GatewayConfig) -> web.Application:
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[json_errors])
+    app = web.Application(client_max_size=config.max_body_bytes,
+                          middlewares=[request_context, json_errors])
     app[CONFIG] = config
     app.cleanup_ctx.append(_grpc_channel)
+    app.on_response_prepare.append(_add_request_id)
     app.router.add_post("/v1/generate_response", generate_response)
     app.router.add_post("/v1/train", train)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     return app

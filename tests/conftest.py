@@ -86,6 +86,7 @@ class Process:
     popen: subprocess.Popen[bytes]
     port: int
     log: Path
+    metrics_port: int = 0
 
     def stop(self) -> None:
         if self.popen.poll() is None:
@@ -98,7 +99,9 @@ class Process:
 
 
 def start_process(args: list[str], workdir: Path, name: str, env: dict[str, str]) -> Process:
-    """Starts `python -m ...` with `--port-file`, and waits for the port it bound."""
+    """Starts `python -m ...` with `--port-file`, and waits for the ports it bound."""
+    if args[0] == "tiger_grpc.server" and "--metrics-port" not in args:
+        args = [*args, "--metrics-port", "0"]
     port_file = workdir / f"{name}.port"
     port_file.unlink(missing_ok=True)
     log = workdir / f"{name}.log"
@@ -113,7 +116,8 @@ def start_process(args: list[str], workdir: Path, name: str, env: dict[str, str]
             popen.kill()
             raise RuntimeError(f"{name} did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.05)
-    return Process(popen, int(port_file.read_text()), log)
+    ports = [int(p) for p in port_file.read_text().split()]
+    return Process(popen, ports[0], log, *ports[1:])
 
 
 def process_env(store_home: Path) -> dict[str, str]:

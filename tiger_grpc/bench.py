@@ -207,7 +207,7 @@ def _start(args: list[str], env: dict[str, str], workdir: Path, name: str) -> tu
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"{name} did not start; see {workdir / (name + '.log')}")
         time.sleep(0.05)
-    return proc, int(port_file.read_text())
+    return proc, int(port_file.read_text().split()[0])
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, float]]:
@@ -221,7 +221,8 @@ async def run(args: argparse.Namespace) -> list[dict[str, float]]:
     workdir = Path(tempfile.mkdtemp(prefix="tiger-bench-"))
     env = {**os.environ, "TIGER_HOME": str(home), "TIGER_API_KEY": API_KEY,
            "TIGER_PRECISION": args.precision}
-    server, grpc_port = _start(["tiger_grpc.server", "--port", "0", "--host", "127.0.0.1"],
+    server, grpc_port = _start(["tiger_grpc.server", "--port", "0", "--host", "127.0.0.1",
+                                "--metrics-port", "-1"],
                                env, workdir, "server")
     gateway, http_port = _start(["gateway.main", "--port", "0", "--host", "127.0.0.1",
                                  "--grpc-target", f"127.0.0.1:{grpc_port}"], env, workdir, "gateway")

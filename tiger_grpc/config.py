@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DEFAULT_GRPC_PORT = 50051
 DEFAULT_HTTP_PORT = 45678
@@ -67,6 +68,25 @@ class EngineOptions:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for the server's TLS, and the CA that client certificates need."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def server_credentials(self) -> Any:
+        import grpc
+
+        ca = self.client_ca.read_bytes() if self.client_ca else None
+        return grpc.ssl_server_credentials(
+            [(self.key.read_bytes(), self.cert.read_bytes())],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Everything the gRPC server needs, resolved before it starts."""
 
@@ -76,4 +96,8 @@ class ServerConfig:
     port: int = DEFAULT_GRPC_PORT
     engine: EngineOptions = EngineOptions()
     prepare_default_model: bool = True
-    shutdown_grace_s: float = 10.0
+    shutdown_grace_s: float = 30.0
+    metrics_port: int | None = None  # None: no metrics endpoint
+    metrics_host: str = "0.0.0.0"
+    reflection: bool = True
+    tls: TlsFiles | None = None

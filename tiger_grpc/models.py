@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import metrics
 from .config import EngineOptions
 from .engine.detok import IncrementalDetokenizer
 from .engine.batcher import BatchScheduler
@@ -18,7 +19,7 @@ from .engine.onnx_model import OnnxCausalLM, choose_providers
 from .engine.sampling import Sampler, SamplingParams
 from .engine.scheduler import Scheduler, Sequence
 from .engine.stopping import StopSequenceMatcher, TokenStopper
-from .engine.types import Event, Failure, Info, Stop
+from .engine.types import Delta, Event, Failure, Info, Stop
 from .errors import InvalidArgument, NotFound, Unavailable
 from .store import ModelManifest, ModelStore, canonical_id
 from .validation import GenerateParams
@@ -32,6 +33,7 @@ class ModelStatus:
     loaded: bool
     provider: str
     running: int
+    queued: int
     tokens_generated: int
 
 
@@ -97,6 +99,7 @@ class ModelRegistry:
                 loaded=loaded is not None,
                 provider=loaded.provider if loaded else expected,
                 running=loaded.scheduler.running if loaded else 0,
+                queued=loaded.scheduler.queued if loaded else 0,
                 tokens_generated=loaded.scheduler.tokens_generated if loaded else 0,
             ))
         return result
@@ -126,6 +129,8 @@ class ModelRegistry:
             self._loaded[manifest.id] = model
             self._tokenizers.pop(manifest.id, None)
             seconds = time.monotonic() - started
+            metrics.MODEL_LOADS.labels(manifest.id).inc()
+            metrics.MODEL_LOAD_SECONDS.labels(manifest.id).observe(seconds)
             log.info("model %s (%s) ready on %s in %.1fs", manifest.id, model.graph,
                      model.provider, seconds)
             yield Info(f"Model {manifest.id} ready on {model.provider} ({seconds:.1f}s)")
@@ -168,11 +173,24 @@ class ModelRegistry:
             received_at=received,
         )
         model.scheduler.submit(sequence)
+        metrics.PROMPT_TOKENS.labels(manifest.id).inc(len(prompt_ids))
+        ttft, itl = (h.labels(manifest.id) for h in
+                     (metrics.TIME_TO_FIRST_TOKEN, metrics.INTER_TOKEN_LATENCY))
         finished = False
+        last: float | None = None
         try:
             while not finished:
                 event = await events.get()
                 finished = isinstance(event, Stop | Failure)
+                if isinstance(event, Delta):
+                    now = time.monotonic()
+                    if last is None:
+                        ttft.observe(now - received)
+                    else:
+                        itl.observe(now - last)
+                    last = now
+                elif isinstance(event, Stop):
+                    metrics.GENERATED_TOKENS.labels(manifest.id).inc(event.usage.output_tokens)
                 yield event
         finally:
             if not finished:  # the caller went away: free the compute now

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from prometheus_client import start_http_server
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .config import (
     DEFAULT_GRPC_PORT,
+    TlsFiles,
     Device,
     EngineOptions,
     ServerConfig,
@@ -23,7 +25,9 @@ from .config import (
     env_int,
     resolve_api_key,
 )
+from .metrics import register_engine
 from .models import ModelRegistry
+from .observability import setup_logging
 from .pb.tiger.v1 import tiger_pb2 as pb
 from .pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
 from .prepare import DEFAULT_MODEL_ID, DEFAULT_PRECISION, PRECISIONS, ensure_default_model
@@ -35,6 +39,18 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Tiger"].full_name
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_METRICS_PORT = 50052
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Keepalive: ping idle clients every 60 s, drop them after 20 s without an answer,
+    # and accept client pings down to every 10 s (the gateway pings every 30 s).
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -79,20 +95,19 @@ class TigerServer:
 async def create_server(config: ServerConfig) -> TigerServer:
     """Builds and starts the server; `port` is the real one (config.port 0 picks one)."""
     registry = ModelRegistry(ModelStore(config.home), config.engine)
-    server = grpc.aio.server(
-        interceptors=[AuthInterceptor(config.api_key)],
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ],
-    )
+    server = grpc.aio.server(interceptors=[AuthInterceptor(config.api_key)], options=SERVER_OPTIONS)
     pb_grpc.add_TigerServicer_to_server(TigerServicer(registry, Trainer(registry)), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if config.reflection:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+    address = f"{config.host}:{config.port}"
+    if config.tls is not None:
+        port = server.add_secure_port(address, config.tls.server_credentials())
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind {config.host}:{config.port}")
     await server.start()
@@ -103,10 +118,16 @@ async def create_server(config: ServerConfig) -> TigerServer:
 
 async def serve(config: ServerConfig, port_file: Path | None = None) -> None:
     tiger = await create_server(config)
-    log.info("gRPC server listening on %s:%d", config.host, tiger.port)
+    metrics_port = 0
+    if config.metrics_port is not None:
+        metrics_server, _ = start_http_server(config.metrics_port, addr=config.metrics_host)
+        metrics_port = metrics_server.server_port
+        register_engine(tiger.registry)
+    log.info("gRPC server listening on %s:%d (%s), metrics on :%d", config.host, tiger.port,
+             "TLS" if config.tls else "plaintext", metrics_port)
     if port_file is not None:
         tmp = port_file.with_suffix(".tmp")
-        tmp.write_text(str(tiger.port))
+        tmp.write_text(f"{tiger.port}\n{metrics_port}\n")
         os.replace(tmp, port_file)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -145,11 +166,29 @@ def parse_config(argv: list[str] | None = None) -> tuple[ServerConfig, Path | No
                         default=env_int(env, "TIGER_DEFAULT_MAX_TOKENS", 1024))
     parser.add_argument("--no-prepare", action="store_true",
                         help="do not prepare the embedded default model at start-up")
-    parser.add_argument("--port-file", type=Path, help="write the bound port here (for tests)")
+    parser.add_argument("--metrics-port", type=int,
+                        default=env_int(env, "TIGER_METRICS_PORT", DEFAULT_METRICS_PORT),
+                        help="Prometheus /metrics port (-1: off, 0: any free port)")
+    parser.add_argument("--no-reflection", action="store_true",
+                        default=env.get("TIGER_GRPC_REFLECTION", "1") == "0",
+                        help="turn gRPC server reflection off")
+    parser.add_argument("--tls-cert", type=Path, default=env.get("TIGER_TLS_CERT"),
+                        help="PEM certificate chain: serve TLS")
+    parser.add_argument("--tls-key", type=Path, default=env.get("TIGER_TLS_KEY"))
+    parser.add_argument("--tls-client-ca", type=Path, default=env.get("TIGER_TLS_CLIENT_CA"),
+                        help="PEM CA bundle: require client certificates signed by it")
+    parser.add_argument("--shutdown-grace", type=float,
+                        default=float(env.get("TIGER_SHUTDOWN_GRACE_S", "30")),
+                        help="seconds running streams get to finish on SIGTERM")
+    parser.add_argument("--port-file", type=Path,
+                        help="write the bound gRPC and metrics ports here (for tests)")
     parser.add_argument("--log-level", default=env.get("TIGER_LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-format", choices=("text", "json"),
+                        default=env.get("TIGER_LOG_FORMAT", "text"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level, args.log_format)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
     config = ServerConfig(
         home=args.home,
         api_key=resolve_api_key(args.home, env),
@@ -164,6 +203,10 @@ def parse_config(argv: list[str] | None = None) -> tuple[ServerConfig, Path | No
             default_max_tokens=args.default_max_tokens,
         ),
         prepare_default_model=not args.no_prepare,
+        shutdown_grace_s=args.shutdown_grace,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        reflection=not args.no_reflection,
+        tls=TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
     )
     return config, args.port_file
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
+import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -13,7 +16,10 @@ import grpc
 from .convert import event_to_pb, model_to_pb, train_event_to_pb
 from .params_pb import params_from_pb, train_params_from_pb
 from .errors import Status, TigerError
+from . import metrics
 from .models import ModelRegistry
+from .observability import REQUEST_ID, REQUEST_ID_HEADER
+from .store import canonical_id
 from .training import Trainer
 from .pb.tiger.v1 import tiger_pb2 as pb
 from .pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
@@ -43,7 +49,8 @@ class TigerServicer(pb_grpc.TigerServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateChunk]:
         """Streams info, delta and then one stop (or one error) chunk."""
-        events = _stream(context, lambda: self._registry.generate(params_from_pb(request)),
+        events = _stream(context, "Generate", self._model_label(request.model),
+                         lambda: self._registry.generate(params_from_pb(request)),
                          event_to_pb, lambda m: pb.GenerateChunk(error=pb.ErrorChunk(message=m)))
         async for chunk in events:
             yield chunk
@@ -52,7 +59,8 @@ class TigerServicer(pb_grpc.TigerServicer):
         self, request: pb.TrainRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.TrainChunk]:
         """Streams info and progress chunks, then one stop (or one error) chunk."""
-        events = _stream(context, lambda: self._trainer.train(train_params_from_pb(request)),
+        events = _stream(context, "Train", self._model_label(request.model),
+                         lambda: self._trainer.train(train_params_from_pb(request)),
                          train_event_to_pb, lambda m: pb.TrainChunk(error=pb.ErrorChunk(message=m)))
         async for chunk in events:
             yield chunk
@@ -61,13 +69,22 @@ class TigerServicer(pb_grpc.TigerServicer):
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         """The stored models, whether each is loaded, and its execution provider."""
+        _bind_request_id(context)
+        metrics.REQUESTS.labels("ListModels", "", "OK").inc()
         return pb.ListModelsResponse(
             models=[model_to_pb(s) for s in self._registry.statuses()]
         )
 
+    def _model_label(self, model_id: str) -> str:
+        """A metrics label that cannot grow without bound: known ids only."""
+        key = canonical_id(model_id)
+        return key if self._registry.store.get(key) is not None else "unknown"
+
 
 async def _stream(
     context: grpc.aio.ServicerContext,
+    method: str,
+    model: str,
     make_events: Callable[[], AsyncIterator[Any]],
     to_pb: Callable[[Any], Any],
     error_chunk: Callable[[str], Any],
@@ -77,23 +94,42 @@ async def _stream(
     Errors before the first chunk become a status (`TigerError`'s, or INTERNAL with a
     generic message); after it, one error chunk ends the stream.
     """
+    _bind_request_id(context)
+    started_at = time.monotonic()
     started = False
+    code = "OK"
     try:
         async with contextlib.aclosing(make_events()) as events:
             async for event in events:
                 started = True
                 yield to_pb(event)
     except TigerError as exc:
+        code = GRPC_CODES[exc.status].name
         if started:
             yield error_chunk(exc.message)
         else:
             await context.abort(GRPC_CODES[exc.status], exc.message)
+    except (asyncio.CancelledError, GeneratorExit):
+        code = "CANCELLED"  # the caller left or its deadline passed
+        raise
     except Exception:
-        log.exception("stream failed")
+        code = "INTERNAL"
+        log.exception("%s failed", method)
         if started:
             yield error_chunk(INTERNAL_MESSAGE)
         else:
             await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+    finally:
+        metrics.REQUESTS.labels(method, model, code).inc()
+        log.info("%s model=%s code=%s %.0fms", method, model, code,
+                 (time.monotonic() - started_at) * 1000)
+
+
+def _bind_request_id(context: grpc.aio.ServicerContext) -> str:
+    metadata = dict(context.invocation_metadata() or ())
+    request_id = str(metadata.get(REQUEST_ID_HEADER) or uuid.uuid4().hex)[:128]
+    REQUEST_ID.set(request_id)
+    return request_id
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -121,6 +157,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             "missing bearer token: send `authorization: Bearer <key>`"
             if not given else "invalid API key"
         )
+        method = details.method.rsplit("/", 1)[-1]
+        metrics.REQUESTS.labels(method, "", "UNAUTHENTICATED").inc()
         return _rejecting_handler(handler, message)
 
 

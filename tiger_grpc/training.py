@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from . import metrics
 from .engine.types import Info
 from .errors import AlreadyExists, InvalidArgument, ResourceExhausted
 from .models import ModelRegistry
@@ -219,7 +220,6 @@ class Trainer:
     def __init__(self, registry: ModelRegistry) -> None:
         self._registry = registry
         self._busy = False
-        self.steps_total = 0
 
     @property
     def busy(self) -> bool:
@@ -238,6 +238,7 @@ class Trainer:
         if self._busy:
             raise ResourceExhausted("a training is already running; one runs at a time")
         self._busy = True
+        metrics.TRAININGS_RUNNING.inc()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[TrainEvent | BaseException | None] = asyncio.Queue()
         cancel = threading.Event()
@@ -256,6 +257,7 @@ class Trainer:
                 outcome = exc
             finally:
                 self._busy = False
+                metrics.TRAININGS_RUNNING.dec()
             loop.call_soon_threadsafe(events.put_nowait, outcome)
 
         worker = threading.Thread(target=work, name=f"train-{out_id}", daemon=True)
@@ -273,7 +275,7 @@ class Trainer:
                         return
                     raise event
                 if isinstance(event, Progress):
-                    self.steps_total += 1
+                    metrics.TRAIN_STEPS.inc()
                 yield event
         finally:
             if not finished:  # the caller went away: stop within a step

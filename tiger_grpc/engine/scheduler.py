@@ -97,6 +97,10 @@ class Scheduler:
         """Sequences in the loop now (a cancelled one leaves within one step)."""
         return len(self._running)
 
+    @property
+    def queued(self) -> int:
+        return self._incoming.qsize()
+
     def submit(self, sequence: Sequence) -> None:
         if self._closed:
             raise RuntimeError("scheduler is closed")
