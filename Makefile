@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PB_OUT := tiger_grpc/pb
 
-.PHONY: install run test proto proto-check bench clean
+.PHONY: install run test proto bench load clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: $(STAMP)
 # transformers. BENCH_ARGS=--quick for a two-minute run.
 bench: $(STAMP)
 	$(PY) -m tiger_grpc.bench $(BENCH_ARGS)
+
+# Many concurrent streaming clients against a running gateway (make run) for a
+# bounded time; LOAD_ARGS="--concurrency 64 --duration 60".
+load: $(STAMP)
+	$(PY) -m tiger_grpc.loadtest $(LOAD_ARGS)
 
 # Regenerates the gRPC code from proto/ from scratch, with package-relative imports.
 proto: $(STAMP)
