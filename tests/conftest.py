@@ -16,10 +16,10 @@ import pytest
 from tiger_grpc.config import default_home
 from tiger_grpc.prepare import DEFAULT_MODEL_ID, ensure_default_model
 from tiger_grpc.store import ModelManifest, ModelStore
+from tiger_grpc.testing import TINY_MODEL_ID, build_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-123"
-TINY_MODEL_ID = "tiny-llama"
 
 
 @pytest.fixture(scope="session")
@@ -48,37 +48,9 @@ def store_home(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Path
 
 
 @pytest.fixture(scope="session")
-def tiny_model(store_home: Path, tokenizer) -> ModelManifest:
+def tiny_model(store_home: Path, default_model_dir: Path) -> ModelManifest:
     """A 2-layer random-weight Llama with the real tokenizer, exported by optimum."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from tiger_grpc.prepare import add_fast_graph, end_of_turn_ids, export_onnx
-
-    store = ModelStore(store_home)
-    existing = store.get(TINY_MODEL_ID)
-    if existing is not None:
-        return existing
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, pad_token_id=2,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config).eval()
-    with store.lock(TINY_MODEL_ID), store.staging(TINY_MODEL_ID) as scratch:
-        model.save_pretrained(scratch / "hf")
-        tokenizer.save_pretrained(scratch / "hf")
-        export_onnx(scratch / "hf", scratch / "onnx")
-        manifest = ModelManifest(
-            id=TINY_MODEL_ID, source="tests: random weights",
-            context_length=config.max_position_embeddings,
-            eos_token_ids=end_of_turn_ids(tokenizer, model.generation_config),
-        )
-        manifest.write(scratch)
-    # The fused graph in fp32, so the batched engine can be checked exactly.
-    return add_fast_graph(store, TINY_MODEL_ID, "fp32")
+    return build_tiny_model(ModelStore(store_home), default_model_dir / "hf", TINY_MODEL_ID)
 
 
 @dataclass

@@ -124,7 +124,7 @@ def ensure_default_model(
     manifest = store.get(DEFAULT_MODEL_ID)
     if manifest is not None and precision in manifest.fast_graphs:
         return manifest
-    with store.lock(DEFAULT_MODEL_ID), _quiet_third_party_warnings():
+    with store.lock(DEFAULT_MODEL_ID), quiet_third_party_warnings():
         manifest = store.get(DEFAULT_MODEL_ID)  # another process may have finished it
         started = time.monotonic()
 

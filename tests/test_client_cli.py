@@ -1,0 +1,137 @@
+"""The Python client, the `tiger` CLI and the pytest plugin, against the real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import API_KEY, ROOT, TINY_MODEL_ID, Process
+from tiger_grpc.client import (
+    AsyncTigerClient,
+    AuthenticationError,
+    Completion,
+    DeadlineExceededError,
+    Delta,
+    InvalidArgumentError,
+    NotFoundError,
+    Stop,
+    TigerClient,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+async def client(backend: Process):
+    async with AsyncTigerClient(f"127.0.0.1:{backend.port}", api_key=API_KEY) as c:
+        yield c
+
+
+async def test_async_client_streams_completes_and_lists(client: AsyncTigerClient) -> None:
+    chunks = [c async for c in client.generate("hi", model=TINY_MODEL_ID, max_tokens=5,
+                                               temperature=0)]
+    assert isinstance(chunks[-1], Stop) and chunks[-1].stop_reason == "max_tokens"
+    answer = await client.complete([{"role": "user", "content": "hi"}], model=TINY_MODEL_ID,
+                                   max_tokens=5, temperature=0)
+    assert isinstance(answer, Completion)
+    assert answer.text == "".join(c.text for c in chunks if isinstance(c, Delta))
+    assert TINY_MODEL_ID in [m.id for m in await client.models()]
+
+
+async def test_async_client_errors_are_typed(client: AsyncTigerClient, backend: Process) -> None:
+    with pytest.raises(NotFoundError, match="unknown model"):
+        await client.complete("hi", model="nope")
+    with pytest.raises(InvalidArgumentError, match="top_p"):
+        await client.complete("hi", model=TINY_MODEL_ID, top_p=5.0)
+    with pytest.raises(DeadlineExceededError):
+        await client.complete("hi", model=TINY_MODEL_ID, max_tokens=3000, timeout=0.3)
+    async with AsyncTigerClient(f"127.0.0.1:{backend.port}", api_key="wrong") as bad:
+        with pytest.raises(AuthenticationError):
+            await bad.models()
+
+
+async def test_leaving_the_loop_cancels_the_call(client: AsyncTigerClient) -> None:
+    async for chunk in client.generate("hi", model=TINY_MODEL_ID, max_tokens=3000):
+        if isinstance(chunk, Delta):
+            break
+    for _ in range(100):
+        running = next(m for m in await client.models() if m.id == TINY_MODEL_ID).running
+        if running == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert running == 0
+
+
+def test_sync_client(backend: Process) -> None:
+    with TigerClient(f"127.0.0.1:{backend.port}", api_key=API_KEY) as tiger:
+        answer = tiger.complete("hi", model=TINY_MODEL_ID, max_tokens=4)
+        assert answer.usage.output_tokens == 4 and answer.stop_reason == "max_tokens"
+        assert TINY_MODEL_ID in [m.id for m in tiger.models()]
+
+
+def tiger(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TIGER_API_KEY": API_KEY}
+    return subprocess.run([sys.executable, "-m", "tiger_grpc.cli", *args], input=stdin,
+                          capture_output=True, text=True, env=env, timeout=180, cwd=ROOT)
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_cli_generate_models_and_errors(transport, backend: Process, base_url: str) -> None:
+    where = ["--grpc", f"127.0.0.1:{backend.port}"] if transport == "grpc" else ["--http", base_url]
+    out = tiger(*where, "generate", "hi", "--model", TINY_MODEL_ID, "--max-tokens", "5", "-v")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() and "max_tokens, 5 tokens" in out.stderr
+    models = tiger(*where, "models")
+    assert models.returncode == 0 and TINY_MODEL_ID in models.stdout
+    bad = tiger(*where, "generate", "hi", "--model", "no-such-model")
+    assert bad.returncode == 1 and "unknown model" in bad.stderr
+
+
+def test_cli_chat_keeps_the_conversation(backend: Process) -> None:
+    out = tiger("--grpc", f"127.0.0.1:{backend.port}", "chat", "--model", TINY_MODEL_ID,
+                "--max-tokens", "3", "-v", stdin="hello\nand again\n\n")
+    assert out.returncode == 0, out.stderr
+    usages = [line for line in out.stderr.splitlines() if "tokens," in line]
+    assert len(usages) == 2 and out.stdout.count(f"{TINY_MODEL_ID}> ") == 2
+
+
+def test_cli_train_shows_progress(backend: Process, tmp_path: Path) -> None:
+    examples = tmp_path / "examples.jsonl"
+    examples.write_text("\n".join(json.dumps({"messages": [
+        {"role": "user", "content": f"Question {i}?"},
+        {"role": "assistant", "content": f"Answer {i}."}]}) for i in range(4)))
+    output = f"cli-trained-{uuid.uuid4().hex[:6]}"
+    out = tiger("--grpc", f"127.0.0.1:{backend.port}", "train", str(examples), "--model",
+                TINY_MODEL_ID, "--output", output, "--max-steps", "2", "--batch-size", "2")
+    assert out.returncode == 0, out.stderr
+    assert "step 2/2" in out.stderr and "loss" in out.stderr and "ETA" in out.stderr
+    assert f"trained {output}: 2 steps" in out.stdout
+
+
+def test_a_user_suite_with_the_pytest_fixture(tmp_path: Path, default_model_dir: Path) -> None:
+    """A ten-line user test file, run by pytest on its own, with our plugin."""
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["tiger_grpc.testing"]\n')
+    (tmp_path / "test_user.py").write_text(textwrap.dedent('''
+        from tiger_grpc.client import Delta, Stop
+
+
+        async def test_my_code_talks_to_tiger(tiger_client, tiger_server):
+            answer = await tiger_client.complete("Hello!", model=tiger_server.model, max_tokens=5)
+            assert answer.usage.output_tokens == 5
+            chunks = [c async for c in tiger_client.generate("Hi", model=tiger_server.model, max_tokens=3)]
+            assert isinstance(chunks[-1], Stop) and any(isinstance(c, Delta) for c in chunks)
+    '''))
+    env = {**os.environ, "TIGER_TESTING_HOME": str(tmp_path / "home")}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "-o", "asyncio_mode=auto", "-W", "ignore", str(tmp_path)],
+                         capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "1 passed" in out.stdout
