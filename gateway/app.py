@@ -25,6 +25,7 @@ from tiger_grpc.pb.tiger.v1 import tiger_pb2 as pb
 from tiger_grpc.pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
 from tiger_grpc.validation import parse_generate_body, parse_train_body
 
+from .openapi import openapi
 from .chunks import (
     TERMINAL,
     chunk_to_json,
@@ -40,6 +41,7 @@ T = TypeVar("T")
 BACKEND_SERVICE = "tiger.v1.Tiger"
 NDJSON = "application/x-ndjson"
 RETRY_AFTER_S = "1"
+STATIC = Path(__file__).parent / "static"
 
 
 @dataclass(frozen=True)
@@ -375,6 +377,16 @@ async def _add_request_id(request: web.Request, response: web.StreamResponse) ->
     response.headers[REQUEST_ID_HEADER] = request.get(REQUEST_ID_KEY, "")
 
 
+async def openapi_json(request: web.Request) -> web.Response:
+    """GET /openapi.json: the OpenAPI 3 description of this API."""
+    return web.json_response(openapi())
+
+
+async def playground(request: web.Request) -> web.FileResponse:
+    """GET /: a small chat page that streams answers (no build step)."""
+    return web.FileResponse(STATIC / "index.html")
+
+
 async def metrics(request: web.Request) -> web.Response:
     """GET /metrics: Prometheus text format."""
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -392,4 +404,6 @@ def init(config: GatewayConfig) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/", playground)
     return app
