@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PB_OUT := tiger_grpc/pb
 
-.PHONY: install run test proto bench load clean
+.PHONY: install browser run test proto bench load clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) -m tiger_grpc.launch
 
-test: $(STAMP)
+# The playground test drives Debian's Chromium (browser tools must not download one).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the playground test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
 # Side-by-side throughput: Tiger (HTTP, gRPC, in-process) against optimum and

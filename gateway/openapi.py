@@ -19,6 +19,8 @@ from tiger_grpc.validation import (
 )
 
 ERROR = {"$ref": "#/components/schemas/Error"}
+# Numbers travel to the server as 32-bit floats: below this, a positive number is 0.
+FLOAT32_TINY = 1e-45
 
 
 def _errors(*codes: int) -> dict[str, Any]:
@@ -38,6 +40,8 @@ def _int(low: float, high: float) -> dict[str, Any]:
 MESSAGE = {"type": "object", "required": ["role", "content"], "properties": {
     "role": {"type": "string", "enum": list(ROLES)}, "content": {"type": "string"}}}
 MESSAGES = {"type": "array", "minItems": 1, "items": MESSAGE}
+MODEL_ID = {"type": "string", "minLength": 1, "maxLength": MAX_MODEL_ID_CHARS, "pattern": r"\S",
+            "description": "Model id, case-insensitive"}
 NDJSON = {"application/x-ndjson": {"schema": {
     "type": "string", "description": "One JSON chunk per line; the last is `stop` or `error`."}}}
 
@@ -45,14 +49,13 @@ NDJSON = {"application/x-ndjson": {"schema": {
 def openapi() -> dict[str, Any]:
     generate_request = {
         "type": "object", "required": ["model", "messages"], "properties": {
-            "model": {"type": "string", "minLength": 1, "maxLength": MAX_MODEL_ID_CHARS,
-                      "description": "Model id, case-insensitive"},
+            "model": MODEL_ID,
             "messages": MESSAGES,
             "stream": {"type": "boolean", "default": False},
             "max_tokens": _int(1, MAX_TOKENS_LIMIT),
             "temperature": {"type": "number", "minimum": 0, "maximum": MAX_TEMPERATURE,
                             "default": 1.0},
-            "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 1.0},
+            "top_p": {"type": "number", "minimum": FLOAT32_TINY, "maximum": 1, "default": 1.0},
             "top_k": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1, "default": 0},
             "stop_sequences": {"type": "array", "maxItems": MAX_STOP_SEQUENCES, "items": {
                 "type": "string", "minLength": 1, "maxLength": MAX_STOP_SEQUENCE_CHARS}},
@@ -60,17 +63,20 @@ def openapi() -> dict[str, Any]:
         }}
     train_request = {
         "type": "object", "required": ["model", "output_model", "examples"], "properties": {
-            "model": {"type": "string", "minLength": 1},
+            "model": MODEL_ID,
             "output_model": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
             "examples": {"type": "array", "minItems": 1, "items": {
                 "type": "object", "required": ["messages"],
-                "properties": {"messages": MESSAGES}}},
+                "properties": {"messages": {
+                    **MESSAGES, "description": "The loss covers the assistant turns",
+                    "contains": {"type": "object",
+                                 "properties": {"role": {"const": "assistant"}}}}}}},
             "stream": {"type": "boolean", "default": False},
             "hyperparameters": {"type": "object", "properties": {
                 "method": {"type": "string", "enum": ["lora", "full"]},
                 **{name: _int(*limits) for name, limits in TRAIN_LIMITS.items()},
-                "learning_rate": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-                "seed": {"type": "integer", "minimum": 0},
+                "learning_rate": {"type": "number", "minimum": FLOAT32_TINY, "maximum": 1},
+                "seed": {"type": "integer", "minimum": 0, "maximum": 2**64 - 1},
             }},
         }}
     usage = {"type": "object", "required": ["duration_ms", "input_tokens", "output_tokens"],
@@ -93,7 +99,7 @@ def openapi() -> dict[str, Any]:
     status = {"application/json": {"schema": {"type": "object", "properties": {
         "status": {"type": "string"}}}}}
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "Tiger HTTP API", "version": __version__,
                  "description": "Text generation and fine-tuning. Streaming responses are "
                                 "NDJSON: `info`, `delta` (or `progress`), then one `stop` or "

@@ -21,6 +21,13 @@ def test_minimal_body_gets_defaults() -> None:
     assert p.temperature == 1.0 and p.top_p == 1.0 and p.top_k == 0 and not p.stream
 
 
+def test_integers_follow_json_schema() -> None:
+    """5.0 is the integer 5 in JSON Schema (the OpenAPI document's language); 5.5 is not."""
+    assert parse_generate_body(body(max_tokens=5.0, seed=7.0)).max_tokens == 5
+    with pytest.raises(InvalidArgument, match="`max_tokens` must be an integer"):
+        parse_generate_body(body(max_tokens=5.5))
+
+
 def test_unknown_fields_are_tolerated() -> None:
     assert parse_generate_body(body(something_new=1)).model == "m"
 
@@ -33,7 +40,7 @@ def test_unknown_fields_are_tolerated() -> None:
         ({"max_tokens": True}, "max_tokens"),
         ({"seed": "42"}, "seed"),
         ({"temperature": "hot"}, "temperature"),
-        ({"top_k": 2.0}, "top_k"),
+        ({"top_k": 2.5}, "top_k"),
         ({"stop_sequences": "x"}, "stop_sequences"),
         ({"stop_sequences": [1]}, "stop_sequences"),
         ({"model": 3}, "model"),

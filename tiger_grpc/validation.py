@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,8 +48,24 @@ class GenerateParams:
 
 
 def _is_int(value: Any) -> bool:
-    # JSON booleans arrive as Python bools, which are ints: reject them explicitly.
+    """An integer as JSON Schema (and so the OpenAPI document) defines it: `5` or `5.0`,
+    never `5.5`, `"5"` or `true` (JSON booleans arrive as Python bools, which are ints)."""
+    if isinstance(value, float):
+        return math.isfinite(value) and value.is_integer()
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _as_int(value: Any) -> Any:
+    return int(value) if isinstance(value, float) else value
+
+
+def _as_float32(value: float) -> float:
+    """The value as the gRPC request carries it (a 32-bit float), so both protocols
+    judge the same number (1e-308 is 0.0 on the wire)."""
+    try:
+        return float(struct.unpack("f", struct.pack("f", value))[0])
+    except OverflowError:
+        return math.copysign(math.inf, value)
 
 
 def _is_number(value: Any) -> bool:
@@ -112,7 +129,7 @@ def parse_generate_body(body: Any) -> GenerateParams:
             return
         if not check(value):
             raise _wrong_type(name, expected, value)
-        kwargs[name] = float(value) if expected == "a number" else value
+        kwargs[name] = _as_float32(float(value)) if expected == "a number" else _as_int(value)
 
     optional("stream", lambda v: isinstance(v, bool), "a boolean")
     optional("max_tokens", _is_int, "an integer")
@@ -236,11 +253,11 @@ def parse_train_body(body: Any) -> TrainParams:
             if value is not None:
                 if not _is_int(value):
                     raise _wrong_type(f"hyperparameters.{name}", "an integer", value)
-                kwargs[name] = value
+                kwargs[name] = _as_int(value)
         if hyper.get("learning_rate") is not None:
             if not _is_number(hyper["learning_rate"]):
                 raise _wrong_type("hyperparameters.learning_rate", "a number", hyper["learning_rate"])
-            kwargs["learning_rate"] = float(hyper["learning_rate"])
+            kwargs["learning_rate"] = _as_float32(float(hyper["learning_rate"]))
         if hyper.get("method") is not None:
             if not isinstance(hyper["method"], str):
                 raise _wrong_type("hyperparameters.method", "a string", hyper["method"])
