@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import uuid
 from pathlib import Path
 
@@ -114,24 +113,3 @@ def test_cli_train_shows_progress(backend: Process, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "step 2/2" in out.stderr and "loss" in out.stderr and "ETA" in out.stderr
     assert f"trained {output}: 2 steps" in out.stdout
-
-
-def test_a_user_suite_with_the_pytest_fixture(tmp_path: Path, default_model_dir: Path) -> None:
-    """A ten-line user test file, run by pytest on its own, with our plugin."""
-    (tmp_path / "conftest.py").write_text('pytest_plugins = ["tiger_grpc.testing"]\n')
-    (tmp_path / "test_user.py").write_text(textwrap.dedent('''
-        from tiger_grpc.client import Delta, Stop
-
-
-        async def test_my_code_talks_to_tiger(tiger_client, tiger_server):
-            answer = await tiger_client.complete("Hello!", model=tiger_server.model, max_tokens=5)
-            assert answer.usage.output_tokens == 5
-            chunks = [c async for c in tiger_client.generate("Hi", model=tiger_server.model, max_tokens=3)]
-            assert isinstance(chunks[-1], Stop) and any(isinstance(c, Delta) for c in chunks)
-    '''))
-    env = {**os.environ, "TIGER_TESTING_HOME": str(tmp_path / "home")}
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          "-o", "asyncio_mode=auto", "-W", "ignore", str(tmp_path)],
-                         capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert "1 passed" in out.stdout
