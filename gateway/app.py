@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -253,6 +254,10 @@ async def _chunks(call: Any, first: Any, to_json: Callable[[Any], dict[str, Any]
             obj = to_json(chunk)
             yield obj
             if obj["type"] in TERMINAL:
+                # Read the call's end too, so it completes rather than being
+                # cancelled by the cleanup below (the server counts it as OK).
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await call.read()
                 return
             chunk = await call.read()
     except grpc.aio.AioRpcError as exc:
@@ -369,7 +374,10 @@ async def request_context(
     finally:
         route = request.match_info.route.resource
         path = route.canonical if route is not None else "unmatched"
-        HTTP_REQUESTS.labels(path, request.method, request.get(MODEL_KEY, ""), str(status)).inc()
+        # Only served requests name their model: ids from failed ones are arbitrary
+        # client input, and would make the label set grow without bound.
+        model = request.get(MODEL_KEY, "") if status == 200 else ""
+        HTTP_REQUESTS.labels(path, request.method, model, str(status)).inc()
         HTTP_SECONDS.labels(path).observe(time.monotonic() - started)
 
 

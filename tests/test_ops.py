@@ -39,7 +39,16 @@ async def get_text(url: str) -> str:
         return await reply.text()
 
 
+def metric(text: str, line_start: str) -> float:
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(line_start)]
+    return values[0] if values else 0.0
+
+
 async def test_metrics_on_both_processes(base_url: str, backend: Process) -> None:
+    server_url = f"http://127.0.0.1:{backend.metrics_port}/metrics"
+    ok = 'tiger_requests_total{code="OK",method="Generate",model="tiny-llama"}'
+    before = metric(await get_text(server_url), ok)
     async with aiohttp.ClientSession(headers=HEADERS) as s:
         async with s.post(f"{base_url}/v1/generate_response", json={**SHORT, "stream": True}) as r:
             assert r.status == 200
@@ -48,7 +57,10 @@ async def test_metrics_on_both_processes(base_url: str, backend: Process) -> Non
     assert ('tiger_gateway_requests_total{method="POST",model="tiny-llama",'
             'route="/v1/generate_response",status="200"}') in gateway
     assert "tiger_gateway_request_duration_seconds_bucket" in gateway
-    server = await get_text(f"http://127.0.0.1:{backend.metrics_port}/metrics")
+    # A served stream completes on the server: the gateway does not cancel it at the end.
+    await asyncio.sleep(0.2)
+    server = await get_text(server_url)
+    assert metric(server, ok) == before + 1
     for name in ('tiger_requests_total{code="OK",method="Generate",model="tiny-llama"}',
                  'tiger_time_to_first_token_seconds_bucket{le="0.01",model="tiny-llama"}',
                  "tiger_inter_token_latency_seconds_count", 'tiger_running_sequences{model="tiny-llama"}',
@@ -198,3 +210,4 @@ def test_load_script_reports_and_every_stream_ends_once(base_url: str) -> None:
     assert report["completed_streams"] > 0 and report["every_stream_ended_once"]
     assert report["transport_errors"] == 0 and not report["other_http_errors"]
     assert set(report["latency_ms"]) == {"p50", "p99"}
+    assert sum(report["stop_reasons"].values()) == report["completed_streams"]

@@ -66,8 +66,11 @@ async def client(session: aiohttp.ClientSession, url: str, model: str, max_token
                     if reply.status == 429:
                         await asyncio.sleep(float(reply.headers.get("Retry-After", "1")) / 10)
                     continue
-                kinds = [json.loads(line)["type"] async for line in reply.content if line.strip()]
+                chunks = [json.loads(line) async for line in reply.content if line.strip()]
+                kinds = [c["type"] for c in chunks]
                 ends = [k for k in kinds if k in ("stop", "error")]
+                if kinds and kinds[-1] == "stop":
+                    report.stop_reasons[chunks[-1]["stop_reason"]] += 1
                 if len(ends) != 1 or kinds[-1] not in ("stop", "error"):
                     report.broken_streams.append(",".join(kinds[-3:]))
                 report.error_chunks += kinds.count("error")
