@@ -18,15 +18,13 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from tiger_grpc.observability import REQUEST_ID, REQUEST_ID_HEADER
-
-from tiger_grpc.params_pb import params_to_pb, train_params_to_pb
 from tiger_grpc.errors import InvalidArgument
+from tiger_grpc.observability import REQUEST_ID, REQUEST_ID_HEADER
+from tiger_grpc.params_pb import params_to_pb, train_params_to_pb
 from tiger_grpc.pb.tiger.v1 import tiger_pb2 as pb
 from tiger_grpc.pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
 from tiger_grpc.validation import parse_generate_body, parse_train_body
 
-from .openapi import openapi
 from .chunks import (
     TERMINAL,
     chunk_to_json,
@@ -35,6 +33,7 @@ from .chunks import (
     model_to_json,
     train_chunk_to_json,
 )
+from .openapi import openapi
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -81,35 +80,47 @@ class GatewayConfig:
 CONFIG = web.AppKey("config", GatewayConfig)
 REQUEST_ID_KEY = "tiger.request_id"
 MODEL_KEY = "tiger.model"
-HTTP_REQUESTS = Counter("tiger_gateway_requests", "HTTP requests by route, method, model and status",
-                        ["route", "method", "model", "status"])
-HTTP_SECONDS = Histogram("tiger_gateway_request_duration_seconds",
-                         "HTTP request time, to the end of the stream", ["route"],
-                         buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+HTTP_REQUESTS = Counter(
+    "tiger_gateway_requests",
+    "HTTP requests by route, method, model and status",
+    ["route", "method", "model", "status"],
+)
+HTTP_SECONDS = Histogram(
+    "tiger_gateway_request_duration_seconds",
+    "HTTP request time, to the end of the stream",
+    ["route"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
 CHANNEL = web.AppKey("channel", grpc.aio.Channel)
 TIGER = web.AppKey("tiger", pb_grpc.TigerStub)
 HEALTH = web.AppKey("health", health_pb2_grpc.HealthStub)
 
 
 def error_response(status: int, message: str, **headers: str) -> web.Response:
-    return web.json_response({"type": "error", "message": message}, status=status,
-                             headers=headers or None)
+    return web.json_response(
+        {"type": "error", "message": message}, status=status, headers=headers or None
+    )
 
 
 def rpc_error_response(exc: grpc.aio.AioRpcError) -> web.Response:
     status = http_status(exc.code())
     if status == 429:  # at capacity: a slot frees up as soon as any stream ends
-        return error_response(status, error_message(exc), **{"Retry-After": RETRY_AFTER_S})
+        return error_response(
+            status, error_message(exc), **{"Retry-After": RETRY_AFTER_S}
+        )
     return error_response(status, error_message(exc))
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
-    return (json.dumps(obj, ensure_ascii=False, separators=(", ", ": ")) + "\n").encode()
+    return (
+        json.dumps(obj, ensure_ascii=False, separators=(", ", ": ")) + "\n"
+    ).encode()
 
 
 @web.middleware
 async def json_errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    request: web.Request,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
 ) -> web.StreamResponse:
     """Every error, aiohttp's own included (404, 405, 413), has a JSON body."""
     try:
@@ -119,7 +130,9 @@ async def json_errors(
             raise
         if isinstance(exc, web.HTTPMethodNotAllowed):
             allowed = ", ".join(sorted(exc.allowed_methods))
-            message = f"{request.method} is not allowed on {request.path}; use {allowed}"
+            message = (
+                f"{request.method} is not allowed on {request.path}; use {allowed}"
+            )
         elif isinstance(exc, web.HTTPRequestEntityTooLarge):
             limit = request.app[CONFIG].max_body_bytes
             message = f"the request body is over the limit of {limit} bytes"
@@ -127,7 +140,11 @@ async def json_errors(
             message = f"no route {request.method} {request.path}"
         else:
             message = exc.text or exc.reason
-        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        headers = {
+            k: v
+            for k, v in exc.headers.items()
+            if k.lower() in ("allow", "retry-after")
+        }
         return error_response(exc.status, message, **headers)
 
 
@@ -185,9 +202,15 @@ async def generate_response(request: web.Request) -> web.StreamResponse:
             if obj["type"] == "delta":
                 parts.append(obj["delta"])
             elif obj["type"] == "stop":
-                return _json({"type": "message", "model": params.model.strip().lower(),
-                              "content": "".join(parts), "stop_reason": obj["stop_reason"],
-                              "usage": obj["usage"]})
+                return _json(
+                    {
+                        "type": "message",
+                        "model": params.model.strip().lower(),
+                        "content": "".join(parts),
+                        "stop_reason": obj["stop_reason"],
+                        "usage": obj["usage"],
+                    }
+                )
             elif obj["type"] == "error":
                 return error_response(500, obj["message"])
         raise AssertionError("unreachable: _chunks always ends with stop or error")
@@ -233,7 +256,9 @@ async def _respond(
         chunks = _chunks(call, first, to_json)
         if not stream:
             return await collect(chunks)
-        response = web.StreamResponse(headers={"Content-Type": NDJSON, "Cache-Control": "no-cache"})
+        response = web.StreamResponse(
+            headers={"Content-Type": NDJSON, "Cache-Control": "no-cache"}
+        )
         response.enable_chunked_encoding()
         await response.prepare(request)
         async for obj in chunks:
@@ -245,8 +270,9 @@ async def _respond(
             call.cancel()
 
 
-async def _chunks(call: Any, first: Any, to_json: Callable[[Any], dict[str, Any]]
-                  ) -> AsyncIterator[dict[str, Any]]:
+async def _chunks(
+    call: Any, first: Any, to_json: Callable[[Any], dict[str, Any]]
+) -> AsyncIterator[dict[str, Any]]:
     """The JSON chunks of a call, ending with exactly one `stop` or `error`."""
     chunk = first
     try:
@@ -263,7 +289,10 @@ async def _chunks(call: Any, first: Any, to_json: Callable[[Any], dict[str, Any]
     except grpc.aio.AioRpcError as exc:
         yield {"type": "error", "message": error_message(exc)}
         return
-    yield {"type": "error", "message": "the backend ended the stream without a stop chunk"}
+    yield {
+        "type": "error",
+        "message": "the backend ended the stream without a stop chunk",
+    }
 
 
 def _json(obj: dict[str, Any]) -> web.Response:
@@ -275,7 +304,8 @@ async def list_models(request: web.Request) -> web.Response:
     try:
         metadata = _metadata(request)
         reply = await request.app[TIGER].ListModels(
-            pb.ListModelsRequest(), metadata=metadata,
+            pb.ListModelsRequest(),
+            metadata=metadata,
             timeout=request.app[CONFIG].unary_timeout_s,
         )
     except _Reject as reject:
@@ -307,24 +337,41 @@ async def readyz(request: web.Request) -> web.Response:
 def service_config() -> str:
     """round_robin over every address, and a retry of calls that never reached a
     server (UNAVAILABLE before any response), so a dead backend costs no request."""
-    retry = {"maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "0.5s",
-             "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}
-    return json.dumps({
-        "loadBalancingConfig": [{"round_robin": {}}],
-        "methodConfig": [{
-            "name": [{"service": BACKEND_SERVICE, "method": "Generate"},
-                     {"service": BACKEND_SERVICE, "method": "ListModels"},
-                     {"service": "grpc.health.v1.Health"}],
-            "retryPolicy": retry,
-        }],
-    })
+    retry = {
+        "maxAttempts": 3,
+        "initialBackoff": "0.05s",
+        "maxBackoff": "0.5s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
+    return json.dumps(
+        {
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "methodConfig": [
+                {
+                    "name": [
+                        {"service": BACKEND_SERVICE, "method": "Generate"},
+                        {"service": BACKEND_SERVICE, "method": "ListModels"},
+                        {"service": "grpc.health.v1.Health"},
+                    ],
+                    "retryPolicy": retry,
+                }
+            ],
+        }
+    )
 
 
 def _target(grpc_target: str) -> str:
     """`host1:p1,host2:p2` becomes gRPC's `ipv4:`/`ipv6:` list URI; others pass as is."""
-    if "," not in grpc_target or "://" in grpc_target or grpc_target.startswith(("ipv4:", "ipv6:")):
+    if (
+        "," not in grpc_target
+        or "://" in grpc_target
+        or grpc_target.startswith(("ipv4:", "ipv6:"))
+    ):
         return grpc_target
-    addresses = [a.strip().replace("localhost", "127.0.0.1") for a in grpc_target.split(",")]
+    addresses = [
+        a.strip().replace("localhost", "127.0.0.1") for a in grpc_target.split(",")
+    ]
     scheme = "ipv6" if all(a.startswith("[") for a in addresses) else "ipv4"
     return f"{scheme}:{','.join(addresses)}"
 
@@ -343,7 +390,9 @@ async def _grpc_channel(app: web.Application) -> AsyncIterator[None]:
     if config.tls is not None:
         if config.tls_server_name:
             options.append(("grpc.ssl_target_name_override", config.tls_server_name))
-        channel = grpc.aio.secure_channel(target, config.tls.credentials(), options=options)
+        channel = grpc.aio.secure_channel(
+            target, config.tls.credentials(), options=options
+        )
     else:
         channel = grpc.aio.insecure_channel(target, options=options)
     app[CHANNEL] = channel
@@ -355,7 +404,8 @@ async def _grpc_channel(app: web.Application) -> AsyncIterator[None]:
 
 @web.middleware
 async def request_context(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    request: web.Request,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
 ) -> web.StreamResponse:
     """Takes or makes the request id, logs with it, and counts the request."""
     given = request.headers.get(REQUEST_ID_HEADER, "")
@@ -397,12 +447,16 @@ async def playground(request: web.Request) -> web.FileResponse:
 
 async def metrics(request: web.Request) -> web.Response:
     """GET /metrics: Prometheus text format."""
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(
+        body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
 
 
 def init(config: GatewayConfig) -> web.Application:
-    app = web.Application(client_max_size=config.max_body_bytes,
-                          middlewares=[request_context, json_errors])
+    app = web.Application(
+        client_max_size=config.max_body_bytes,
+        middlewares=[request_context, json_errors],
+    )
     app[CONFIG] = config
     app.cleanup_ctx.append(_grpc_channel)
     app.on_response_prepare.append(_add_request_id)

@@ -29,9 +29,10 @@ def http_status(code: grpc.StatusCode) -> int:
 def error_message(error: grpc.aio.AioRpcError) -> str:
     if error.code() == grpc.StatusCode.UNAVAILABLE and not error.details():
         return "the Tiger backend is unavailable"
-    if error.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (
-        error.details() or ""
-    ).lower():
+    if (
+        error.code() == grpc.StatusCode.UNAVAILABLE
+        and "failed to connect" in (error.details() or "").lower()
+    ):
         return "the Tiger backend is unreachable; is tiger-server running?"
     return error.details() or error.code().name.lower()
 
@@ -81,18 +82,28 @@ def train_chunk_to_json(chunk: pb.TrainChunk) -> dict[str, Any]:
     if kind == "progress":
         p = chunk.progress
         return {
-            "type": "progress", "step": p.step, "total_steps": p.total_steps,
-            "epoch": round(p.epoch, 4), "loss": round(p.loss, 6),
-            "learning_rate": float(f"{p.learning_rate:.6g}"), "grad_norm": round(p.grad_norm, 6),
+            "type": "progress",
+            "step": p.step,
+            "total_steps": p.total_steps,
+            "epoch": round(p.epoch, 4),
+            "loss": round(p.loss, 6),
+            "learning_rate": float(f"{p.learning_rate:.6g}"),
+            "grad_norm": round(p.grad_norm, 6),
             "tokens_per_second": round(p.tokens_per_second, 1),
-            "elapsed_ms": p.elapsed_ms, "eta_ms": p.eta_ms,
+            "elapsed_ms": p.elapsed_ms,
+            "eta_ms": p.eta_ms,
         }
     if kind == "stop":
         u = chunk.stop.usage
         return {
-            "type": "stop", "stop_reason": chunk.stop.stop_reason, "model": chunk.stop.model,
-            "usage": {"duration_ms": u.duration_ms, "train_tokens": u.train_tokens,
-                      "steps": u.steps},
+            "type": "stop",
+            "stop_reason": chunk.stop.stop_reason,
+            "model": chunk.stop.model,
+            "usage": {
+                "duration_ms": u.duration_ms,
+                "train_tokens": u.train_tokens,
+                "steps": u.steps,
+            },
         }
     if kind == "error":
         return {"type": "error", "message": chunk.error.message}

@@ -18,7 +18,6 @@ from tiger_grpc.config import (
     default_home,
     env_int,
 )
-
 from tiger_grpc.observability import setup_logging
 
 from .app import BackendTls, GatewayConfig, init
@@ -26,32 +25,66 @@ from .app import BackendTls, GatewayConfig, init
 log = logging.getLogger(__name__)
 
 
-def parse_config(argv: list[str] | None = None) -> tuple[GatewayConfig, Path | None, float]:
+def parse_config(
+    argv: list[str] | None = None,
+) -> tuple[GatewayConfig, Path | None, float]:
     env = os.environ
     default_target = env.get(
-        "TIGER_GRPC_TARGET", f"localhost:{env_int(env, 'TIGER_GRPC_PORT', DEFAULT_GRPC_PORT)}"
+        "TIGER_GRPC_TARGET",
+        f"localhost:{env_int(env, 'TIGER_GRPC_PORT', DEFAULT_GRPC_PORT)}",
     )
-    parser = argparse.ArgumentParser(prog="tiger-gateway", description="Tiger HTTP gateway")
-    parser.add_argument("--grpc-target", default=default_target,
-                        help="gRPC server address, e.g. dns:///tiger.svc:50051")
+    parser = argparse.ArgumentParser(
+        prog="tiger-gateway", description="Tiger HTTP gateway"
+    )
+    parser.add_argument(
+        "--grpc-target",
+        default=default_target,
+        help="gRPC server address, e.g. dns:///tiger.svc:50051",
+    )
     parser.add_argument("--host", default=env.get("TIGER_HTTP_HOST", "0.0.0.0"))
-    parser.add_argument("--port", type=int, default=env_int(env, "TIGER_HTTP_PORT", DEFAULT_HTTP_PORT))
-    parser.add_argument("--max-body-bytes", type=int,
-                        default=env_int(env, "TIGER_MAX_BODY_BYTES", 4 * 1024 * 1024))
-    parser.add_argument("--grpc-tls-ca", type=Path, default=env.get("TIGER_GRPC_TLS_CA"),
-                        help="PEM CA bundle: connect to the gRPC servers with TLS")
-    parser.add_argument("--grpc-tls-cert", type=Path, default=env.get("TIGER_GRPC_TLS_CERT"),
-                        help="client certificate, for servers that require one")
-    parser.add_argument("--grpc-tls-key", type=Path, default=env.get("TIGER_GRPC_TLS_KEY"))
-    parser.add_argument("--grpc-tls-server-name", default=env.get("TIGER_GRPC_TLS_SERVER_NAME"),
-                        help="name to expect in the server certificate, if not the target's")
-    parser.add_argument("--shutdown-grace", type=float,
-                        default=float(env.get("TIGER_SHUTDOWN_GRACE_S", "30")),
-                        help="seconds running streams get to finish on SIGTERM")
-    parser.add_argument("--port-file", type=Path, help="write the bound port here (for tests)")
+    parser.add_argument(
+        "--port", type=int, default=env_int(env, "TIGER_HTTP_PORT", DEFAULT_HTTP_PORT)
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=env_int(env, "TIGER_MAX_BODY_BYTES", 4 * 1024 * 1024),
+    )
+    parser.add_argument(
+        "--grpc-tls-ca",
+        type=Path,
+        default=env.get("TIGER_GRPC_TLS_CA"),
+        help="PEM CA bundle: connect to the gRPC servers with TLS",
+    )
+    parser.add_argument(
+        "--grpc-tls-cert",
+        type=Path,
+        default=env.get("TIGER_GRPC_TLS_CERT"),
+        help="client certificate, for servers that require one",
+    )
+    parser.add_argument(
+        "--grpc-tls-key", type=Path, default=env.get("TIGER_GRPC_TLS_KEY")
+    )
+    parser.add_argument(
+        "--grpc-tls-server-name",
+        default=env.get("TIGER_GRPC_TLS_SERVER_NAME"),
+        help="name to expect in the server certificate, if not the target's",
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=float(env.get("TIGER_SHUTDOWN_GRACE_S", "30")),
+        help="seconds running streams get to finish on SIGTERM",
+    )
+    parser.add_argument(
+        "--port-file", type=Path, help="write the bound port here (for tests)"
+    )
     parser.add_argument("--log-level", default=env.get("TIGER_LOG_LEVEL", "INFO"))
-    parser.add_argument("--log-format", choices=("text", "json"),
-                        default=env.get("TIGER_LOG_FORMAT", "text"))
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=env.get("TIGER_LOG_FORMAT", "text"),
+    )
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     api_key = env.get("TIGER_API_KEY") or None
@@ -65,22 +98,33 @@ def parse_config(argv: list[str] | None = None) -> tuple[GatewayConfig, Path | N
         api_key=api_key,
         max_body_bytes=args.max_body_bytes,
         tls=BackendTls(args.grpc_tls_ca, args.grpc_tls_cert, args.grpc_tls_key)
-        if args.grpc_tls_ca else None,
+        if args.grpc_tls_ca
+        else None,
         tls_server_name=args.grpc_tls_server_name,
     )
     return config, args.port_file, args.shutdown_grace
 
 
-async def serve(config: GatewayConfig, port_file: Path | None = None,
-                shutdown_grace: float = 30.0) -> None:
+async def serve(
+    config: GatewayConfig, port_file: Path | None = None, shutdown_grace: float = 30.0
+) -> None:
     # On SIGTERM: stop accepting, give running streams `shutdown_grace` to finish.
-    runner = web.AppRunner(init(config), handler_cancellation=True, access_log=log,
-                           shutdown_timeout=shutdown_grace)
+    runner = web.AppRunner(
+        init(config),
+        handler_cancellation=True,
+        access_log=log,
+        shutdown_timeout=shutdown_grace,
+    )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
     port = runner.addresses[0][1]
-    log.info("HTTP gateway listening on %s:%d, backend %s", config.host, port, config.grpc_target)
+    log.info(
+        "HTTP gateway listening on %s:%d, backend %s",
+        config.host,
+        port,
+        config.grpc_target,
+    )
     if port_file is not None:
         tmp = port_file.with_suffix(".tmp")
         tmp.write_text(str(port))

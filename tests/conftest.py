@@ -39,7 +39,9 @@ def tokenizer(default_model_dir: Path):
 
 
 @pytest.fixture(scope="session")
-def store_home(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Path) -> Path:
+def store_home(
+    tmp_path_factory: pytest.TempPathFactory, default_model_dir: Path
+) -> Path:
     """A model store of the test session's own, holding the embedded model."""
     home = tmp_path_factory.mktemp("tiger-home")
     store = ModelStore(home)
@@ -50,7 +52,9 @@ def store_home(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Path
 @pytest.fixture(scope="session")
 def tiny_model(store_home: Path, default_model_dir: Path) -> ModelManifest:
     """A 2-layer random-weight Llama with the real tokenizer, exported by optimum."""
-    return build_tiny_model(ModelStore(store_home), default_model_dir / "hf", TINY_MODEL_ID)
+    return build_tiny_model(
+        ModelStore(store_home), default_model_dir / "hf", TINY_MODEL_ID
+    )
 
 
 @dataclass
@@ -70,7 +74,9 @@ class Process:
                 self.popen.wait()
 
 
-def start_process(args: list[str], workdir: Path, name: str, env: dict[str, str]) -> Process:
+def start_process(
+    args: list[str], workdir: Path, name: str, env: dict[str, str]
+) -> Process:
     """Starts `python -m ...` with `--port-file`, and waits for the ports it bound."""
     if args[0] == "tiger_grpc.server" and "--metrics-port" not in args:
         args = [*args, "--metrics-port", "0"]
@@ -80,7 +86,10 @@ def start_process(args: list[str], workdir: Path, name: str, env: dict[str, str]
     with log.open("wb") as out:
         popen = subprocess.Popen(
             [sys.executable, "-m", *args, "--port-file", str(port_file)],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
         )
     deadline = time.monotonic() + 120
     while not port_file.exists():
@@ -99,12 +108,16 @@ def process_env(store_home: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def backend(store_home: Path, tiny_model: ModelManifest, tmp_path_factory) -> Iterator[Process]:
+def backend(
+    store_home: Path, tiny_model: ModelManifest, tmp_path_factory
+) -> Iterator[Process]:
     """The real gRPC server on a free port, serving the embedded and the tiny model."""
     workdir = tmp_path_factory.mktemp("backend")
     proc = start_process(
         ["tiger_grpc.server", "--port", "0", "--host", "127.0.0.1"],
-        workdir, "server", process_env(store_home),
+        workdir,
+        "server",
+        process_env(store_home),
     )
     yield proc
     proc.stop()
@@ -115,9 +128,20 @@ def gateway(backend: Process, store_home: Path, tmp_path_factory) -> Iterator[Pr
     """The real HTTP gateway on a free port, in front of `backend`."""
     workdir = tmp_path_factory.mktemp("gateway")
     proc = start_process(
-        ["gateway.main", "--port", "0", "--host", "127.0.0.1",
-         "--grpc-target", f"127.0.0.1:{backend.port}", "--max-body-bytes", "65536"],
-        workdir, "gateway", process_env(store_home),
+        [
+            "gateway.main",
+            "--port",
+            "0",
+            "--host",
+            "127.0.0.1",
+            "--grpc-target",
+            f"127.0.0.1:{backend.port}",
+            "--max-body-bytes",
+            "65536",
+        ],
+        workdir,
+        "gateway",
+        process_env(store_home),
     )
     yield proc
     proc.stop()

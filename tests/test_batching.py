@@ -16,7 +16,11 @@ from tiger_grpc.engine.types import Stop, StopReason
 from tiger_grpc.errors import ResourceExhausted
 from tiger_grpc.store import ModelStore
 
-PROMPTS = [PROMPT, PROMPT[:4] + [77, 88, 99], [1, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]]
+PROMPTS = [
+    PROMPT,
+    PROMPT[:4] + [77, 88, 99],
+    [1, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16],
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +32,14 @@ def fused_path(store_home, tiny_model):
 def torch_model(store_home, tiny_model):
     from transformers import LlamaForCausalLM
 
-    return LlamaForCausalLM.from_pretrained(ModelStore(store_home).path(tiny_model.id) / "hf").eval()
+    return LlamaForCausalLM.from_pretrained(
+        ModelStore(store_home).path(tiny_model.id) / "hf"
+    ).eval()
 
 
-def test_fused_graph_matches_pytorch_in_prefill_and_batched_decode(fused_path, torch_model):
+def test_fused_graph_matches_pytorch_in_prefill_and_batched_decode(
+    fused_path, torch_model
+):
     model = FusedCausalLM(fused_path, Device.CPU, max_batch=3, max_len=64)
     firsts = [model.prefill(slot, ids) for slot, ids in enumerate(PROMPTS)]
     nexts = [int(np.argmax(f)) for f in firsts]
@@ -50,7 +58,9 @@ def test_moving_a_slot_keeps_its_sequence(fused_path):
     moved = model.decode([42], [len(PROMPTS[0])])[0]
     fresh = FusedCausalLM(fused_path, Device.CPU, max_batch=1, max_len=64)
     fresh.prefill(0, PROMPTS[0])
-    np.testing.assert_allclose(moved, fresh.decode([42], [len(PROMPTS[0])])[0], atol=1e-5)
+    np.testing.assert_allclose(
+        moved, fresh.decode([42], [len(PROMPTS[0])])[0], atol=1e-5
+    )
 
 
 def submit(scheduler, tokenizer, prompt, max_tokens):
@@ -71,7 +81,10 @@ def test_concurrent_greedy_matches_solo_runs(fused_path, tokenizer) -> None:
             solo.append(seq.generated)
         steps_before = scheduler.steps
         # Different lengths, joining at different times, finishing at different times.
-        runs = [submit(scheduler, tokenizer, p, n) for p, n in zip(PROMPTS, (30, 10, 20), strict=True)]
+        runs = [
+            submit(scheduler, tokenizer, p, n)
+            for p, n in zip(PROMPTS, (30, 10, 20), strict=True)
+        ]
         for _, done in runs:
             assert done.done.wait(30)
         for (seq, done), expected, n in zip(runs, solo, (30, 10, 20), strict=True):
@@ -101,8 +114,9 @@ def test_a_late_arrival_joins_the_running_batch(fused_path, tokenizer) -> None:
 
 
 def test_admission_is_bounded(fused_path, tokenizer) -> None:
-    scheduler = BatchScheduler(FusedCausalLM(fused_path, Device.CPU, 1, 1024), "tiny",
-                               max_queued=1)
+    scheduler = BatchScheduler(
+        FusedCausalLM(fused_path, Device.CPU, 1, 1024), "tiny", max_queued=1
+    )
     try:
         first, _ = submit(scheduler, tokenizer, PROMPTS[0], 900)
         second, _ = submit(scheduler, tokenizer, PROMPTS[1], 900)

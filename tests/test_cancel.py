@@ -17,13 +17,20 @@ from tiger_grpc.pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.e2e
 AUTH = (("authorization", f"Bearer {API_KEY}"),)
-LONG = {"model": TINY_MODEL_ID, "messages": [{"role": "user", "content": "Go on forever."}],
-        "max_tokens": 3000, "temperature": 0, "stream": True}
+LONG = {
+    "model": TINY_MODEL_ID,
+    "messages": [{"role": "user", "content": "Go on forever."}],
+    "max_tokens": 3000,
+    "temperature": 0,
+    "stream": True,
+}
 
 
 async def tiny_status(port: int) -> pb.ModelInfo:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        reply = await pb_grpc.TigerStub(channel).ListModels(pb.ListModelsRequest(), metadata=AUTH)
+        reply = await pb_grpc.TigerStub(channel).ListModels(
+            pb.ListModelsRequest(), metadata=AUTH
+        )
     return next(m for m in reply.models if m.id == TINY_MODEL_ID)
 
 
@@ -46,10 +53,14 @@ async def assert_freed(port: int, before: int) -> None:
     assert (await tiny_status(port)).tokens_generated == status.tokens_generated
 
 
-async def test_http_client_that_leaves_frees_the_engine(base_url: str, backend: Process) -> None:
+async def test_http_client_that_leaves_frees_the_engine(
+    base_url: str, backend: Process
+) -> None:
     await wait_idle(backend.port)
     before = (await tiny_status(backend.port)).tokens_generated
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_KEY}"}) as s:
+    async with aiohttp.ClientSession(
+        headers={"Authorization": f"Bearer {API_KEY}"}
+    ) as s:
         reply = await s.post(f"{base_url}/v1/generate_response", json=LONG)
         deltas = 0
         async for line in reply.content:
@@ -60,9 +71,13 @@ async def test_http_client_that_leaves_frees_the_engine(base_url: str, backend: 
         reply.close()  # drop the connection mid-stream
     await assert_freed(backend.port, before)
     # The next request has the engine to itself and completes in full.
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_KEY}"}) as s:
-        async with s.post(f"{base_url}/v1/generate_response",
-                          json={**LONG, "max_tokens": 50, "stream": False}) as reply:
+    async with aiohttp.ClientSession(
+        headers={"Authorization": f"Bearer {API_KEY}"}
+    ) as s:
+        async with s.post(
+            f"{base_url}/v1/generate_response",
+            json={**LONG, "max_tokens": 50, "stream": False},
+        ) as reply:
             assert (await reply.json())["usage"]["output_tokens"] == 50
 
 
@@ -70,9 +85,15 @@ async def test_grpc_client_that_cancels_frees_the_engine(backend: Process) -> No
     await wait_idle(backend.port)
     before = (await tiny_status(backend.port)).tokens_generated
     async with grpc.aio.insecure_channel(f"127.0.0.1:{backend.port}") as channel:
-        call = pb_grpc.TigerStub(channel).Generate(pb.GenerateRequest(
-            model=TINY_MODEL_ID, messages=[pb.Message(role="user", content="Go on forever.")],
-            max_tokens=3000, temperature=0.0), metadata=AUTH)
+        call = pb_grpc.TigerStub(channel).Generate(
+            pb.GenerateRequest(
+                model=TINY_MODEL_ID,
+                messages=[pb.Message(role="user", content="Go on forever.")],
+                max_tokens=3000,
+                temperature=0.0,
+            ),
+            metadata=AUTH,
+        )
         deltas = 0
         async for chunk in call:
             deltas += chunk.HasField("delta")
@@ -82,16 +103,35 @@ async def test_grpc_client_that_cancels_frees_the_engine(backend: Process) -> No
     await assert_freed(backend.port, before)
 
 
-async def test_backend_killed_mid_stream_ends_with_one_error(store_home, tiny_model, tmp_path):
+async def test_backend_killed_mid_stream_ends_with_one_error(
+    store_home, tiny_model, tmp_path
+):
     env = process_env(store_home)
-    server = start_process(["tiger_grpc.server", "--port", "0", "--host", "127.0.0.1",
-                            "--no-prepare"], tmp_path, "doomed-server", env)
-    gateway = start_process(["gateway.main", "--port", "0", "--host", "127.0.0.1",
-                             "--grpc-target", f"127.0.0.1:{server.port}"],
-                            tmp_path, "survivor-gateway", env)
+    server = start_process(
+        ["tiger_grpc.server", "--port", "0", "--host", "127.0.0.1", "--no-prepare"],
+        tmp_path,
+        "doomed-server",
+        env,
+    )
+    gateway = start_process(
+        [
+            "gateway.main",
+            "--port",
+            "0",
+            "--host",
+            "127.0.0.1",
+            "--grpc-target",
+            f"127.0.0.1:{server.port}",
+        ],
+        tmp_path,
+        "survivor-gateway",
+        env,
+    )
     url = f"http://127.0.0.1:{gateway.port}"
     try:
-        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_KEY}"}) as s:
+        async with aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {API_KEY}"}
+        ) as s:
             async with s.post(f"{url}/v1/generate_response", json=LONG) as reply:
                 assert reply.status == 200
                 chunks = []

@@ -11,21 +11,55 @@ import pytest
 from tests.conftest import API_KEY, TINY_MODEL_ID, process_env, start_process
 
 pytestmark = pytest.mark.e2e
-LONG = {"model": TINY_MODEL_ID, "messages": [{"role": "user", "content": "Go on."}],
-        "max_tokens": 3000, "temperature": 0, "stream": True}
+LONG = {
+    "model": TINY_MODEL_ID,
+    "messages": [{"role": "user", "content": "Go on."}],
+    "max_tokens": 3000,
+    "temperature": 0,
+    "stream": True,
+}
 
 
-async def test_past_capacity_the_gateway_answers_429(store_home, tiny_model, tmp_path) -> None:
+async def test_past_capacity_the_gateway_answers_429(
+    store_home, tiny_model, tmp_path
+) -> None:
     env = process_env(store_home)
-    server = start_process(["tiger_grpc.server", "--port", "0", "--host", "127.0.0.1",
-                            "--no-prepare", "--max-batch", "1", "--max-queued", "0"],
-                           tmp_path, "small-server", env)
-    gateway = start_process(["gateway.main", "--port", "0", "--host", "127.0.0.1",
-                             "--grpc-target", f"127.0.0.1:{server.port}"],
-                            tmp_path, "small-gateway", env)
+    server = start_process(
+        [
+            "tiger_grpc.server",
+            "--port",
+            "0",
+            "--host",
+            "127.0.0.1",
+            "--no-prepare",
+            "--max-batch",
+            "1",
+            "--max-queued",
+            "0",
+        ],
+        tmp_path,
+        "small-server",
+        env,
+    )
+    gateway = start_process(
+        [
+            "gateway.main",
+            "--port",
+            "0",
+            "--host",
+            "127.0.0.1",
+            "--grpc-target",
+            f"127.0.0.1:{server.port}",
+        ],
+        tmp_path,
+        "small-gateway",
+        env,
+    )
     url = f"http://127.0.0.1:{gateway.port}/v1/generate_response"
     try:
-        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_KEY}"}) as s:
+        async with aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {API_KEY}"}
+        ) as s:
             busy = await s.post(url, json=LONG)
             async for line in busy.content:  # wait until it is generating
                 if json.loads(line)["type"] == "delta":
@@ -37,7 +71,9 @@ async def test_past_capacity_the_gateway_answers_429(store_home, tiny_model, tmp
                 assert body["type"] == "error" and "capacity" in body["message"]
             busy.close()
             await asyncio.sleep(0.3)  # the slot frees when the first client leaves
-            async with s.post(url, json={**LONG, "max_tokens": 3, "stream": False}) as again:
+            async with s.post(
+                url, json={**LONG, "max_tokens": 3, "stream": False}
+            ) as again:
                 assert again.status == 200
     finally:
         gateway.stop()

@@ -34,18 +34,30 @@ async def client(backend: Process):
         yield c
 
 
-async def test_async_client_streams_completes_and_lists(client: AsyncTigerClient) -> None:
-    chunks = [c async for c in client.generate("hi", model=TINY_MODEL_ID, max_tokens=5,
-                                               temperature=0)]
+async def test_async_client_streams_completes_and_lists(
+    client: AsyncTigerClient,
+) -> None:
+    chunks = [
+        c
+        async for c in client.generate(
+            "hi", model=TINY_MODEL_ID, max_tokens=5, temperature=0
+        )
+    ]
     assert isinstance(chunks[-1], Stop) and chunks[-1].stop_reason == "max_tokens"
-    answer = await client.complete([{"role": "user", "content": "hi"}], model=TINY_MODEL_ID,
-                                   max_tokens=5, temperature=0)
+    answer = await client.complete(
+        [{"role": "user", "content": "hi"}],
+        model=TINY_MODEL_ID,
+        max_tokens=5,
+        temperature=0,
+    )
     assert isinstance(answer, Completion)
     assert answer.text == "".join(c.text for c in chunks if isinstance(c, Delta))
     assert TINY_MODEL_ID in [m.id for m in await client.models()]
 
 
-async def test_async_client_errors_are_typed(client: AsyncTigerClient, backend: Process) -> None:
+async def test_async_client_errors_are_typed(
+    client: AsyncTigerClient, backend: Process
+) -> None:
     with pytest.raises(NotFoundError, match="unknown model"):
         await client.complete("hi", model="nope")
     with pytest.raises(InvalidArgumentError, match="top_p"):
@@ -62,7 +74,9 @@ async def test_leaving_the_loop_cancels_the_call(client: AsyncTigerClient) -> No
         if isinstance(chunk, Delta):
             break
     for _ in range(100):
-        running = next(m for m in await client.models() if m.id == TINY_MODEL_ID).running
+        running = next(
+            m for m in await client.models() if m.id == TINY_MODEL_ID
+        ).running
         if running == 0:
             break
         await asyncio.sleep(0.02)
@@ -78,14 +92,29 @@ def test_sync_client(backend: Process) -> None:
 
 def tiger(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TIGER_API_KEY": API_KEY}
-    return subprocess.run([sys.executable, "-m", "tiger_grpc.cli", *args], input=stdin,
-                          capture_output=True, text=True, env=env, timeout=180, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "tiger_grpc.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        cwd=ROOT,
+    )
 
 
 @pytest.mark.parametrize("transport", ["grpc", "http"])
-def test_cli_generate_models_and_errors(transport, backend: Process, base_url: str) -> None:
-    where = ["--grpc", f"127.0.0.1:{backend.port}"] if transport == "grpc" else ["--http", base_url]
-    out = tiger(*where, "generate", "hi", "--model", TINY_MODEL_ID, "--max-tokens", "5", "-v")
+def test_cli_generate_models_and_errors(
+    transport, backend: Process, base_url: str
+) -> None:
+    where = (
+        ["--grpc", f"127.0.0.1:{backend.port}"]
+        if transport == "grpc"
+        else ["--http", base_url]
+    )
+    out = tiger(
+        *where, "generate", "hi", "--model", TINY_MODEL_ID, "--max-tokens", "5", "-v"
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() and "max_tokens, 5 tokens" in out.stderr
     models = tiger(*where, "models")
@@ -95,8 +124,17 @@ def test_cli_generate_models_and_errors(transport, backend: Process, base_url: s
 
 
 def test_cli_chat_keeps_the_conversation(backend: Process) -> None:
-    out = tiger("--grpc", f"127.0.0.1:{backend.port}", "chat", "--model", TINY_MODEL_ID,
-                "--max-tokens", "3", "-v", stdin="hello\nand again\n\n")
+    out = tiger(
+        "--grpc",
+        f"127.0.0.1:{backend.port}",
+        "chat",
+        "--model",
+        TINY_MODEL_ID,
+        "--max-tokens",
+        "3",
+        "-v",
+        stdin="hello\nand again\n\n",
+    )
     assert out.returncode == 0, out.stderr
     usages = [line for line in out.stderr.splitlines() if "tokens," in line]
     assert len(usages) == 2 and out.stdout.count(f"{TINY_MODEL_ID}> ") == 2
@@ -104,12 +142,34 @@ def test_cli_chat_keeps_the_conversation(backend: Process) -> None:
 
 def test_cli_train_shows_progress(backend: Process, tmp_path: Path) -> None:
     examples = tmp_path / "examples.jsonl"
-    examples.write_text("\n".join(json.dumps({"messages": [
-        {"role": "user", "content": f"Question {i}?"},
-        {"role": "assistant", "content": f"Answer {i}."}]}) for i in range(4)))
+    examples.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"Question {i}?"},
+                        {"role": "assistant", "content": f"Answer {i}."},
+                    ]
+                }
+            )
+            for i in range(4)
+        )
+    )
     output = f"cli-trained-{uuid.uuid4().hex[:6]}"
-    out = tiger("--grpc", f"127.0.0.1:{backend.port}", "train", str(examples), "--model",
-                TINY_MODEL_ID, "--output", output, "--max-steps", "2", "--batch-size", "2")
+    out = tiger(
+        "--grpc",
+        f"127.0.0.1:{backend.port}",
+        "train",
+        str(examples),
+        "--model",
+        TINY_MODEL_ID,
+        "--output",
+        output,
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+    )
     assert out.returncode == 0, out.stderr
     assert "step 2/2" in out.stderr and "loss" in out.stderr and "ETA" in out.stderr
     assert f"trained {output}: 2 steps" in out.stdout

@@ -17,7 +17,9 @@ def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
     }
     assert sorted(committed) == sorted(fresh), "run `make proto` and commit the result"
     for path, text in fresh.items():
-        assert committed[path] == text, f"{path} is stale: run `make proto` and commit it"
+        assert committed[path] == text, (
+            f"{path} is stale: run `make proto` and commit it"
+        )
 
 
 def test_generation_is_reproducible(tmp_path: Path) -> None:

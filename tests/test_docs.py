@@ -17,21 +17,32 @@ pytestmark = pytest.mark.e2e
 
 
 def example(tag: str) -> str:
-    blocks = re.findall(rf"```\w+ {tag}\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    blocks = re.findall(
+        rf"```\w+ {tag}\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL
+    )
     assert len(blocks) == 1, f"README.md should have one `{tag}` block"
     return blocks[0]
 
 
 def env_for(backend: Process) -> dict[str, str]:
-    return {**os.environ, "TIGER_GRPC_TARGET": f"127.0.0.1:{backend.port}",
-            "TIGER_API_KEY": API_KEY}
+    return {
+        **os.environ,
+        "TIGER_GRPC_TARGET": f"127.0.0.1:{backend.port}",
+        "TIGER_API_KEY": API_KEY,
+    }
 
 
 def test_python_client_example(backend: Process, tmp_path: Path) -> None:
     script = tmp_path / "client_example.py"
     script.write_text(example("client-example"))
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         env=env_for(backend), timeout=300, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=env_for(backend),
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     assert "smollm2-135m-instruct" in out.stdout and "Usage(" in out.stdout
 
@@ -40,9 +51,14 @@ def test_cli_example(backend: Process, base_url: str) -> None:
     for line in example("cli-example").strip().splitlines():
         args = shlex.split(line.replace("http://localhost:45678", base_url))
         assert args[0] == "tiger"
-        out = subprocess.run([sys.executable, "-m", "tiger_grpc.cli", *args[1:]],
-                             capture_output=True, text=True, env=env_for(backend), timeout=300,
-                             cwd=ROOT)
+        out = subprocess.run(
+            [sys.executable, "-m", "tiger_grpc.cli", *args[1:]],
+            capture_output=True,
+            text=True,
+            env=env_for(backend),
+            timeout=300,
+            cwd=ROOT,
+        )
         assert out.returncode == 0, (line, out.stderr)
         assert out.stdout.strip(), line
 
@@ -52,8 +68,25 @@ def test_pytest_fixture_example(tmp_path: Path, default_model_dir: Path) -> None
     (tmp_path / "conftest.py").write_text('pytest_plugins = ["tiger_grpc.testing"]\n')
     (tmp_path / "test_user.py").write_text(example("pytest-example"))
     env = {**os.environ, "TIGER_TESTING_HOME": str(tmp_path / "home")}
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          "-o", "asyncio_mode=auto", "-W", "ignore", str(tmp_path)],
-                         capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "asyncio_mode=auto",
+            "-W",
+            "ignore",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert "1 passed" in out.stdout

@@ -38,7 +38,7 @@ def test_kv_cache_steps_match_one_full_pass_and_pytorch(tiny) -> None:
     stepwise = []
     logits, cache = model.forward(PROMPT, cache)
     stepwise.append(logits)
-    for token in ids[len(PROMPT):]:
+    for token in ids[len(PROMPT) :]:
         logits, cache = model.forward([token], cache)
         stepwise.append(logits)
     assert cache.length == len(ids)
@@ -112,7 +112,9 @@ def test_seeded_sampling_repeats_and_seeds_differ(tiny, tokenizer) -> None:
         scheduler.close()
 
 
-def test_interleaved_sequences_match_solo_runs_and_cancel_frees(tiny, tokenizer) -> None:
+def test_interleaved_sequences_match_solo_runs_and_cancel_frees(
+    tiny, tokenizer
+) -> None:
     _, model = tiny
     scheduler = Scheduler(model, "tiny")
     try:
@@ -132,7 +134,9 @@ def test_interleaved_sequences_match_solo_runs_and_cancel_frees(tiny, tokenizer)
                 break
             deadline.wait(0.05)
         assert scheduler.running == 0
-        assert not long_collector.done.is_set()  # cancelled: no stop chunk owed to anyone
+        assert (
+            not long_collector.done.is_set()
+        )  # cancelled: no stop chunk owed to anyone
         stops = [e for e in a_collector.events if isinstance(e, Stop)]
         assert len(stops) == 1 and stops[0].reason is StopReason.MAX_TOKENS
     finally:

@@ -18,14 +18,23 @@ from tiger_grpc.validation import ChatMessage, GenerateParams
 
 pytestmark = pytest.mark.e2e
 HEADERS = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
-VALID = {"model": TINY_MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
-         "max_tokens": 2}
+VALID = {
+    "model": TINY_MODEL_ID,
+    "messages": [{"role": "user", "content": "hi"}],
+    "max_tokens": 2,
+}
 FIELDS = [*VALID, "stream", "temperature", "top_p", "top_k", "stop_sequences", "seed"]
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                               max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=8,
 )
 
@@ -56,12 +65,16 @@ bodies = st.one_of(
 )
 
 
-@settings(max_examples=120, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(body=bodies)
 def test_random_bodies_get_clear_answers(base_url: str, body: bytes) -> None:
-    reply = requests.post(f"{base_url}/v1/generate_response", data=body, headers=HEADERS,
-                          timeout=60)
+    reply = requests.post(
+        f"{base_url}/v1/generate_response", data=body, headers=HEADERS, timeout=60
+    )
     assert reply.status_code < 500, reply.text
     if reply.status_code != 200:
         assert reply.headers["Content-Type"].startswith("application/json")
@@ -71,25 +84,36 @@ def test_random_bodies_get_clear_answers(base_url: str, body: bytes) -> None:
 
 def test_servers_are_still_up_after_the_fuzzing(base_url: str) -> None:
     assert requests.get(f"{base_url}/readyz", timeout=10).status_code == 200
-    reply = requests.post(f"{base_url}/v1/generate_response", json=VALID, headers=HEADERS,
-                          timeout=60)
+    reply = requests.post(
+        f"{base_url}/v1/generate_response", json=VALID, headers=HEADERS, timeout=60
+    )
     assert reply.status_code == 200 and reply.json()["type"] == "message"
 
 
-@pytest.mark.parametrize("field_values", [{"top_p": 1.5}, {"temperature": -1.0},
-                                          {"top_k": -3}, {"stop_sequences": ("",)}])
-async def test_grpc_and_http_say_the_same(base_url: str, backend: Process, field_values) -> None:
-    body = {**VALID, **{k: list(v) if isinstance(v, tuple) else v for k, v in field_values.items()}}
-    http = requests.post(f"{base_url}/v1/generate_response", json=body, headers=HEADERS,
-                         timeout=60)
+@pytest.mark.parametrize(
+    "field_values",
+    [{"top_p": 1.5}, {"temperature": -1.0}, {"top_k": -3}, {"stop_sequences": ("",)}],
+)
+async def test_grpc_and_http_say_the_same(
+    base_url: str, backend: Process, field_values
+) -> None:
+    body = {
+        **VALID,
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in field_values.items()},
+    }
+    http = requests.post(
+        f"{base_url}/v1/generate_response", json=body, headers=HEADERS, timeout=60
+    )
     assert http.status_code == 400
-    params = GenerateParams(model=TINY_MODEL_ID, messages=(ChatMessage("user", "hi"),),
-                            **field_values)
+    params = GenerateParams(
+        model=TINY_MODEL_ID, messages=(ChatMessage("user", "hi"),), **field_values
+    )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{backend.port}") as channel:
         stub = pb_grpc.TigerStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            async for _ in stub.Generate(params_to_pb(params),
-                                         metadata=(("authorization", f"Bearer {API_KEY}"),)):
+            async for _ in stub.Generate(
+                params_to_pb(params), metadata=(("authorization", f"Bearer {API_KEY}"),)
+            ):
                 pass
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details() == http.json()["message"]

@@ -23,14 +23,21 @@ async def channel(backend: Process):
 
 def request(model: str = DEFAULT_MODEL_ID, **fields) -> pb.GenerateRequest:
     return pb.GenerateRequest(
-        model=model, messages=[pb.Message(role="user", content="What is 2 + 2?")], **fields
+        model=model,
+        messages=[pb.Message(role="user", content="What is 2 + 2?")],
+        **fields,
     )
 
 
 async def test_generate_streams_deltas_then_one_stop(channel) -> None:
     stub = pb_grpc.TigerStub(channel)
-    chunks = [c async for c in stub.Generate(
-        request(model="SmolLM2-135m-Instruct", temperature=0.0, max_tokens=30), metadata=AUTH)]
+    chunks = [
+        c
+        async for c in stub.Generate(
+            request(model="SmolLM2-135m-Instruct", temperature=0.0, max_tokens=30),
+            metadata=AUTH,
+        )
+    ]
     kinds = [c.WhichOneof("chunk") for c in chunks]
     assert kinds[-1] == "stop" and kinds.count("stop") == 1 and "error" not in kinds
     assert set(kinds) <= {"info", "delta", "stop"}
@@ -45,15 +52,31 @@ async def test_generate_streams_deltas_then_one_stop(channel) -> None:
 async def test_first_use_loads_with_info_chunks(channel) -> None:
     """Each model loads once, announcing itself with the guide's info messages."""
     stub = pb_grpc.TigerStub(channel)
-    models = {m.id: m for m in (await stub.ListModels(pb.ListModelsRequest(), metadata=AUTH)).models}
-    chunks = [c async for c in stub.Generate(request(TINY_MODEL_ID, max_tokens=3), metadata=AUTH)]
+    models = {
+        m.id: m
+        for m in (await stub.ListModels(pb.ListModelsRequest(), metadata=AUTH)).models
+    }
+    chunks = [
+        c
+        async for c in stub.Generate(
+            request(TINY_MODEL_ID, max_tokens=3), metadata=AUTH
+        )
+    ]
     infos = [c.info.message for c in chunks if c.HasField("info")]
     if not models[TINY_MODEL_ID].loaded:
         assert infos[:2] == [f"Loading model {TINY_MODEL_ID}", "Loading tokenizer"]
         assert "CPUExecutionProvider" in infos[2]
-    again = [c async for c in stub.Generate(request(TINY_MODEL_ID, max_tokens=3), metadata=AUTH)]
+    again = [
+        c
+        async for c in stub.Generate(
+            request(TINY_MODEL_ID, max_tokens=3), metadata=AUTH
+        )
+    ]
     assert not any(c.HasField("info") for c in again)
-    models = {m.id: m for m in (await stub.ListModels(pb.ListModelsRequest(), metadata=AUTH)).models}
+    models = {
+        m.id: m
+        for m in (await stub.ListModels(pb.ListModelsRequest(), metadata=AUTH)).models
+    }
     assert models[TINY_MODEL_ID].loaded
     assert models[TINY_MODEL_ID].provider == "CPUExecutionProvider"
 
@@ -62,12 +85,20 @@ async def test_first_use_loads_with_info_chunks(channel) -> None:
     ("metadata", "req", "code", "needle"),
     [
         ((), request(), grpc.StatusCode.UNAUTHENTICATED, "missing bearer token"),
-        ((("authorization", "Bearer nope"),), request(), grpc.StatusCode.UNAUTHENTICATED,
-         "invalid API key"),
+        (
+            (("authorization", "Bearer nope"),),
+            request(),
+            grpc.StatusCode.UNAUTHENTICATED,
+            "invalid API key",
+        ),
         (AUTH, request(model="nope"), grpc.StatusCode.NOT_FOUND, DEFAULT_MODEL_ID),
         (AUTH, request(top_p=0.0), grpc.StatusCode.INVALID_ARGUMENT, "`top_p`"),
-        (AUTH, pb.GenerateRequest(model=DEFAULT_MODEL_ID), grpc.StatusCode.INVALID_ARGUMENT,
-         "`messages`"),
+        (
+            AUTH,
+            pb.GenerateRequest(model=DEFAULT_MODEL_ID),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "`messages`",
+        ),
     ],
 )
 async def test_status_codes(channel, metadata, req, code, needle) -> None:

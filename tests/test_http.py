@@ -12,7 +12,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import API_KEY, ROOT, TINY_MODEL_ID, Process, process_env, start_process
+from tests.conftest import (
+    API_KEY,
+    ROOT,
+    TINY_MODEL_ID,
+    Process,
+    process_env,
+    start_process,
+)
 from tiger_grpc.prepare import DEFAULT_MODEL_ID
 
 pytestmark = pytest.mark.e2e
@@ -54,11 +61,19 @@ def ndjson(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-async def test_seed_python_client(base_url: str, gateway: Process, tmp_path: Path) -> None:
+async def test_seed_python_client(
+    base_url: str, gateway: Process, tmp_path: Path
+) -> None:
     script = seed_client("seed_client.py", gateway.port, DEFAULT_MODEL_ID, tmp_path)
     env = process_env(tmp_path)
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                            env=env, timeout=300, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr
     infos, text, usage = parse_seed_output(result.stdout)
     assert text.strip(), result.stdout
@@ -68,10 +83,19 @@ async def test_seed_python_client(base_url: str, gateway: Process, tmp_path: Pat
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
-async def test_seed_javascript_client(base_url: str, gateway: Process, tmp_path: Path) -> None:
-    script = seed_client("seed_client.mjs", gateway.port, "SmolLM2-135M-Instruct", tmp_path)
-    result = subprocess.run(["node", str(script)], capture_output=True, text=True,
-                            env=process_env(tmp_path), timeout=300)
+async def test_seed_javascript_client(
+    base_url: str, gateway: Process, tmp_path: Path
+) -> None:
+    script = seed_client(
+        "seed_client.mjs", gateway.port, "SmolLM2-135M-Instruct", tmp_path
+    )
+    result = subprocess.run(
+        ["node", str(script)],
+        capture_output=True,
+        text=True,
+        env=process_env(tmp_path),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     _, text, usage = parse_seed_output(result.stdout)
     assert text.strip()
@@ -79,8 +103,13 @@ async def test_seed_javascript_client(base_url: str, gateway: Process, tmp_path:
 
 
 async def test_stream_and_non_stream_agree_greedy(base_url: str) -> None:
-    payload = {"model": "SmolLM2-135M-INSTRUCT", "messages": HELLO, "temperature": 0,
-               "max_tokens": 24, "stream": True}
+    payload = {
+        "model": "SmolLM2-135M-INSTRUCT",
+        "messages": HELLO,
+        "temperature": 0,
+        "max_tokens": 24,
+        "stream": True,
+    }
     status, headers, text = await post(base_url, payload)
     assert status == 200
     assert headers["Content-Type"].startswith("application/x-ndjson")
@@ -97,13 +126,23 @@ async def test_stream_and_non_stream_agree_greedy(base_url: str) -> None:
     assert message["content"] == streamed
     assert message["stop_reason"] in ("end_turn", "max_tokens")
     assert message["usage"]["output_tokens"] <= 24
-    assert message["usage"] == {**message["usage"], "input_tokens": chunks[-1]["usage"]["input_tokens"]}
+    assert message["usage"] == {
+        **message["usage"],
+        "input_tokens": chunks[-1]["usage"]["input_tokens"],
+    }
 
 
 async def test_max_tokens_stop_reason(base_url: str) -> None:
-    status, _, text = await post(base_url, {
-        "model": TINY_MODEL_ID, "messages": HELLO, "max_tokens": 5, "stream": True,
-        "temperature": 0})
+    status, _, text = await post(
+        base_url,
+        {
+            "model": TINY_MODEL_ID,
+            "messages": HELLO,
+            "max_tokens": 5,
+            "stream": True,
+            "temperature": 0,
+        },
+    )
     assert status == 200
     stop = ndjson(text)[-1]
     assert stop == {"type": "stop", "stop_reason": "max_tokens", "usage": stop["usage"]}
@@ -114,14 +153,31 @@ async def test_max_tokens_stop_reason(base_url: str) -> None:
     ("raw", "payload", "status", "needle"),
     [
         (b"{not json", None, 400, "not valid JSON"),
-        (None, {"model": DEFAULT_MODEL_ID, "messages": []}, 400, "at least one message"),
-        (None, {"model": DEFAULT_MODEL_ID, "messages": HELLO, "stream": "yes"}, 400, "`stream`"),
-        (None, {"model": DEFAULT_MODEL_ID, "messages": HELLO, "top_p": 3}, 400, "`top_p`"),
+        (
+            None,
+            {"model": DEFAULT_MODEL_ID, "messages": []},
+            400,
+            "at least one message",
+        ),
+        (
+            None,
+            {"model": DEFAULT_MODEL_ID, "messages": HELLO, "stream": "yes"},
+            400,
+            "`stream`",
+        ),
+        (
+            None,
+            {"model": DEFAULT_MODEL_ID, "messages": HELLO, "top_p": 3},
+            400,
+            "`top_p`",
+        ),
         (None, {"model": "no-such-model", "messages": HELLO}, 404, DEFAULT_MODEL_ID),
         (b"x" * 70_000, None, 413, "over the limit"),
     ],
 )
-async def test_errors_before_the_stream_are_http_errors(base_url, raw, payload, status, needle):
+async def test_errors_before_the_stream_are_http_errors(
+    base_url, raw, payload, status, needle
+):
     got, headers, text = await post(base_url, payload, raw=raw)
     assert got == status, text
     assert headers["Content-Type"].startswith("application/json")
@@ -131,11 +187,17 @@ async def test_errors_before_the_stream_are_http_errors(base_url, raw, payload, 
 
 @pytest.mark.parametrize(
     ("headers", "needle"),
-    [({}, "missing bearer token"), ({"Authorization": "Bearer wrong"}, "invalid API key")],
+    [
+        ({}, "missing bearer token"),
+        ({"Authorization": "Bearer wrong"}, "invalid API key"),
+    ],
 )
 async def test_auth(base_url: str, headers, needle) -> None:
-    status, _, text = await post(base_url, {"model": DEFAULT_MODEL_ID, "messages": HELLO},
-                                 headers=headers or {"X-Nothing": "1"})
+    status, _, text = await post(
+        base_url,
+        {"model": DEFAULT_MODEL_ID, "messages": HELLO},
+        headers=headers or {"X-Nothing": "1"},
+    )
     assert status == 401
     assert needle in json.loads(text)["message"]
     async with aiohttp.ClientSession() as session:
@@ -170,12 +232,24 @@ async def test_models_health_ready(base_url: str, auth) -> None:
 async def test_backend_down_is_503(store_home: Path, tmp_path: Path) -> None:
     """A gateway whose backend is gone answers 503, and /healthz still says alive."""
     dead = start_process(
-        ["gateway.main", "--port", "0", "--host", "127.0.0.1", "--grpc-target", "127.0.0.1:9"],
-        tmp_path, "lonely-gateway", process_env(store_home),
+        [
+            "gateway.main",
+            "--port",
+            "0",
+            "--host",
+            "127.0.0.1",
+            "--grpc-target",
+            "127.0.0.1:9",
+        ],
+        tmp_path,
+        "lonely-gateway",
+        process_env(store_home),
     )
     try:
         url = f"http://127.0.0.1:{dead.port}"
-        status, _, text = await post(url, {"model": DEFAULT_MODEL_ID, "messages": HELLO})
+        status, _, text = await post(
+            url, {"model": DEFAULT_MODEL_ID, "messages": HELLO}
+        )
         assert status == 503 and json.loads(text)["type"] == "error"
         async with aiohttp.ClientSession() as session:
             async with session.get(f"{url}/readyz") as reply:

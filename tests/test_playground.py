@@ -14,12 +14,22 @@ from tiger_grpc.prepare import DEFAULT_MODEL_ID
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = os.environ.get("TIGER_CHROMIUM", "/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 async def test_type_a_prompt_and_watch_it_stream(base_url: str, tmp_path: Path) -> None:
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: `make test` installs Debian's chromium"
+    assert Path(CHROMIUM).exists(), (
+        f"{CHROMIUM} is missing: `make test` installs Debian's chromium"
+    )
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
@@ -27,8 +37,9 @@ async def test_type_a_prompt_and_watch_it_stream(base_url: str, tmp_path: Path) 
             await page.goto(base_url)
             await page.fill("#key", API_KEY)
             await page.dispatch_event("#key", "change")
-            await page.wait_for_selector(f"#model option[value='{DEFAULT_MODEL_ID}']",
-                                         state="attached")
+            await page.wait_for_selector(
+                f"#model option[value='{DEFAULT_MODEL_ID}']", state="attached"
+            )
             await page.select_option("#model", DEFAULT_MODEL_ID)
             await page.fill("#temperature", "0")
             await page.fill("#max_tokens", "60")

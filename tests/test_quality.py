@@ -66,7 +66,9 @@ def test_quantized_predictions_stay_close_to_fp32(
     if precision not in manifest.fast_graphs:
         with store.lock(DEFAULT_MODEL_ID):
             manifest = add_fast_graph(store, DEFAULT_MODEL_ID, precision)
-    model = FusedCausalLM(default_model_dir / manifest.fast_graphs[precision], Device.CPU, 1, 512)
+    model = FusedCausalLM(
+        default_model_dir / manifest.fast_graphs[precision], Device.CPU, 1, 512
+    )
     rows = [model.prefill(0, ids[:1])]
     rows += [model.decode([t], [i])[0] for i, t in enumerate(ids[1:-1], start=1)]
     quantized = np.stack(rows)

@@ -8,7 +8,9 @@ from tiger_grpc.store import ModelManifest, ModelStore
 
 
 def manifest(model_id: str) -> ModelManifest:
-    return ModelManifest(id=model_id, source="test", context_length=16, eos_token_ids=[2])
+    return ModelManifest(
+        id=model_id, source="test", context_length=16, eos_token_ids=[2]
+    )
 
 
 def test_a_failed_preparation_leaves_nothing(tmp_path: Path) -> None:

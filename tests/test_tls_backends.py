@@ -21,13 +21,21 @@ from tiger_grpc.pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.e2e
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
-SHORT = {"model": TINY_MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+SHORT = {
+    "model": TINY_MODEL_ID,
+    "messages": [{"role": "user", "content": "hi"}],
+    "max_tokens": 3,
+}
 
 
 def _write(path: Path, key, cert) -> None:
-    path.with_suffix(".key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    path.with_suffix(".key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     path.with_suffix(".pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
@@ -36,23 +44,40 @@ def make_pki(directory: Path) -> Path:
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tiger test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
     _write(directory / "ca", ca_key, ca)
-    for name, sans in (("server", [x509.DNSName("localhost"),
-                                   x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                       ("client", [x509.DNSName("tiger-gateway")])):
+    for name, sans in (
+        (
+            "server",
+            [
+                x509.DNSName("localhost"),
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            ],
+        ),
+        ("client", [x509.DNSName("tiger-gateway")]),
+    ):
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-                .issuer_name(ca_name).public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-                .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-                .sign(ca_key, hashes.SHA256()))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
         _write(directory / name, key, cert)
     return directory
 
@@ -64,19 +89,50 @@ async def generate(url: str) -> int:
             return reply.status
 
 
-async def test_mutual_tls_between_gateway_and_server(store_home, tiny_model, tmp_path) -> None:
+async def test_mutual_tls_between_gateway_and_server(
+    store_home, tiny_model, tmp_path
+) -> None:
     pki = make_pki(tmp_path)
     env = process_env(store_home)
-    server = start_process(["tiger_grpc.server", "--port", "0", "--host", "127.0.0.1",
-                            "--no-prepare", "--tls-cert", str(pki / "server.pem"),
-                            "--tls-key", str(pki / "server.key"),
-                            "--tls-client-ca", str(pki / "ca.pem")], tmp_path, "tls-server", env)
-    gateway = start_process(["gateway.main", "--port", "0", "--host", "127.0.0.1",
-                             "--grpc-target", f"localhost:{server.port}",
-                             "--grpc-tls-ca", str(pki / "ca.pem"),
-                             "--grpc-tls-cert", str(pki / "client.pem"),
-                             "--grpc-tls-key", str(pki / "client.key")],
-                            tmp_path, "tls-gateway", env)
+    server = start_process(
+        [
+            "tiger_grpc.server",
+            "--port",
+            "0",
+            "--host",
+            "127.0.0.1",
+            "--no-prepare",
+            "--tls-cert",
+            str(pki / "server.pem"),
+            "--tls-key",
+            str(pki / "server.key"),
+            "--tls-client-ca",
+            str(pki / "ca.pem"),
+        ],
+        tmp_path,
+        "tls-server",
+        env,
+    )
+    gateway = start_process(
+        [
+            "gateway.main",
+            "--port",
+            "0",
+            "--host",
+            "127.0.0.1",
+            "--grpc-target",
+            f"localhost:{server.port}",
+            "--grpc-tls-ca",
+            str(pki / "ca.pem"),
+            "--grpc-tls-cert",
+            str(pki / "client.pem"),
+            "--grpc-tls-key",
+            str(pki / "client.key"),
+        ],
+        tmp_path,
+        "tls-gateway",
+        env,
+    )
     try:
         assert await generate(f"http://127.0.0.1:{gateway.port}") == 200
         request = pb.ListModelsRequest()
@@ -84,23 +140,50 @@ async def test_mutual_tls_between_gateway_and_server(store_home, tiny_model, tmp
         # Plaintext is refused, and so is TLS without a client certificate.
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             with pytest.raises(grpc.aio.AioRpcError):
-                await pb_grpc.TigerStub(channel).ListModels(request, metadata=auth, timeout=5)
+                await pb_grpc.TigerStub(channel).ListModels(
+                    request, metadata=auth, timeout=5
+                )
         no_cert = grpc.ssl_channel_credentials((pki / "ca.pem").read_bytes())
-        async with grpc.aio.secure_channel(f"localhost:{server.port}", no_cert) as channel:
+        async with grpc.aio.secure_channel(
+            f"localhost:{server.port}", no_cert
+        ) as channel:
             with pytest.raises(grpc.aio.AioRpcError):
-                await pb_grpc.TigerStub(channel).ListModels(request, metadata=auth, timeout=5)
+                await pb_grpc.TigerStub(channel).ListModels(
+                    request, metadata=auth, timeout=5
+                )
     finally:
         gateway.stop()
         server.stop()
 
 
-async def test_two_backends_one_dies_requests_still_succeed(store_home, tiny_model, tmp_path):
+async def test_two_backends_one_dies_requests_still_succeed(
+    store_home, tiny_model, tmp_path
+):
     env = process_env(store_home)
-    servers = [start_process(["tiger_grpc.server", "--port", "0", "--host", "127.0.0.1",
-                              "--no-prepare"], tmp_path, f"server{i}", env) for i in range(2)]
+    servers = [
+        start_process(
+            ["tiger_grpc.server", "--port", "0", "--host", "127.0.0.1", "--no-prepare"],
+            tmp_path,
+            f"server{i}",
+            env,
+        )
+        for i in range(2)
+    ]
     targets = ",".join(f"127.0.0.1:{s.port}" for s in servers)
-    gateway = start_process(["gateway.main", "--port", "0", "--host", "127.0.0.1",
-                             "--grpc-target", targets], tmp_path, "rr-gateway", env)
+    gateway = start_process(
+        [
+            "gateway.main",
+            "--port",
+            "0",
+            "--host",
+            "127.0.0.1",
+            "--grpc-target",
+            targets,
+        ],
+        tmp_path,
+        "rr-gateway",
+        env,
+    )
     url = f"http://127.0.0.1:{gateway.port}"
     try:
         assert [await generate(url) for _ in range(6)] == [200] * 6

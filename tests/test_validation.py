@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from tiger_grpc.params_pb import params_from_pb, params_to_pb
 from tiger_grpc.errors import InvalidArgument
+from tiger_grpc.params_pb import params_from_pb, params_to_pb
 from tiger_grpc.validation import ChatMessage, GenerateParams, parse_generate_body
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -86,7 +86,9 @@ def test_required_fields() -> None:
 
 
 def test_protobuf_round_trip_keeps_unset_and_zero_apart() -> None:
-    p = parse_generate_body(body(temperature=0, seed=0, max_tokens=5, stop_sequences=["\n"]))
+    p = parse_generate_body(
+        body(temperature=0, seed=0, max_tokens=5, stop_sequences=["\n"])
+    )
     back = params_from_pb(params_to_pb(p))
     assert back.temperature == 0.0 and back.seed == 0 and back.max_tokens == 5
     assert back.stop_sequences == ("\n",)

@@ -42,9 +42,15 @@ from .client import (
     Usage,
 )
 
-HTTP_ERRORS = {400: InvalidArgumentError, 401: AuthenticationError, 404: NotFoundError,
-               409: AlreadyExistsError, 413: InvalidArgumentError, 429: OverloadedError,
-               503: UnavailableError}
+HTTP_ERRORS = {
+    400: InvalidArgumentError,
+    401: AuthenticationError,
+    404: NotFoundError,
+    409: AlreadyExistsError,
+    413: InvalidArgumentError,
+    429: OverloadedError,
+    503: UnavailableError,
+}
 
 
 class HttpBackend:
@@ -53,21 +59,28 @@ class HttpBackend:
     def __init__(self, url: str, api_key: str | None) -> None:
         self._url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._session = aiohttp.ClientSession(headers=headers,
-                                              timeout=aiohttp.ClientTimeout(total=None))
+        self._session = aiohttp.ClientSession(
+            headers=headers, timeout=aiohttp.ClientTimeout(total=None)
+        )
 
     async def close(self) -> None:
         await self._session.close()
 
-    async def _stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def _stream(
+        self, path: str, body: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
         try:
-            async with self._session.post(f"{self._url}{path}", json={**body, "stream": True}) as r:
+            async with self._session.post(
+                f"{self._url}{path}", json={**body, "stream": True}
+            ) as r:
                 if r.status != 200:
                     try:
                         message = (await r.json())["message"]
                     except (ValueError, KeyError, aiohttp.ContentTypeError):
                         message = await r.text()
-                    raise HTTP_ERRORS.get(r.status, TigerError)(f"HTTP {r.status}: {message}")
+                    raise HTTP_ERRORS.get(r.status, TigerError)(
+                        f"HTTP {r.status}: {message}"
+                    )
                 async for line in r.content:
                     if line.strip():
                         chunk = json.loads(line)
@@ -75,15 +88,30 @@ class HttpBackend:
                             raise StreamError(chunk["message"])
                         yield chunk
         except aiohttp.ClientConnectionError as exc:
-            raise UnavailableError(f"cannot reach the gateway at {self._url}: {exc}") from None
+            raise UnavailableError(
+                f"cannot reach the gateway at {self._url}: {exc}"
+            ) from None
 
-    async def generate(self, messages: Any, *, model: str = DEFAULT_MODEL,
-                       system: str | None = None, **params: Any) -> AsyncIterator[Any]:
-        turns = [{"role": "user", "content": messages}] if isinstance(messages, str) else messages
+    async def generate(
+        self,
+        messages: Any,
+        *,
+        model: str = DEFAULT_MODEL,
+        system: str | None = None,
+        **params: Any,
+    ) -> AsyncIterator[Any]:
+        turns = (
+            [{"role": "user", "content": messages}]
+            if isinstance(messages, str)
+            else messages
+        )
         if system:
             turns = [{"role": "system", "content": system}, *turns]
-        body = {"model": model, "messages": turns,
-                **{k: v for k, v in params.items() if v is not None}}
+        body = {
+            "model": model,
+            "messages": turns,
+            **{k: v for k, v in params.items() if v is not None},
+        }
         async for c in self._stream("/v1/generate_response", body):
             if c["type"] == "info":
                 yield Info(c["message"])
@@ -92,10 +120,15 @@ class HttpBackend:
             elif c["type"] == "stop":
                 yield Stop(c["stop_reason"], Usage(**c["usage"]))
 
-    async def train(self, model: str, output_model: str, examples: Sequence[Any],
-                    **hyper: Any) -> AsyncIterator[Any]:
-        body = {"model": model, "output_model": output_model, "examples": list(examples),
-                "hyperparameters": {k: v for k, v in hyper.items() if v is not None}}
+    async def train(
+        self, model: str, output_model: str, examples: Sequence[Any], **hyper: Any
+    ) -> AsyncIterator[Any]:
+        body = {
+            "model": model,
+            "output_model": output_model,
+            "examples": list(examples),
+            "hyperparameters": {k: v for k, v in hyper.items() if v is not None},
+        }
         async for c in self._stream("/v1/train", body):
             if c["type"] == "info":
                 yield Info(c["message"])
@@ -108,25 +141,44 @@ class HttpBackend:
         async with self._session.get(f"{self._url}/v1/models") as r:
             body = await r.json()
             if r.status != 200:
-                raise HTTP_ERRORS.get(r.status, TigerError)(body.get("message", str(r.status)))
-        return [Model(m["id"], m["loaded"], m["provider"], m["context_length"], m.get("source", ""),
-                      m.get("running", 0)) for m in body["models"]]
+                raise HTTP_ERRORS.get(r.status, TigerError)(
+                    body.get("message", str(r.status))
+                )
+        return [
+            Model(
+                m["id"],
+                m["loaded"],
+                m["provider"],
+                m["context_length"],
+                m.get("source", ""),
+                m.get("running", 0),
+            )
+            for m in body["models"]
+        ]
 
 
 def _progress_bar(p: Progress, width: int = 30) -> str:
     done = int(width * p.step / max(p.total_steps, 1))
     eta = p.eta_ms / 1000
-    return (f"\r[{'#' * done}{'.' * (width - done)}] step {p.step}/{p.total_steps} "
-            f"epoch {p.epoch:.2f} loss {p.loss:.4f} {p.tokens_per_second:.0f} tok/s "
-            f"ETA {int(eta // 60)}:{int(eta % 60):02d}")
+    return (
+        f"\r[{'#' * done}{'.' * (width - done)}] step {p.step}/{p.total_steps} "
+        f"epoch {p.epoch:.2f} loss {p.loss:.4f} {p.tokens_per_second:.0f} tok/s "
+        f"ETA {int(eta // 60)}:{int(eta % 60):02d}"
+    )
 
 
-async def _print_reply(backend: Any, messages: Any, args: argparse.Namespace,
-                       out: TextIO) -> str:
+async def _print_reply(
+    backend: Any, messages: Any, args: argparse.Namespace, out: TextIO
+) -> str:
     parts: list[str] = []
-    async for chunk in backend.generate(messages, model=args.model, system=args.system,
-                                        max_tokens=args.max_tokens, temperature=args.temperature,
-                                        seed=args.seed):
+    async for chunk in backend.generate(
+        messages,
+        model=args.model,
+        system=args.system,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+    ):
         if isinstance(chunk, Info):
             print(f"[{chunk.message}]", file=sys.stderr)
         elif isinstance(chunk, Delta):
@@ -139,24 +191,35 @@ async def _print_reply(backend: Any, messages: Any, args: argparse.Namespace,
                 out.write("".join(parts))
             out.write("\n")
             if args.verbose:
-                print(f"[{chunk.stop_reason}, {chunk.usage.output_tokens} tokens, "
-                      f"{chunk.usage.duration_ms} ms]", file=sys.stderr)
+                print(
+                    f"[{chunk.stop_reason}, {chunk.usage.output_tokens} tokens, "
+                    f"{chunk.usage.duration_ms} ms]",
+                    file=sys.stderr,
+                )
     return "".join(parts)
 
 
 async def _run(args: argparse.Namespace) -> int:
-    backend: Any = (HttpBackend(args.http, args.api_key) if args.http
-                    else AsyncTigerClient(args.grpc, api_key=args.api_key))
+    backend: Any = (
+        HttpBackend(args.http, args.api_key)
+        if args.http
+        else AsyncTigerClient(args.grpc, api_key=args.api_key)
+    )
     try:
         if args.command == "models":
             for m in await backend.models():
-                print(f"{m.id}\t{'loaded' if m.loaded else 'not loaded'}\t{m.provider}\t"
-                      f"context {m.context_length}")
+                print(
+                    f"{m.id}\t{'loaded' if m.loaded else 'not loaded'}\t{m.provider}\t"
+                    f"context {m.context_length}"
+                )
         elif args.command == "generate":
             await _print_reply(backend, args.prompt, args, sys.stdout)
         elif args.command == "chat":
             history: list[dict[str, str]] = []
-            print(f"chatting with {args.model}; an empty line or Ctrl-D ends", file=sys.stderr)
+            print(
+                f"chatting with {args.model}; an empty line or Ctrl-D ends",
+                file=sys.stderr,
+            )
             while True:
                 try:
                     line = input("you> ")
@@ -169,21 +232,38 @@ async def _run(args: argparse.Namespace) -> int:
                 reply = await _print_reply(backend, history, args, sys.stdout)
                 history.append({"role": "assistant", "content": reply})
         elif args.command == "train":
-            examples = [json.loads(line) for line in Path(args.examples).read_text().splitlines()
-                        if line.strip()]
+            examples = [
+                json.loads(line)
+                for line in Path(args.examples).read_text().splitlines()
+                if line.strip()
+            ]
             async for event in backend.train(
-                    args.model, args.output, examples, method=args.method, epochs=args.epochs,
-                    max_steps=args.max_steps, learning_rate=args.learning_rate,
-                    batch_size=args.batch_size, lora_rank=args.lora_rank, seed=args.seed):
+                args.model,
+                args.output,
+                examples,
+                method=args.method,
+                epochs=args.epochs,
+                max_steps=args.max_steps,
+                learning_rate=args.learning_rate,
+                batch_size=args.batch_size,
+                lora_rank=args.lora_rank,
+                seed=args.seed,
+            ):
                 if isinstance(event, Info):
-                    print(f"\n{event.message}" if event.message.startswith("Merging") else
-                          event.message, file=sys.stderr)
+                    print(
+                        f"\n{event.message}"
+                        if event.message.startswith("Merging")
+                        else event.message,
+                        file=sys.stderr,
+                    )
                 elif isinstance(event, Progress):
                     sys.stderr.write(_progress_bar(event))
                     sys.stderr.flush()
                 elif isinstance(event, Trained):
-                    print(f"trained {event.model}: {event.steps} steps, {event.train_tokens} "
-                          f"tokens, {event.duration_ms / 1000:.1f} s")
+                    print(
+                        f"trained {event.model}: {event.steps} steps, {event.train_tokens} "
+                        f"tokens, {event.duration_ms / 1000:.1f} s"
+                    )
         return 0
     except TigerError as exc:
         print(f"\nerror: {exc.message}", file=sys.stderr)
@@ -196,12 +276,20 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tiger", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="tiger",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--grpc", default=None, help="gRPC server (default localhost:50051)")
-    where.add_argument("--http", default=os.environ.get("TIGER_URL"),
-                       help="HTTP gateway URL, e.g. http://localhost:45678 (TIGER_URL)")
+    where.add_argument(
+        "--grpc", default=None, help="gRPC server (default localhost:50051)"
+    )
+    where.add_argument(
+        "--http",
+        default=os.environ.get("TIGER_URL"),
+        help="HTTP gateway URL, e.g. http://localhost:45678 (TIGER_URL)",
+    )
     p.add_argument("--api-key", default=os.environ.get("TIGER_API_KEY"))
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the models")
@@ -212,14 +300,22 @@ def parser() -> argparse.ArgumentParser:
         cmd.add_argument("--max-tokens", type=int, default=None)
         cmd.add_argument("--temperature", type=float, default=None)
         cmd.add_argument("--seed", type=int, default=None)
-        cmd.add_argument("--no-stream", dest="stream", action="store_false",
-                         help="print the answer when it is complete")
-        cmd.add_argument("-v", "--verbose", action="store_true", help="print stop reason and usage")
+        cmd.add_argument(
+            "--no-stream",
+            dest="stream",
+            action="store_false",
+            help="print the answer when it is complete",
+        )
+        cmd.add_argument(
+            "-v", "--verbose", action="store_true", help="print stop reason and usage"
+        )
 
     generation(gen := sub.add_parser("generate", help="answer one prompt"))
     gen.add_argument("prompt")
     generation(sub.add_parser("chat", help="an interactive multi-turn chat"))
-    train = sub.add_parser("train", help="fine-tune a model on a JSONL file of conversations")
+    train = sub.add_parser(
+        "train", help="fine-tune a model on a JSONL file of conversations"
+    )
     train.add_argument("examples", help='JSONL: one {"messages": [...]} per line')
     train.add_argument("--model", default=DEFAULT_MODEL, help="the base model")
     train.add_argument("--output", required=True, help="the new model's id")

@@ -20,8 +20,32 @@ from typing import Any
 
 import grpc
 
+from .engine.types import Delta, Info, Progress, Trained, Usage
 from .pb.tiger.v1 import tiger_pb2 as pb
 from .pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
+
+__all__ = [
+    "AsyncTigerClient",
+    "TigerClient",
+    "Tls",
+    "Info",
+    "Delta",
+    "Stop",
+    "Usage",
+    "Completion",
+    "Progress",
+    "Trained",
+    "Model",
+    "TigerError",
+    "InvalidArgumentError",
+    "AuthenticationError",
+    "NotFoundError",
+    "AlreadyExistsError",
+    "OverloadedError",
+    "UnavailableError",
+    "DeadlineExceededError",
+    "StreamError",
+]
 
 DEFAULT_TARGET = "localhost:50051"
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -76,32 +100,24 @@ class StreamError(TigerError):
     code = grpc.StatusCode.INTERNAL
 
 
-_ERRORS = {cls.code: cls for cls in (InvalidArgumentError, AuthenticationError, NotFoundError,
-                                     AlreadyExistsError, OverloadedError, UnavailableError,
-                                     DeadlineExceededError)}
+_ERRORS = {
+    cls.code: cls
+    for cls in (
+        InvalidArgumentError,
+        AuthenticationError,
+        NotFoundError,
+        AlreadyExistsError,
+        OverloadedError,
+        UnavailableError,
+        DeadlineExceededError,
+    )
+}
 
 
 def _error(exc: grpc.RpcError) -> TigerError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = (exc.details() if hasattr(exc, "details") else None) or code.name
     return _ERRORS.get(code, TigerError)(details, code)
-
-
-@dataclass(frozen=True)
-class Usage:
-    duration_ms: int
-    input_tokens: int
-    output_tokens: int
-
-
-@dataclass(frozen=True)
-class Info:
-    message: str
-
-
-@dataclass(frozen=True)
-class Delta:
-    text: str
 
 
 @dataclass(frozen=True)
@@ -115,27 +131,6 @@ class Completion:
     text: str
     stop_reason: str
     usage: Usage
-
-
-@dataclass(frozen=True)
-class Progress:
-    step: int
-    total_steps: int
-    epoch: float
-    loss: float
-    learning_rate: float
-    grad_norm: float
-    tokens_per_second: float
-    elapsed_ms: int
-    eta_ms: int
-
-
-@dataclass(frozen=True)
-class Trained:
-    model: str
-    duration_ms: int
-    train_tokens: int
-    steps: int
 
 
 @dataclass(frozen=True)
@@ -160,37 +155,62 @@ class Tls:
         def read(path: Path | None) -> bytes | None:
             return Path(path).read_bytes() if path else None
 
-        return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
+        return grpc.ssl_channel_credentials(
+            read(self.ca), read(self.key), read(self.cert)
+        )
 
 
 def _messages(messages: Messages, system: str | None) -> list[pb.Message]:
-    turns = [{"role": "user", "content": messages}] if isinstance(messages, str) else list(messages)
+    turns = (
+        [{"role": "user", "content": messages}]
+        if isinstance(messages, str)
+        else list(messages)
+    )
     if system is not None:
         turns = [{"role": "system", "content": system}, *turns]
     return [pb.Message(role=t["role"], content=t["content"]) for t in turns]
 
 
-def _generate_request(messages: Messages, model: str, system: str | None,
-                      stop_sequences: Sequence[str] = (), **params: Any) -> pb.GenerateRequest:
+def _generate_request(
+    messages: Messages,
+    model: str,
+    system: str | None,
+    stop_sequences: Sequence[str] = (),
+    **params: Any,
+) -> pb.GenerateRequest:
     known = {"max_tokens", "temperature", "top_p", "top_k", "seed"}
     unknown = set(params) - known
     if unknown:
         raise TypeError(f"unknown generation parameters: {', '.join(sorted(unknown))}")
-    return pb.GenerateRequest(model=model, messages=_messages(messages, system),
-                              stop_sequences=list(stop_sequences),
-                              **{k: v for k, v in params.items() if v is not None})
+    return pb.GenerateRequest(
+        model=model,
+        messages=_messages(messages, system),
+        stop_sequences=list(stop_sequences),
+        **{k: v for k, v in params.items() if v is not None},
+    )
 
 
-def _train_request(model: str, output_model: str, examples: Sequence[Any],
-                   **hyper: Any) -> pb.TrainRequest:
+def _train_request(
+    model: str, output_model: str, examples: Sequence[Any], **hyper: Any
+) -> pb.TrainRequest:
     conversations = []
     for example in examples:
         turns = example["messages"] if isinstance(example, dict) else example
-        conversations.append(pb.Conversation(messages=[pb.Message(role=t["role"], content=t["content"])
-                                                       for t in turns]))
-    return pb.TrainRequest(model=model, output_model=output_model, examples=conversations,
-                           hyperparameters=pb.Hyperparameters(
-                               **{k: v for k, v in hyper.items() if v is not None}))
+        conversations.append(
+            pb.Conversation(
+                messages=[
+                    pb.Message(role=t["role"], content=t["content"]) for t in turns
+                ]
+            )
+        )
+    return pb.TrainRequest(
+        model=model,
+        output_model=output_model,
+        examples=conversations,
+        hyperparameters=pb.Hyperparameters(
+            **{k: v for k, v in hyper.items() if v is not None}
+        ),
+    )
 
 
 def _chunk(chunk: pb.GenerateChunk) -> Info | Delta | Stop:
@@ -201,7 +221,11 @@ def _chunk(chunk: pb.GenerateChunk) -> Info | Delta | Stop:
         return Delta(chunk.delta.delta)
     if kind == "stop":
         u = chunk.stop.usage
-        reason = pb.StopReason.Name(chunk.stop.stop_reason).removeprefix("STOP_REASON_").lower()
+        reason = (
+            pb.StopReason.Name(chunk.stop.stop_reason)
+            .removeprefix("STOP_REASON_")
+            .lower()
+        )
         return Stop(reason, Usage(u.duration_ms, u.input_tokens, u.output_tokens))
     raise StreamError(chunk.error.message if kind == "error" else "empty chunk")
 
@@ -212,8 +236,17 @@ def _train_chunk(chunk: pb.TrainChunk) -> Info | Progress | Trained:
         return Info(chunk.info.message)
     if kind == "progress":
         p = chunk.progress
-        return Progress(p.step, p.total_steps, p.epoch, p.loss, p.learning_rate, p.grad_norm,
-                        p.tokens_per_second, p.elapsed_ms, p.eta_ms)
+        return Progress(
+            p.step,
+            p.total_steps,
+            p.epoch,
+            p.loss,
+            p.learning_rate,
+            p.grad_norm,
+            p.tokens_per_second,
+            p.elapsed_ms,
+            p.eta_ms,
+        )
     if kind == "stop":
         u = chunk.stop.usage
         return Trained(chunk.stop.model, u.duration_ms, u.train_tokens, u.steps)
@@ -221,15 +254,20 @@ def _train_chunk(chunk: pb.TrainChunk) -> Info | Progress | Trained:
 
 
 def _models(reply: pb.ListModelsResponse) -> list[Model]:
-    return [Model(m.id, m.loaded, m.provider, m.context_length, m.source, m.running)
-            for m in reply.models]
+    return [
+        Model(m.id, m.loaded, m.provider, m.context_length, m.source, m.running)
+        for m in reply.models
+    ]
 
 
 def _complete(chunks: list[Info | Delta | Stop]) -> Completion:
     stop = chunks[-1]
     assert isinstance(stop, Stop)
-    return Completion("".join(c.text for c in chunks if isinstance(c, Delta)), stop.stop_reason,
-                      stop.usage)
+    return Completion(
+        "".join(c.text for c in chunks if isinstance(c, Delta)),
+        stop.stop_reason,
+        stop.usage,
+    )
 
 
 @dataclass
@@ -245,21 +283,34 @@ class _Settings:
         return (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
 
 
-def _settings(target: str | None, api_key: str | None, tls: Tls | None,
-              timeout: float | None) -> _Settings:
-    return _Settings(target or os.environ.get("TIGER_GRPC_TARGET", DEFAULT_TARGET),
-                     api_key if api_key is not None else os.environ.get("TIGER_API_KEY"),
-                     tls, timeout)
+def _settings(
+    target: str | None, api_key: str | None, tls: Tls | None, timeout: float | None
+) -> _Settings:
+    return _Settings(
+        target or os.environ.get("TIGER_GRPC_TARGET", DEFAULT_TARGET),
+        api_key if api_key is not None else os.environ.get("TIGER_API_KEY"),
+        tls,
+        timeout,
+    )
 
 
 class AsyncTigerClient:
     """An asyncio client over one gRPC channel; use it as an async context manager."""
 
-    def __init__(self, target: str | None = None, *, api_key: str | None = None,
-                 tls: Tls | None = None, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        api_key: str | None = None,
+        tls: Tls | None = None,
+        timeout: float | None = None,
+    ) -> None:
         self._s = _settings(target, api_key, tls, timeout)
-        self._channel = (grpc.aio.secure_channel(self._s.target, tls.credentials())
-                         if tls else grpc.aio.insecure_channel(self._s.target))
+        self._channel = (
+            grpc.aio.secure_channel(self._s.target, tls.credentials())
+            if tls
+            else grpc.aio.insecure_channel(self._s.target)
+        )
         self._stub = pb_grpc.TigerStub(self._channel)
 
     async def __aenter__(self) -> AsyncTigerClient:
@@ -271,14 +322,22 @@ class AsyncTigerClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def generate(self, messages: Messages, *, model: str = DEFAULT_MODEL,
-                       system: str | None = None, stop_sequences: Sequence[str] = (),
-                       timeout: float | None = None, **params: Any
-                       ) -> AsyncIterator[Info | Delta | Stop]:
+    async def generate(
+        self,
+        messages: Messages,
+        *,
+        model: str = DEFAULT_MODEL,
+        system: str | None = None,
+        stop_sequences: Sequence[str] = (),
+        timeout: float | None = None,
+        **params: Any,
+    ) -> AsyncIterator[Info | Delta | Stop]:
         """Streams `Info`, `Delta` and a final `Stop`; leaving the loop cancels the call."""
-        call = self._stub.Generate(_generate_request(messages, model, system, stop_sequences,
-                                                     **params),
-                                   metadata=self._s.metadata, timeout=timeout or self._s.timeout)
+        call = self._stub.Generate(
+            _generate_request(messages, model, system, stop_sequences, **params),
+            metadata=self._s.metadata,
+            timeout=timeout or self._s.timeout,
+        )
         try:
             async for chunk in call:
                 yield _chunk(chunk)
@@ -291,12 +350,21 @@ class AsyncTigerClient:
         """The whole answer at once."""
         return _complete([c async for c in self.generate(messages, **kwargs)])
 
-    async def train(self, model: str, output_model: str, examples: Sequence[Any], *,
-                    timeout: float | None = None, **hyperparameters: Any
-                    ) -> AsyncIterator[Info | Progress | Trained]:
+    async def train(
+        self,
+        model: str,
+        output_model: str,
+        examples: Sequence[Any],
+        *,
+        timeout: float | None = None,
+        **hyperparameters: Any,
+    ) -> AsyncIterator[Info | Progress | Trained]:
         """Streams `Info` and `Progress`, then `Trained`; leaving the loop cancels it."""
-        call = self._stub.Train(_train_request(model, output_model, examples, **hyperparameters),
-                                metadata=self._s.metadata, timeout=timeout or self._s.timeout)
+        call = self._stub.Train(
+            _train_request(model, output_model, examples, **hyperparameters),
+            metadata=self._s.metadata,
+            timeout=timeout or self._s.timeout,
+        )
         try:
             async for chunk in call:
                 yield _train_chunk(chunk)
@@ -307,8 +375,11 @@ class AsyncTigerClient:
 
     async def models(self) -> list[Model]:
         try:
-            reply = await self._stub.ListModels(pb.ListModelsRequest(), metadata=self._s.metadata,
-                                                timeout=self._s.timeout or 30)
+            reply = await self._stub.ListModels(
+                pb.ListModelsRequest(),
+                metadata=self._s.metadata,
+                timeout=self._s.timeout or 30,
+            )
         except grpc.aio.AioRpcError as exc:
             raise _error(exc) from None
         return _models(reply)
@@ -317,11 +388,20 @@ class AsyncTigerClient:
 class TigerClient:
     """The same API, blocking; iterators cancel their call when closed or dropped."""
 
-    def __init__(self, target: str | None = None, *, api_key: str | None = None,
-                 tls: Tls | None = None, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        api_key: str | None = None,
+        tls: Tls | None = None,
+        timeout: float | None = None,
+    ) -> None:
         self._s = _settings(target, api_key, tls, timeout)
-        self._channel = (grpc.secure_channel(self._s.target, tls.credentials())
-                         if tls else grpc.insecure_channel(self._s.target))
+        self._channel = (
+            grpc.secure_channel(self._s.target, tls.credentials())
+            if tls
+            else grpc.insecure_channel(self._s.target)
+        )
         self._stub = pb_grpc.TigerStub(self._channel)
 
     def __enter__(self) -> TigerClient:
@@ -333,12 +413,21 @@ class TigerClient:
     def close(self) -> None:
         self._channel.close()
 
-    def generate(self, messages: Messages, *, model: str = DEFAULT_MODEL,
-                 system: str | None = None, stop_sequences: Sequence[str] = (),
-                 timeout: float | None = None, **params: Any) -> Iterator[Info | Delta | Stop]:
-        call = self._stub.Generate(_generate_request(messages, model, system, stop_sequences,
-                                                     **params),
-                                   metadata=self._s.metadata, timeout=timeout or self._s.timeout)
+    def generate(
+        self,
+        messages: Messages,
+        *,
+        model: str = DEFAULT_MODEL,
+        system: str | None = None,
+        stop_sequences: Sequence[str] = (),
+        timeout: float | None = None,
+        **params: Any,
+    ) -> Iterator[Info | Delta | Stop]:
+        call = self._stub.Generate(
+            _generate_request(messages, model, system, stop_sequences, **params),
+            metadata=self._s.metadata,
+            timeout=timeout or self._s.timeout,
+        )
         try:
             for chunk in call:
                 yield _chunk(chunk)
@@ -350,11 +439,20 @@ class TigerClient:
     def complete(self, messages: Messages, **kwargs: Any) -> Completion:
         return _complete(list(self.generate(messages, **kwargs)))
 
-    def train(self, model: str, output_model: str, examples: Sequence[Any], *,
-              timeout: float | None = None, **hyperparameters: Any
-              ) -> Iterator[Info | Progress | Trained]:
-        call = self._stub.Train(_train_request(model, output_model, examples, **hyperparameters),
-                                metadata=self._s.metadata, timeout=timeout or self._s.timeout)
+    def train(
+        self,
+        model: str,
+        output_model: str,
+        examples: Sequence[Any],
+        *,
+        timeout: float | None = None,
+        **hyperparameters: Any,
+    ) -> Iterator[Info | Progress | Trained]:
+        call = self._stub.Train(
+            _train_request(model, output_model, examples, **hyperparameters),
+            metadata=self._s.metadata,
+            timeout=timeout or self._s.timeout,
+        )
         try:
             for chunk in call:
                 yield _train_chunk(chunk)
@@ -365,8 +463,11 @@ class TigerClient:
 
     def models(self) -> list[Model]:
         try:
-            reply = self._stub.ListModels(pb.ListModelsRequest(), metadata=self._s.metadata,
-                                          timeout=self._s.timeout or 30)
+            reply = self._stub.ListModels(
+                pb.ListModelsRequest(),
+                metadata=self._s.metadata,
+                timeout=self._s.timeout or 30,
+            )
         except grpc.RpcError as exc:
             raise _error(exc) from None
         return _models(reply)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from .engine.types import Delta, Event, Failure, Info, Stop, StopReason
+from .engine.types import (
+    Delta,
+    Event,
+    Failure,
+    Info,
+    Progress,
+    Stop,
+    StopReason,
+    Trained,
+)
 from .models import ModelStatus
 from .pb.tiger.v1 import tiger_pb2 as pb
-from .training import Progress, Trained, TrainEvent
-
+from .training import TrainEvent
 
 _STOP_REASONS = {
     StopReason.END_TURN: pb.STOP_REASON_END_TURN,
@@ -22,14 +30,16 @@ def event_to_pb(event: Event) -> pb.GenerateChunk:
         case Delta(text):
             return pb.GenerateChunk(delta=pb.DeltaChunk(delta=text))
         case Stop(reason, usage):
-            return pb.GenerateChunk(stop=pb.StopChunk(
-                stop_reason=_STOP_REASONS[reason],
-                usage=pb.Usage(
-                    duration_ms=usage.duration_ms,
-                    input_tokens=usage.input_tokens,
-                    output_tokens=usage.output_tokens,
-                ),
-            ))
+            return pb.GenerateChunk(
+                stop=pb.StopChunk(
+                    stop_reason=_STOP_REASONS[reason],
+                    usage=pb.Usage(
+                        duration_ms=usage.duration_ms,
+                        input_tokens=usage.input_tokens,
+                        output_tokens=usage.output_tokens,
+                    ),
+                )
+            )
         case Failure(message):
             return pb.GenerateChunk(error=pb.ErrorChunk(message=message))
     raise TypeError(f"not an engine event: {event!r}")
@@ -54,9 +64,13 @@ def train_event_to_pb(event: TrainEvent) -> pb.TrainChunk:
         case Progress():
             return pb.TrainChunk(progress=pb.ProgressChunk(**event.__dict__))
         case Trained(model, duration_ms, train_tokens, steps):
-            return pb.TrainChunk(stop=pb.TrainStopChunk(
-                stop_reason="completed", model=model,
-                usage=pb.TrainUsage(duration_ms=duration_ms, train_tokens=train_tokens,
-                                    steps=steps),
-            ))
+            return pb.TrainChunk(
+                stop=pb.TrainStopChunk(
+                    stop_reason="completed",
+                    model=model,
+                    usage=pb.TrainUsage(
+                        duration_ms=duration_ms, train_tokens=train_tokens, steps=steps
+                    ),
+                )
+            )
     raise TypeError(f"not a training event: {event!r}")

@@ -14,7 +14,13 @@ import urllib.error
 import urllib.request
 from types import FrameType
 
-from .config import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, default_home, env_int, resolve_api_key
+from .config import (
+    DEFAULT_GRPC_PORT,
+    DEFAULT_HTTP_PORT,
+    default_home,
+    env_int,
+    resolve_api_key,
+)
 from .prepare import DEFAULT_MODEL_ID, DEFAULT_PRECISION, ensure_default_model
 from .store import ModelStore
 
@@ -59,14 +65,22 @@ def main() -> int:
     home = default_home(env)
     api_key = resolve_api_key(home, env)
     started = time.monotonic()
-    ensure_default_model(ModelStore(home), env.get("TIGER_PRECISION", DEFAULT_PRECISION))
+    ensure_default_model(
+        ModelStore(home), env.get("TIGER_PRECISION", DEFAULT_PRECISION)
+    )
     env.update(TIGER_HOME=str(home), TIGER_API_KEY=api_key, PYTHONUNBUFFERED="1")
     grpc_port = env_int(env, "TIGER_GRPC_PORT", DEFAULT_GRPC_PORT)
     http_port = env_int(env, "TIGER_HTTP_PORT", DEFAULT_HTTP_PORT)
     children = [
         subprocess.Popen([sys.executable, "-m", "tiger_grpc.server"], env=env),
         subprocess.Popen(
-            [sys.executable, "-m", "gateway.main", "--grpc-target", f"localhost:{grpc_port}"],
+            [
+                sys.executable,
+                "-m",
+                "gateway.main",
+                "--grpc-target",
+                f"localhost:{grpc_port}",
+            ],
             env=env,
         ),
     ]
@@ -83,14 +97,16 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     if _wait_ready(f"http://localhost:{http_port}/readyz", children):
         _say(f"ready in {time.monotonic() - started:.1f}s")
-        _say(f"HTTP gateway: http://localhost:{http_port}   gRPC: localhost:{grpc_port}")
+        _say(
+            f"HTTP gateway: http://localhost:{http_port}   gRPC: localhost:{grpc_port}"
+        )
         _say(f"default model: {DEFAULT_MODEL_ID}   model store: {home}")
         _say(f"API key: {api_key}")
         _say(f"try: export TIGER_API_KEY={api_key}")
         _say(
             f"     curl -N localhost:{http_port}/v1/generate_response "
             '-H "Authorization: Bearer $TIGER_API_KEY" '
-            f"-d '{{\"model\": \"{DEFAULT_MODEL_ID}\", \"stream\": true, "
+            f'-d \'{{"model": "{DEFAULT_MODEL_ID}", "stream": true, '
             '"messages": [{"role": "user", "content": "Hello!"}]}\''
         )
         _say("Ctrl-C stops both processes")

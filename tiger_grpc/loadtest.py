@@ -17,8 +17,14 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-PROMPTS = ["Hello!", "Why is the sky blue?", "Name three fruits.", "Write one line about rain.",
-           "What is 2 + 2?", "Tell me a fun fact."]
+PROMPTS = [
+    "Hello!",
+    "Why is the sky blue?",
+    "Name three fruits.",
+    "Write one line about rain.",
+    "What is 2 + 2?",
+    "Tell me a fun fact.",
+]
 
 
 @dataclass
@@ -34,14 +40,20 @@ class Report:
         lat = sorted(self.latencies)
 
         def pct(q: float) -> float:
-            return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 1) if lat else 0.0
+            return (
+                round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 1)
+                if lat
+                else 0.0
+            )
 
         done = self.statuses.get(200, 0)
         return {
             "requests": sum(self.statuses.values()) + self.transport_errors,
             "completed_streams": done,
             "rate_limited_429": self.statuses.get(429, 0),
-            "other_http_errors": {str(k): v for k, v in self.statuses.items() if k not in (200, 429)},
+            "other_http_errors": {
+                str(k): v for k, v in self.statuses.items() if k not in (200, 429)
+            },
             "transport_errors": self.transport_errors,
             "error_chunks": self.error_chunks,
             "stop_reasons": dict(self.stop_reasons),
@@ -52,11 +64,22 @@ class Report:
         }
 
 
-async def client(session: aiohttp.ClientSession, url: str, model: str, max_tokens: int,
-                 deadline: float, report: Report, rng: random.Random) -> None:
+async def client(
+    session: aiohttp.ClientSession,
+    url: str,
+    model: str,
+    max_tokens: int,
+    deadline: float,
+    report: Report,
+    rng: random.Random,
+) -> None:
     while time.monotonic() < deadline:
-        body = {"model": model, "stream": True, "max_tokens": rng.randint(1, max_tokens),
-                "messages": [{"role": "user", "content": rng.choice(PROMPTS)}]}
+        body = {
+            "model": model,
+            "stream": True,
+            "max_tokens": rng.randint(1, max_tokens),
+            "messages": [{"role": "user", "content": rng.choice(PROMPTS)}],
+        }
         started = time.monotonic()
         try:
             async with session.post(url, json=body) as reply:
@@ -64,9 +87,13 @@ async def client(session: aiohttp.ClientSession, url: str, model: str, max_token
                 if reply.status != 200:
                     await reply.read()
                     if reply.status == 429:
-                        await asyncio.sleep(float(reply.headers.get("Retry-After", "1")) / 10)
+                        await asyncio.sleep(
+                            float(reply.headers.get("Retry-After", "1")) / 10
+                        )
                     continue
-                chunks = [json.loads(line) async for line in reply.content if line.strip()]
+                chunks = [
+                    json.loads(line) async for line in reply.content if line.strip()
+                ]
                 kinds = [c["type"] for c in chunks]
                 ends = [k for k in kinds if k in ("stop", "error")]
                 if kinds and kinds[-1] == "stop":
@@ -85,16 +112,32 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     deadline = time.monotonic() + args.duration
     started = time.monotonic()
     connector = aiohttp.TCPConnector(limit=args.concurrency)
-    async with aiohttp.ClientSession(connector=connector,
-                                     headers={"Authorization": f"Bearer {args.api_key}"}) as s:
-        await asyncio.gather(*(client(s, url, args.model, args.max_tokens, deadline, report,
-                                      random.Random(i)) for i in range(args.concurrency)))
+    async with aiohttp.ClientSession(
+        connector=connector, headers={"Authorization": f"Bearer {args.api_key}"}
+    ) as s:
+        await asyncio.gather(
+            *(
+                client(
+                    s,
+                    url,
+                    args.model,
+                    args.max_tokens,
+                    deadline,
+                    report,
+                    random.Random(i),
+                )
+                for i in range(args.concurrency)
+            )
+        )
     return report.as_dict(time.monotonic() - started)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="tiger-load", description=__doc__)
-    parser.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('TIGER_HTTP_PORT', '45678')}")
+    parser.add_argument(
+        "--url",
+        default=f"http://127.0.0.1:{os.environ.get('TIGER_HTTP_PORT', '45678')}",
+    )
     parser.add_argument("--api-key", default=os.environ.get("TIGER_API_KEY", ""))
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--concurrency", type=int, default=32)

@@ -12,8 +12,8 @@ from typing import Any
 
 from . import metrics
 from .config import EngineOptions
-from .engine.detok import IncrementalDetokenizer
 from .engine.batcher import BatchScheduler
+from .engine.detok import IncrementalDetokenizer
 from .engine.fused_model import FusedCausalLM
 from .engine.onnx_model import OnnxCausalLM, choose_providers
 from .engine.sampling import Sampler, SamplingParams
@@ -44,16 +44,22 @@ class LoadedModel:
     optimum export) the per-sequence loop.
     """
 
-    def __init__(self, manifest: ModelManifest, directory: Path, options: EngineOptions,
-                 tokenizer: Any) -> None:
+    def __init__(
+        self,
+        manifest: ModelManifest,
+        directory: Path,
+        options: EngineOptions,
+        tokenizer: Any,
+    ) -> None:
         self.manifest = manifest
         self.tokenizer = tokenizer
         graphs = manifest.fast_graphs
         fast = graphs.get(options.precision) or next(iter(graphs.values()), None)
         self.scheduler: Scheduler | BatchScheduler
         if fast is not None:
-            fused = FusedCausalLM(directory / fast, options.device, options.max_batch,
-                                  options.max_context)
+            fused = FusedCausalLM(
+                directory / fast, options.device, options.max_batch, options.max_context
+            )
             self.provider, self.max_len = fused.provider, fused.max_len
             self.graph = fast
             self.scheduler = BatchScheduler(fused, manifest.id, options.max_queued)
@@ -94,14 +100,16 @@ class ModelRegistry:
         result = []
         for manifest in self.store.list():
             loaded = self._loaded.get(manifest.id)
-            result.append(ModelStatus(
-                manifest=manifest,
-                loaded=loaded is not None,
-                provider=loaded.provider if loaded else expected,
-                running=loaded.scheduler.running if loaded else 0,
-                queued=loaded.scheduler.queued if loaded else 0,
-                tokens_generated=loaded.scheduler.tokens_generated if loaded else 0,
-            ))
+            result.append(
+                ModelStatus(
+                    manifest=manifest,
+                    loaded=loaded is not None,
+                    provider=loaded.provider if loaded else expected,
+                    running=loaded.scheduler.running if loaded else 0,
+                    queued=loaded.scheduler.queued if loaded else 0,
+                    tokens_generated=loaded.scheduler.tokens_generated if loaded else 0,
+                )
+            )
         return result
 
     async def _tokenizer(self, manifest: ModelManifest) -> Any:
@@ -110,7 +118,9 @@ class ModelRegistry:
             return self._loaded[manifest.id].tokenizer
         if manifest.id not in self._tokenizers:
             path = str(self.store.path(manifest.id) / manifest.hf_path)
-            self._tokenizers[manifest.id] = await asyncio.to_thread(_load_tokenizer, path)
+            self._tokenizers[manifest.id] = await asyncio.to_thread(
+                _load_tokenizer, path
+            )
         return self._tokenizers[manifest.id]
 
     async def _load(self, manifest: ModelManifest) -> AsyncIterator[Info]:
@@ -123,7 +133,9 @@ class ModelRegistry:
             directory = self.store.path(manifest.id)
             yield Info(f"Loading model {manifest.id}")
             tokenizer = self._tokenizers.get(manifest.id)
-            model = await asyncio.to_thread(LoadedModel, manifest, directory, self.options, tokenizer)
+            model = await asyncio.to_thread(
+                LoadedModel, manifest, directory, self.options, tokenizer
+            )
             yield Info("Loading tokenizer")
             model.tokenizer = await self._tokenizer(manifest)
             self._loaded[manifest.id] = model
@@ -131,9 +143,16 @@ class ModelRegistry:
             seconds = time.monotonic() - started
             metrics.MODEL_LOADS.labels(manifest.id).inc()
             metrics.MODEL_LOAD_SECONDS.labels(manifest.id).observe(seconds)
-            log.info("model %s (%s) ready on %s in %.1fs", manifest.id, model.graph,
-                     model.provider, seconds)
-            yield Info(f"Model {manifest.id} ready on {model.provider} ({seconds:.1f}s)")
+            log.info(
+                "model %s (%s) ready on %s in %.1fs",
+                manifest.id,
+                model.graph,
+                model.provider,
+                seconds,
+            )
+            yield Info(
+                f"Model {manifest.id} ready on {model.provider} ({seconds:.1f}s)"
+            )
 
     async def generate(self, params: GenerateParams) -> AsyncIterator[Event]:
         """Streams a generation's events; raises `TigerError` before the first one."""
@@ -159,12 +178,14 @@ class ModelRegistry:
         events: asyncio.Queue[Event] = asyncio.Queue()
         sequence = Sequence(
             prompt_ids=prompt_ids,
-            sampler=Sampler(SamplingParams(
-                temperature=params.temperature,
-                top_p=params.top_p,
-                top_k=params.top_k,
-                seed=params.seed,
-            )),
+            sampler=Sampler(
+                SamplingParams(
+                    temperature=params.temperature,
+                    top_p=params.top_p,
+                    top_k=params.top_k,
+                    seed=params.seed,
+                )
+            ),
             stopper=TokenStopper(manifest.eos_token_ids, max_tokens),
             stop_matcher=StopSequenceMatcher(params.stop_sequences),
             detokenizer=IncrementalDetokenizer(model.tokenizer),
@@ -174,8 +195,10 @@ class ModelRegistry:
         )
         model.scheduler.submit(sequence)
         metrics.PROMPT_TOKENS.labels(manifest.id).inc(len(prompt_ids))
-        ttft, itl = (h.labels(manifest.id) for h in
-                     (metrics.TIME_TO_FIRST_TOKEN, metrics.INTER_TOKEN_LATENCY))
+        ttft, itl = (
+            h.labels(manifest.id)
+            for h in (metrics.TIME_TO_FIRST_TOKEN, metrics.INTER_TOKEN_LATENCY)
+        )
         finished = False
         last: float | None = None
         try:
@@ -190,7 +213,9 @@ class ModelRegistry:
                         itl.observe(now - last)
                     last = now
                 elif isinstance(event, Stop):
-                    metrics.GENERATED_TOKENS.labels(manifest.id).inc(event.usage.output_tokens)
+                    metrics.GENERATED_TOKENS.labels(manifest.id).inc(
+                        event.usage.output_tokens
+                    )
                 yield event
         finally:
             if not finished:  # the caller went away: free the compute now
@@ -205,7 +230,9 @@ class ModelRegistry:
 def render_prompt(tokenizer: Any, params: GenerateParams) -> list[int]:
     """The prompt's token ids, through the model's own chat template."""
     messages = [{"role": m.role, "content": m.content} for m in params.messages]
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True
+    )
     return [int(i) for i in ids]
 
 

@@ -8,7 +8,9 @@ import logging
 import re
 import time
 
-REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "request_id", default="-"
+)
 REQUEST_ID_HEADER = "x-request-id"
 _SECRET = re.compile(r"(?i)(bearer\s+|api[_-]?key[=:\s]+)\S+")
 
@@ -45,8 +47,11 @@ def setup_logging(level: str, fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+            )
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -51,14 +51,26 @@ def params_to_pb(params: GenerateParams) -> pb.GenerateRequest:
 def train_params_from_pb(request: pb.TrainRequest) -> TrainParams:
     """Validated training params from a request; raises `InvalidArgument`."""
     h = request.hyperparameters
-    kwargs = {name: getattr(h, name) for name in
-              ("method", "epochs", "max_steps", "learning_rate", "batch_size", "lora_rank", "seed")
-              if h.HasField(name)}
+    kwargs = {
+        name: getattr(h, name)
+        for name in (
+            "method",
+            "epochs",
+            "max_steps",
+            "learning_rate",
+            "batch_size",
+            "lora_rank",
+            "seed",
+        )
+        if h.HasField(name)
+    }
     params = TrainParams(
         model=request.model,
         output_model=request.output_model,
-        examples=tuple(tuple(ChatMessage(m.role, m.content) for m in example.messages)
-                       for example in request.examples),
+        examples=tuple(
+            tuple(ChatMessage(m.role, m.content) for m in example.messages)
+            for example in request.examples
+        ),
         stream=True,
         **kwargs,
     )
@@ -67,9 +79,13 @@ def train_params_from_pb(request: pb.TrainRequest) -> TrainParams:
 
 
 def train_params_to_pb(params: TrainParams) -> pb.TrainRequest:
-    h = pb.Hyperparameters(method=params.method, epochs=params.epochs,
-                           batch_size=params.batch_size, lora_rank=params.lora_rank,
-                           seed=params.seed)
+    h = pb.Hyperparameters(
+        method=params.method,
+        epochs=params.epochs,
+        batch_size=params.batch_size,
+        lora_rank=params.lora_rank,
+        seed=params.seed,
+    )
     if params.max_steps is not None:
         h.max_steps = params.max_steps
     if params.learning_rate is not None:
@@ -77,7 +93,11 @@ def train_params_to_pb(params: TrainParams) -> pb.TrainRequest:
     return pb.TrainRequest(
         model=params.model,
         output_model=params.output_model,
-        examples=[pb.Conversation(messages=[pb.Message(role=m.role, content=m.content)
-                                            for m in example]) for example in params.examples],
+        examples=[
+            pb.Conversation(
+                messages=[pb.Message(role=m.role, content=m.content) for m in example]
+            )
+            for example in params.examples
+        ],
         hyperparameters=h,
     )

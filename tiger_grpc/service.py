@@ -13,16 +13,16 @@ from typing import Any
 
 import grpc
 
-from .convert import event_to_pb, model_to_pb, train_event_to_pb
-from .params_pb import params_from_pb, train_params_from_pb
-from .errors import Status, TigerError
 from . import metrics
+from .convert import event_to_pb, model_to_pb, train_event_to_pb
+from .errors import Status, TigerError
 from .models import ModelRegistry
 from .observability import REQUEST_ID, REQUEST_ID_HEADER
-from .store import canonical_id
-from .training import Trainer
+from .params_pb import params_from_pb, train_params_from_pb
 from .pb.tiger.v1 import tiger_pb2 as pb
 from .pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
+from .store import canonical_id
+from .training import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,14 @@ class TigerServicer(pb_grpc.TigerServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateChunk]:
         """Streams info, delta and then one stop (or one error) chunk."""
-        events = _stream(context, "Generate", self._model_label(request.model),
-                         lambda: self._registry.generate(params_from_pb(request)),
-                         event_to_pb, lambda m: pb.GenerateChunk(error=pb.ErrorChunk(message=m)))
+        events = _stream(
+            context,
+            "Generate",
+            self._model_label(request.model),
+            lambda: self._registry.generate(params_from_pb(request)),
+            event_to_pb,
+            lambda m: pb.GenerateChunk(error=pb.ErrorChunk(message=m)),
+        )
         async for chunk in events:
             yield chunk
 
@@ -59,9 +64,14 @@ class TigerServicer(pb_grpc.TigerServicer):
         self, request: pb.TrainRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.TrainChunk]:
         """Streams info and progress chunks, then one stop (or one error) chunk."""
-        events = _stream(context, "Train", self._model_label(request.model),
-                         lambda: self._trainer.train(train_params_from_pb(request)),
-                         train_event_to_pb, lambda m: pb.TrainChunk(error=pb.ErrorChunk(message=m)))
+        events = _stream(
+            context,
+            "Train",
+            self._model_label(request.model),
+            lambda: self._trainer.train(train_params_from_pb(request)),
+            train_event_to_pb,
+            lambda m: pb.TrainChunk(error=pb.ErrorChunk(message=m)),
+        )
         async for chunk in events:
             yield chunk
 
@@ -121,8 +131,13 @@ async def _stream(
             await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
     finally:
         metrics.REQUESTS.labels(method, model, code).inc()
-        log.info("%s model=%s code=%s %.0fms", method, model, code,
-                 (time.monotonic() - started_at) * 1000)
+        log.info(
+            "%s model=%s code=%s %.0fms",
+            method,
+            model,
+            code,
+            (time.monotonic() - started_at) * 1000,
+        )
 
 
 def _bind_request_id(context: grpc.aio.ServicerContext) -> str:
@@ -143,7 +158,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]
+        ],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
@@ -151,22 +168,29 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         metadata = dict(details.invocation_metadata or ())
         given = metadata.get("authorization", "")
-        if isinstance(given, str) and hmac.compare_digest(given.encode(), self._expected):
+        if isinstance(given, str) and hmac.compare_digest(
+            given.encode(), self._expected
+        ):
             return handler
         message = (
             "missing bearer token: send `authorization: Bearer <key>`"
-            if not given else "invalid API key"
+            if not given
+            else "invalid API key"
         )
         method = details.method.rsplit("/", 1)[-1]
         metrics.REQUESTS.labels(method, "", "UNAUTHENTICATED").inc()
         return _rejecting_handler(handler, message)
 
 
-def _rejecting_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+def _rejecting_handler(
+    handler: grpc.RpcMethodHandler, message: str
+) -> grpc.RpcMethodHandler:
     async def reject(request: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    async def reject_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def reject_stream(
+        request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
         yield  # pragma: no cover - makes this an async generator
 

@@ -79,7 +79,9 @@ class ModelStore:
             log.warning("ignoring model %s: unreadable manifest (%s)", model_id, exc)
             return None
 
-    def add_fast_graph(self, model_id: str, precision: str, build: Callable[[Path], None]) -> ModelManifest:
+    def add_fast_graph(
+        self, model_id: str, precision: str, build: Callable[[Path], None]
+    ) -> ModelManifest:
         """Adds a fused graph to a stored model, atomically; hold `lock(model_id)`.
 
         `build(scratch)` writes `model.onnx` into `scratch`, which is renamed to
@@ -134,7 +136,9 @@ class ModelStore:
         for stale in self.models_dir.glob(f"{_STAGING_PREFIX}{model_id}-*"):
             log.info("removing unfinished preparation %s", stale.name)
             shutil.rmtree(stale, ignore_errors=True)
-        scratch = self.models_dir / f"{_STAGING_PREFIX}{model_id}-{uuid.uuid4().hex[:8]}"
+        scratch = (
+            self.models_dir / f"{_STAGING_PREFIX}{model_id}-{uuid.uuid4().hex[:8]}"
+        )
         scratch.mkdir()
         try:
             yield scratch

@@ -37,8 +37,12 @@ from .store import ModelManifest, ModelStore
 TINY_MODEL_ID = "tiny-llama"
 
 
-def build_tiny_model(store: ModelStore, tokenizer_dir: Path | None = None,
-                     model_id: str = TINY_MODEL_ID, context_length: int = 4096) -> ModelManifest:
+def build_tiny_model(
+    store: ModelStore,
+    tokenizer_dir: Path | None = None,
+    model_id: str = TINY_MODEL_ID,
+    context_length: int = 4096,
+) -> ModelManifest:
     """A 2-layer random Llama with the real tokenizer: exported by optimum, with a fused
     fp32 graph. Uses the embedded model's tokenizer, read straight from its GGUF file
     when `tokenizer_dir` is not given."""
@@ -59,10 +63,17 @@ def build_tiny_model(store: ModelStore, tokenizer_dir: Path | None = None,
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=context_length, bos_token_id=1, eos_token_id=2,
-        pad_token_id=2, tie_word_embeddings=True,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=context_length,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config).eval()
     with store.lock(model_id), store.staging(model_id) as scratch:
@@ -70,7 +81,8 @@ def build_tiny_model(store: ModelStore, tokenizer_dir: Path | None = None,
         tokenizer.save_pretrained(scratch / "hf")
         export_onnx(scratch / "hf", scratch / "onnx")
         ModelManifest(
-            id=model_id, source="tiger_grpc.testing: random weights",
+            id=model_id,
+            source="tiger_grpc.testing: random weights",
             context_length=context_length,
             eos_token_ids=end_of_turn_ids(tokenizer, model.generation_config),
         ).write(scratch)
@@ -87,31 +99,56 @@ class TigerServerInfo:
 
 
 @contextlib.contextmanager
-def start_tiger_server(home: Path | None = None, *, api_key: str | None = None,
-                       extra_args: tuple[str, ...] = ()) -> Iterator[TigerServerInfo]:
+def start_tiger_server(
+    home: Path | None = None,
+    *,
+    api_key: str | None = None,
+    extra_args: tuple[str, ...] = (),
+) -> Iterator[TigerServerInfo]:
     """Runs `tiger-server` on a free port in a subprocess, serving the tiny model."""
-    home = home or Path(os.environ.get("TIGER_TESTING_HOME",
-                                       Path.home() / ".cache" / "tiger" / "testing"))
+    home = home or Path(
+        os.environ.get(
+            "TIGER_TESTING_HOME", Path.home() / ".cache" / "tiger" / "testing"
+        )
+    )
     build_tiny_model(ModelStore(home))
     api_key = api_key or secrets.token_hex(16)
     with tempfile.TemporaryDirectory(prefix="tiger-test-") as workdir:
         port_file = Path(workdir) / "port"
         log = open(Path(workdir) / "server.log", "wb")  # noqa: SIM115 - closed below
         process = subprocess.Popen(
-            [sys.executable, "-m", "tiger_grpc.server", "--host", "127.0.0.1", "--port", "0",
-             "--no-prepare", "--metrics-port", "-1", "--port-file", str(port_file), *extra_args],
+            [
+                sys.executable,
+                "-m",
+                "tiger_grpc.server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-prepare",
+                "--metrics-port",
+                "-1",
+                "--port-file",
+                str(port_file),
+                *extra_args,
+            ],
             env={**os.environ, "TIGER_HOME": str(home), "TIGER_API_KEY": api_key},
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             deadline = time.monotonic() + 120
             while not port_file.exists():
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("tiger-server did not start:\n"
-                                       + (Path(workdir) / "server.log").read_text()[-2000:])
+                    raise RuntimeError(
+                        "tiger-server did not start:\n"
+                        + (Path(workdir) / "server.log").read_text()[-2000:]
+                    )
                 time.sleep(0.05)
             port = int(port_file.read_text().split()[0])
-            yield TigerServerInfo(f"127.0.0.1:{port}", api_key, TINY_MODEL_ID, home, process)
+            yield TigerServerInfo(
+                f"127.0.0.1:{port}", api_key, TINY_MODEL_ID, home, process
+            )
         finally:
             process.send_signal(signal.SIGTERM)
             try:
@@ -129,7 +166,11 @@ def tiger_server() -> Iterator[TigerServerInfo]:
 
 
 @pytest.fixture
-async def tiger_client(tiger_server: TigerServerInfo) -> AsyncIterator[AsyncTigerClient]:
+async def tiger_client(
+    tiger_server: TigerServerInfo,
+) -> AsyncIterator[AsyncTigerClient]:
     """An `AsyncTigerClient` connected to `tiger_server`, closed after the test."""
-    async with AsyncTigerClient(tiger_server.target, api_key=tiger_server.api_key) as client:
+    async with AsyncTigerClient(
+        tiger_server.target, api_key=tiger_server.api_key
+    ) as client:
         yield client

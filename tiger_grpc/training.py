@@ -16,14 +16,13 @@ import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import metrics
-from .engine.types import Info
+from .engine.types import Info, Progress, Trained
 from .errors import AlreadyExists, InvalidArgument, ResourceExhausted
 from .models import ModelRegistry
 from .prepare import build_fast_graph, export_onnx, quiet_third_party_warnings
@@ -32,32 +31,19 @@ from .validation import ChatMessage, TrainParams
 
 log = logging.getLogger(__name__)
 
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LORA_TARGETS = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+]
 DEFAULT_LR = {"lora": 2e-4, "full": 2e-5}
 MAX_EXAMPLE_TOKENS = 2048
 CHECK_PROMPT = "The quick brown fox"
 CHECK_TOLERANCE = 1e-2  # max |ONNX - PyTorch| over the fixed prompt's logits
-
-
-@dataclass(frozen=True)
-class Progress:
-    step: int
-    total_steps: int
-    epoch: float
-    loss: float
-    learning_rate: float
-    grad_norm: float
-    tokens_per_second: float
-    elapsed_ms: int
-    eta_ms: int
-
-
-@dataclass(frozen=True)
-class Trained:
-    model: str
-    duration_ms: int
-    train_tokens: int
-    steps: int
 
 
 TrainEvent = Info | Progress | Trained
@@ -67,7 +53,9 @@ class Cancelled(Exception):
     pass
 
 
-def tokenize_example(tokenizer: Any, messages: tuple[ChatMessage, ...]) -> tuple[list[int], list[int]]:
+def tokenize_example(
+    tokenizer: Any, messages: tuple[ChatMessage, ...]
+) -> tuple[list[int], list[int]]:
     """Token ids and labels; labels are -100 except on the assistant turns.
 
     Each assistant turn is the part of the rendered conversation through that turn
@@ -79,11 +67,18 @@ def tokenize_example(tokenizer: Any, messages: tuple[ChatMessage, ...]) -> tuple
     for i, message in enumerate(rendered):
         if message["role"] != "assistant":
             continue
-        before = tokenizer.apply_chat_template(rendered[:i], add_generation_prompt=True,
-                                               tokenize=True) if i else []
+        before = (
+            tokenizer.apply_chat_template(
+                rendered[:i], add_generation_prompt=True, tokenize=True
+            )
+            if i
+            else []
+        )
         through = tokenizer.apply_chat_template(rendered[: i + 1], tokenize=True)
         start = 0
-        while start < min(len(before), len(through)) and before[start] == through[start]:
+        while (
+            start < min(len(before), len(through)) and before[start] == through[start]
+        ):
             start += 1
         for position in range(start, min(len(through), len(full))):
             labels[position] = full[position]
@@ -96,9 +91,16 @@ def _batches(n: int, batch_size: int, rng: random.Random) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-def run_training(base_dir: Path, manifest: ModelManifest, params: TrainParams, out_id: str,
-                 staging: Callable[[], Any], precision: str,
-                 emit: Callable[[TrainEvent], None], cancel: threading.Event) -> None:
+def run_training(
+    base_dir: Path,
+    manifest: ModelManifest,
+    params: TrainParams,
+    out_id: str,
+    staging: Callable[[], Any],
+    precision: str,
+    emit: Callable[[TrainEvent], None],
+    cancel: threading.Event,
+) -> None:
     """The whole run, on a worker thread; raises `Cancelled` if `cancel` is set."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -113,16 +115,25 @@ def run_training(base_dir: Path, manifest: ModelManifest, params: TrainParams, o
     torch.manual_seed(params.seed)
     rng = random.Random(params.seed)
     tokenizer = AutoTokenizer.from_pretrained(base_dir / manifest.hf_path)
-    model = AutoModelForCausalLM.from_pretrained(base_dir / manifest.hf_path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        base_dir / manifest.hf_path, dtype=torch.float32
+    )
     check()
     emit(Info(f"Tokenizing {len(params.examples)} examples"))
     data = [tokenize_example(tokenizer, example) for example in params.examples]
     if params.method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(
-            r=params.lora_rank, lora_alpha=2 * params.lora_rank, lora_dropout=0.0,
-            target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=params.lora_rank,
+                lora_alpha=2 * params.lora_rank,
+                lora_dropout=0.0,
+                target_modules=LORA_TARGETS,
+                task_type="CAUSAL_LM",
+            ),
+        )
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     peak_lr = params.learning_rate or DEFAULT_LR[params.method]
@@ -132,8 +143,12 @@ def run_training(base_dir: Path, manifest: ModelManifest, params: TrainParams, o
     if params.max_steps is not None:
         total = min(total, params.max_steps)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    emit(Info(f"Training {params.method} for {total} steps "
-              f"({params.epochs} epochs of {per_epoch}, batch {params.batch_size}, lr {peak_lr:g})"))
+    emit(
+        Info(
+            f"Training {params.method} for {total} steps "
+            f"({params.epochs} epochs of {per_epoch}, batch {params.batch_size}, lr {peak_lr:g})"
+        )
+    )
     step = tokens = 0
     train_started = time.monotonic()
     while step < total:
@@ -161,13 +176,19 @@ def run_training(base_dir: Path, manifest: ModelManifest, params: TrainParams, o
             step += 1
             tokens += int(mask.sum())
             elapsed = time.monotonic() - train_started
-            emit(Progress(
-                step=step, total_steps=total, epoch=step / per_epoch, loss=float(loss),
-                learning_rate=lr, grad_norm=grad_norm,
-                tokens_per_second=tokens / max(elapsed, 1e-9),
-                elapsed_ms=int(elapsed * 1000),
-                eta_ms=int(elapsed / step * (total - step) * 1000),
-            ))
+            emit(
+                Progress(
+                    step=step,
+                    total_steps=total,
+                    epoch=step / per_epoch,
+                    loss=float(loss),
+                    learning_rate=lr,
+                    grad_norm=grad_norm,
+                    tokens_per_second=tokens / max(elapsed, 1e-9),
+                    elapsed_ms=int(elapsed * 1000),
+                    eta_ms=int(elapsed / step * (total - step) * 1000),
+                )
+            )
     check()
     if params.method == "lora":
         emit(Info("Merging LoRA weights"))
@@ -211,7 +232,9 @@ def _validate(onnx_path: Path, model: Any, tokenizer: Any) -> None:
     diff = float(np.abs(got - want).max())
     log.info("exported logits differ from PyTorch by at most %.2e", diff)
     if not diff <= CHECK_TOLERANCE:
-        raise RuntimeError(f"exported model disagrees with PyTorch (max |diff| {diff:.3g})")
+        raise RuntimeError(
+            f"exported model disagrees with PyTorch (max |diff| {diff:.3g})"
+        )
 
 
 class Trainer:
@@ -231,8 +254,10 @@ class Trainer:
         base = self._registry.resolve(params.model)
         out_id = canonical_id(params.output_model)
         if store.get(out_id) is not None or store.path(out_id).exists():
-            raise AlreadyExists(f"a model named {out_id!r} already exists; choose another "
-                                "`output_model`")
+            raise AlreadyExists(
+                f"a model named {out_id!r} already exists; choose another "
+                "`output_model`"
+            )
         if out_id == base.id:
             raise InvalidArgument("`output_model` must differ from `model`")
         if self._busy:
@@ -249,9 +274,16 @@ class Trainer:
         def work() -> None:
             try:
                 with quiet_third_party_warnings():
-                    run_training(store.path(base.id), base, params, out_id,
-                                 lambda: _locked_staging(store, out_id),
-                                 self._registry.options.precision, emit, cancel)
+                    run_training(
+                        store.path(base.id),
+                        base,
+                        params,
+                        out_id,
+                        lambda: _locked_staging(store, out_id),
+                        self._registry.options.precision,
+                        emit,
+                        cancel,
+                    )
                 outcome: BaseException | None = None
             except BaseException as exc:  # handed to the stream, logged there
                 outcome = exc

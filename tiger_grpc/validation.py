@@ -100,7 +100,9 @@ def _messages_from_json(value: Any) -> tuple[ChatMessage, ...]:
     messages = []
     for i, item in enumerate(value):
         if not isinstance(item, dict):
-            raise _wrong_type(f"messages[{i}]", "an object with `role` and `content`", item)
+            raise _wrong_type(
+                f"messages[{i}]", "an object with `role` and `content`", item
+            )
         role, content = item.get("role"), item.get("content")
         if not isinstance(role, str):
             raise _wrong_type(f"messages[{i}].role", "a string", role)
@@ -113,7 +115,9 @@ def _messages_from_json(value: Any) -> tuple[ChatMessage, ...]:
 def parse_generate_body(body: Any) -> GenerateParams:
     """Builds validated params from a decoded JSON body; raises `InvalidArgument`."""
     if not isinstance(body, dict):
-        raise InvalidArgument(f"the request body must be a JSON object, got {_type_name(body)}")
+        raise InvalidArgument(
+            f"the request body must be a JSON object, got {_type_name(body)}"
+        )
     if "model" not in body:
         raise InvalidArgument("`model` is required")
     model = body["model"]
@@ -121,7 +125,10 @@ def parse_generate_body(body: Any) -> GenerateParams:
         raise _wrong_type("model", "a string", model)
     if "messages" not in body:
         raise InvalidArgument("`messages` is required")
-    kwargs: dict[str, Any] = {"model": model, "messages": _messages_from_json(body["messages"])}
+    kwargs: dict[str, Any] = {
+        "model": model,
+        "messages": _messages_from_json(body["messages"]),
+    }
 
     def optional(name: str, check: Any, expected: str) -> None:
         value = body.get(name)
@@ -129,7 +136,9 @@ def parse_generate_body(body: Any) -> GenerateParams:
             return
         if not check(value):
             raise _wrong_type(name, expected, value)
-        kwargs[name] = _as_float32(float(value)) if expected == "a number" else _as_int(value)
+        kwargs[name] = (
+            _as_float32(float(value)) if expected == "a number" else _as_int(value)
+        )
 
     optional("stream", lambda v: isinstance(v, bool), "a boolean")
     optional("max_tokens", _is_int, "an integer")
@@ -150,9 +159,13 @@ def parse_generate_body(body: Any) -> GenerateParams:
 def check_generate_params(p: GenerateParams) -> None:
     """Range checks common to both protocols; raises `InvalidArgument`."""
     if not p.model.strip():
-        raise InvalidArgument("`model` must be a non-empty model id (see GET /v1/models)")
+        raise InvalidArgument(
+            "`model` must be a non-empty model id (see GET /v1/models)"
+        )
     if len(p.model) > MAX_MODEL_ID_CHARS:
-        raise InvalidArgument(f"`model` must be at most {MAX_MODEL_ID_CHARS} characters")
+        raise InvalidArgument(
+            f"`model` must be at most {MAX_MODEL_ID_CHARS} characters"
+        )
     if not p.messages:
         raise InvalidArgument("`messages` must contain at least one message")
     for i, m in enumerate(p.messages):
@@ -172,9 +185,13 @@ def check_generate_params(p: GenerateParams) -> None:
     if not math.isfinite(p.top_p) or not 0.0 < p.top_p <= 1.0:
         raise InvalidArgument(f"`top_p` must be a number in (0, 1], got {p.top_p}")
     if not 0 <= p.top_k <= INT32_MAX:
-        raise InvalidArgument(f"`top_k` must be an integer from 0 (off) to {INT32_MAX}, got {p.top_k}")
+        raise InvalidArgument(
+            f"`top_k` must be an integer from 0 (off) to {INT32_MAX}, got {p.top_k}"
+        )
     if p.seed is not None and not 0 <= p.seed < SEED_LIMIT:
-        raise InvalidArgument(f"`seed` must be an integer from 0 to 2**64 - 1, got {p.seed}")
+        raise InvalidArgument(
+            f"`seed` must be an integer from 0 to 2**64 - 1, got {p.seed}"
+        )
     if len(p.stop_sequences) > MAX_STOP_SEQUENCES:
         raise InvalidArgument(
             f"`stop_sequences` may hold at most {MAX_STOP_SEQUENCES} strings, "
@@ -220,7 +237,9 @@ TRAIN_LIMITS: dict[str, tuple[float, float]] = {
 def parse_train_body(body: Any) -> TrainParams:
     """Builds validated training params from a decoded JSON body."""
     if not isinstance(body, dict):
-        raise InvalidArgument(f"the request body must be a JSON object, got {_type_name(body)}")
+        raise InvalidArgument(
+            f"the request body must be a JSON object, got {_type_name(body)}"
+        )
     for name in ("model", "output_model"):
         if name not in body:
             raise InvalidArgument(f"`{name}` is required")
@@ -236,9 +255,14 @@ def parse_train_body(body: Any) -> TrainParams:
         try:
             parsed.append(_messages_from_json(example["messages"]))
         except InvalidArgument as exc:
-            raise InvalidArgument(exc.message.replace("`messages", f"`examples[{i}].messages")) from None
-    kwargs: dict[str, Any] = {"model": body["model"], "output_model": body["output_model"],
-                              "examples": tuple(parsed)}
+            raise InvalidArgument(
+                exc.message.replace("`messages", f"`examples[{i}].messages")
+            ) from None
+    kwargs: dict[str, Any] = {
+        "model": body["model"],
+        "output_model": body["output_model"],
+        "examples": tuple(parsed),
+    }
     stream = body.get("stream")
     if stream is not None:
         if not isinstance(stream, bool):
@@ -256,7 +280,9 @@ def parse_train_body(body: Any) -> TrainParams:
                 kwargs[name] = _as_int(value)
         if hyper.get("learning_rate") is not None:
             if not _is_number(hyper["learning_rate"]):
-                raise _wrong_type("hyperparameters.learning_rate", "a number", hyper["learning_rate"])
+                raise _wrong_type(
+                    "hyperparameters.learning_rate", "a number", hyper["learning_rate"]
+                )
             kwargs["learning_rate"] = _as_float32(float(hyper["learning_rate"]))
         if hyper.get("method") is not None:
             if not isinstance(hyper["method"], str):
@@ -270,7 +296,9 @@ def parse_train_body(body: Any) -> TrainParams:
 def check_train_params(p: TrainParams) -> None:
     """Range checks for training, common to both protocols; raises `InvalidArgument`."""
     if not p.model.strip():
-        raise InvalidArgument("`model` must be a non-empty model id (see GET /v1/models)")
+        raise InvalidArgument(
+            "`model` must be a non-empty model id (see GET /v1/models)"
+        )
     if not MODEL_ID_PATTERN.fullmatch(p.output_model.strip().lower()):
         raise InvalidArgument(
             "`output_model` must be 1 to 128 characters of letters, digits, '.', '_' or '-', "
@@ -279,7 +307,9 @@ def check_train_params(p: TrainParams) -> None:
     if not p.examples:
         raise InvalidArgument("`examples` must contain at least one conversation")
     if len(p.examples) > MAX_EXAMPLES:
-        raise InvalidArgument(f"`examples` may hold at most {MAX_EXAMPLES} conversations")
+        raise InvalidArgument(
+            f"`examples` may hold at most {MAX_EXAMPLES} conversations"
+        )
     for i, messages in enumerate(p.examples):
         for j, m in enumerate(messages):
             if m.role not in ROLES:
@@ -293,8 +323,10 @@ def check_train_params(p: TrainParams) -> None:
                 "turns, so each example needs at least one"
             )
     if p.method not in METHODS:
-        raise InvalidArgument(f"`hyperparameters.method` must be one of {', '.join(METHODS)}, "
-                              f"got {p.method!r}")
+        raise InvalidArgument(
+            f"`hyperparameters.method` must be one of {', '.join(METHODS)}, "
+            f"got {p.method!r}"
+        )
     for name, (low, high) in TRAIN_LIMITS.items():
         value = getattr(p, name)
         if value is not None and not low <= value <= high:
@@ -308,4 +340,6 @@ def check_train_params(p: TrainParams) -> None:
             f"`hyperparameters.learning_rate` must be a number in (0, 1], got {p.learning_rate}"
         )
     if not 0 <= p.seed < SEED_LIMIT:
-        raise InvalidArgument(f"`hyperparameters.seed` must be an integer from 0 to 2**64 - 1, got {p.seed}")
+        raise InvalidArgument(
+            f"`hyperparameters.seed` must be an integer from 0 to 2**64 - 1, got {p.seed}"
+        )

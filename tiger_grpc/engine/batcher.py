@@ -36,7 +36,9 @@ class BatchScheduler:
         self.tokens_generated = 0
         self.steps = 0
         self._out = Outbox()
-        self._thread = threading.Thread(target=self._loop, name=f"batch-{name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, name=f"batch-{name}", daemon=True
+        )
         self._thread.start()
 
     @property
@@ -51,7 +53,10 @@ class BatchScheduler:
         with self._wake:
             if self._closed:
                 raise RuntimeError("scheduler is closed")
-            if len(self._waiting) + len(self._running) >= self.max_running + self.max_queued:
+            if (
+                len(self._waiting) + len(self._running)
+                >= self.max_running + self.max_queued
+            ):
                 raise ResourceExhausted(
                     f"the server is at capacity ({self.max_running} running, "
                     f"{self.max_queued} queued); retry shortly"
@@ -75,7 +80,9 @@ class BatchScheduler:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                self._wake.wait_for(lambda: self._closed or self._waiting or self._running)
+                self._wake.wait_for(
+                    lambda: self._closed or self._waiting or self._running
+                )
                 if self._closed:
                     break
                 admit = None
@@ -139,7 +146,10 @@ class BatchScheduler:
             last = len(self._running) - 1
             if i != last:
                 self.model.move(last, i, self._lengths[last])
-                self._running[i], self._lengths[i] = self._running[last], self._lengths[last]
+                self._running[i], self._lengths[i] = (
+                    self._running[last],
+                    self._lengths[last],
+                )
             self._running.pop()
             self._lengths.pop()
         if not self._running and self.model.capacity > INITIAL_CAPACITY:

@@ -35,4 +35,4 @@ class IncrementalDetokenizer:
         self._prefix, self._read = self._read, len(self._ids)
         # A byte sequence that never completed leaves U+FFFD inside; drop it rather
         # than send a broken character.
-        return after[len(before):].replace(REPLACEMENT, "")
+        return after[len(before) :].replace(REPLACEMENT, "")

@@ -30,17 +30,30 @@ INITIAL_CAPACITY = 512
 class FusedCausalLM:
     """Prefill one sequence into a slot, or decode one token for slots [0, n)."""
 
-    def __init__(self, onnx_path: Path, device: Device, max_batch: int,
-                 max_len: int | None = None) -> None:
+    def __init__(
+        self,
+        onnx_path: Path,
+        device: Device,
+        max_batch: int,
+        max_len: int | None = None,
+    ) -> None:
         self.session = ort.InferenceSession(
             str(onnx_path), session_options(), providers=choose_providers(device)
         )
         self.provider = self.session.get_providers()[0]
-        past = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
+        past = [
+            i
+            for i in self.session.get_inputs()
+            if i.name.startswith("past_key_values.")
+        ]
         self._past_names = [i.name for i in past]
-        self._present_names = [n.replace("past_key_values.", "present.") for n in self._past_names]
+        self._present_names = [
+            n.replace("past_key_values.", "present.") for n in self._past_names
+        ]
         _, self.kv_heads, _, self.head_dim = past[0].shape
-        cos = next(t for t in self._initializer_shapes(onnx_path) if t[0] == "cos_cache")
+        cos = next(
+            t for t in self._initializer_shapes(onnx_path) if t[0] == "cos_cache"
+        )
         self.max_len = min(max_len or cos[1][0], cos[1][0])
         self.max_batch = max_batch
         self.capacity = 0
@@ -48,8 +61,13 @@ class FusedCausalLM:
         self._bindings: dict[tuple[int, int], tuple[ort.IOBinding, np.ndarray]] = {}
         self.vocab_size = int(self.session.get_outputs()[0].shape[-1])
         self.reset()
-        log.info("loaded %s on %s (%d slots of %d tokens)", onnx_path, self.provider,
-                 max_batch, self.max_len)
+        log.info(
+            "loaded %s on %s (%d slots of %d tokens)",
+            onnx_path,
+            self.provider,
+            max_batch,
+            self.max_len,
+        )
 
     @staticmethod
     def _initializer_shapes(onnx_path: Path) -> list[tuple[str, list[int]]]:
@@ -90,18 +108,24 @@ class FusedCausalLM:
         key = (rows.start, rows.stop)
         if key not in self._bindings:
             binding = self.session.io_binding()
-            for past, present, buffer in zip(self._past_names, self._present_names,
-                                             self._cache, strict=True):
-                value = ort.OrtValue.ortvalue_from_numpy(buffer[rows])  # shares the memory
+            for past, present, buffer in zip(
+                self._past_names, self._present_names, self._cache, strict=True
+            ):
+                value = ort.OrtValue.ortvalue_from_numpy(
+                    buffer[rows]
+                )  # shares the memory
                 binding.bind_ortvalue_input(past, value)
                 binding.bind_ortvalue_output(present, value)
             logits = np.empty((rows.stop - rows.start, self.vocab_size), np.float32)
-            binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape),
-                                logits.ctypes.data)
+            binding.bind_output(
+                "logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data
+            )
             self._bindings[key] = (binding, logits)
         return self._bindings[key]
 
-    def _run(self, rows: slice, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    def _run(
+        self, rows: slice, input_ids: np.ndarray, lengths: np.ndarray
+    ) -> np.ndarray:
         """Runs the graph for cache rows `rows`; `lengths` are the cached tokens per row."""
         binding, logits = self._binding(rows)
         new = input_ids.shape[1]
@@ -118,14 +142,18 @@ class FusedCausalLM:
     def prefill(self, slot: int, token_ids: list[int]) -> np.ndarray:
         """Writes a prompt into an empty slot; returns its last position's logits."""
         self.ensure_capacity(len(token_ids))
-        logits = self._run(slice(slot, slot + 1), np.asarray([token_ids]), np.zeros(1, np.int64))
+        logits = self._run(
+            slice(slot, slot + 1), np.asarray([token_ids]), np.zeros(1, np.int64)
+        )
         return logits[0].copy()
 
     def decode(self, tokens: list[int], lengths: list[int]) -> np.ndarray:
         """One token for each of slots [0, n); returns logits (n, vocab)."""
         n = len(tokens)
         self.ensure_capacity(max(lengths) + 1)
-        return self._run(slice(0, n), np.asarray(tokens)[:, None], np.asarray(lengths)).copy()
+        return self._run(
+            slice(0, n), np.asarray(tokens)[:, None], np.asarray(lengths)
+        ).copy()
 
     def move(self, src: int, dst: int, length: int) -> None:
         """Moves a sequence's cache to another slot (to keep the batch contiguous)."""

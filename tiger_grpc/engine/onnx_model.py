@@ -88,7 +88,9 @@ class OnnxCausalLM:
         if self._past_names:
             shape = inputs[self._past_names[0]].shape
             self.num_kv_heads, self.head_dim = int(shape[1]), int(shape[3])
-        dtype = inputs[self._past_names[0]].type if self._past_names else "tensor(float)"
+        dtype = (
+            inputs[self._past_names[0]].type if self._past_names else "tensor(float)"
+        )
         self.kv_dtype = np.float16 if "float16" in dtype else np.float32
         self._output_names = ["logits", *self._present_names]
 
@@ -96,7 +98,9 @@ class OnnxCausalLM:
         shape = (batch, self.num_kv_heads, 0, self.head_dim)
         return KVCache([np.zeros(shape, self.kv_dtype) for _ in self._past_names])
 
-    def forward(self, token_ids: list[int], cache: KVCache) -> tuple[np.ndarray, KVCache]:
+    def forward(
+        self, token_ids: list[int], cache: KVCache
+    ) -> tuple[np.ndarray, KVCache]:
         """Feeds `token_ids` after the cached ones; returns the last position's logits."""
         past = cache.length
         total = past + len(token_ids)

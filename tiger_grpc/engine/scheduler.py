@@ -55,7 +55,9 @@ class Outbox:
     """Collects a step's events and hands them over in one call per event loop."""
 
     def __init__(self) -> None:
-        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[Callable[[Event], None], Event]]] = {}
+        self._pending: dict[
+            asyncio.AbstractEventLoop, list[tuple[Callable[[Event], None], Event]]
+        ] = {}
 
     def put(self, s: Sequence, event: Event) -> None:
         if s.loop is None:
@@ -89,7 +91,9 @@ class Scheduler:
         self._running: list[Sequence] = []
         self._closed = False
         self.tokens_generated = 0
-        self._thread = threading.Thread(target=self._loop, name=f"decode-{name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, name=f"decode-{name}", daemon=True
+        )
         self._thread.start()
 
     @property

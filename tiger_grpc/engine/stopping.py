@@ -47,7 +47,7 @@ class StopSequenceMatcher:
             self._pending = ""
             return buffer[:first], True
         hold = self._longest_partial_suffix(buffer)
-        self._pending = buffer[len(buffer) - hold:]
+        self._pending = buffer[len(buffer) - hold :]
         return buffer[: len(buffer) - hold], False
 
     def flush(self) -> str:

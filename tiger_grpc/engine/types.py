@@ -1,4 +1,7 @@
-"""The engine's events: what a generation stream is made of, free of any protocol."""
+"""The events that generation and training streams are made of, free of any protocol.
+
+The Python client returns the same types (it imports nothing else of the engine).
+"""
 
 from __future__ import annotations
 
@@ -43,3 +46,24 @@ class Failure:
 
 
 Event = Info | Delta | Stop | Failure
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float
+    learning_rate: float
+    grad_norm: float
+    tokens_per_second: float
+    elapsed_ms: int
+    eta_ms: int
+
+
+@dataclass(frozen=True)
+class Trained:
+    model: str
+    duration_ms: int
+    train_tokens: int
+    steps: int
