@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 from pathlib import Path
 
 from aiohttp import web
@@ -19,6 +18,7 @@ from tiger_grpc.config import (
     env_int,
 )
 from tiger_grpc.observability import setup_logging
+from tiger_grpc.process import add_process_arguments, until_terminated, write_port_file
 
 from .app import BackendTls, GatewayConfig, init
 
@@ -70,21 +70,7 @@ def parse_config(
         default=env.get("TIGER_GRPC_TLS_SERVER_NAME"),
         help="name to expect in the server certificate, if not the target's",
     )
-    parser.add_argument(
-        "--shutdown-grace",
-        type=float,
-        default=float(env.get("TIGER_SHUTDOWN_GRACE_S", "30")),
-        help="seconds running streams get to finish on SIGTERM",
-    )
-    parser.add_argument(
-        "--port-file", type=Path, help="write the bound port here (for tests)"
-    )
-    parser.add_argument("--log-level", default=env.get("TIGER_LOG_LEVEL", "INFO"))
-    parser.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default=env.get("TIGER_LOG_FORMAT", "text"),
-    )
+    add_process_arguments(parser, env)
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     api_key = env.get("TIGER_API_KEY") or None
@@ -125,15 +111,8 @@ async def serve(
         port,
         config.grpc_target,
     )
-    if port_file is not None:
-        tmp = port_file.with_suffix(".tmp")
-        tmp.write_text(str(port))
-        os.replace(tmp, port_file)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    write_port_file(port_file, port)
+    await until_terminated()
     log.info("shutting down")
     await runner.cleanup()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -155,3 +156,51 @@ def base_url(gateway: Process) -> str:
 @pytest.fixture(scope="session")
 def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {API_KEY}"}
+
+
+@contextlib.contextmanager
+def stack(
+    store_home: Path,
+    workdir: Path,
+    server_args: tuple[str, ...] = (),
+    gateway_args: tuple[str, ...] = (),
+) -> Iterator[tuple[Process, Process]]:
+    """A server (without preparing the default model) and a gateway in front of it, of a
+    test's own, stopped at the end."""
+    env = process_env(store_home)
+    server = start_process(
+        [
+            "tiger_grpc.server",
+            "--port",
+            "0",
+            "--host",
+            "127.0.0.1",
+            "--no-prepare",
+            *server_args,
+        ],
+        workdir,
+        "own-server",
+        env,
+    )
+    try:
+        gateway = start_process(
+            [
+                "gateway.main",
+                "--port",
+                "0",
+                "--host",
+                "127.0.0.1",
+                "--grpc-target",
+                f"127.0.0.1:{server.port}",
+                *gateway_args,
+            ],
+            workdir,
+            "own-gateway",
+            env,
+        )
+        try:
+            yield server, gateway
+        finally:
+            gateway.stop()
+    finally:
+        server.stop()

@@ -11,7 +11,7 @@ import aiohttp
 import grpc
 import pytest
 
-from tests.conftest import API_KEY, TINY_MODEL_ID, Process, process_env, start_process
+from tests.conftest import API_KEY, TINY_MODEL_ID, Process, stack
 from tiger_grpc.pb.tiger.v1 import tiger_pb2 as pb
 from tiger_grpc.pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
 
@@ -106,29 +106,8 @@ async def test_grpc_client_that_cancels_frees_the_engine(backend: Process) -> No
 async def test_backend_killed_mid_stream_ends_with_one_error(
     store_home, tiny_model, tmp_path
 ):
-    env = process_env(store_home)
-    server = start_process(
-        ["tiger_grpc.server", "--port", "0", "--host", "127.0.0.1", "--no-prepare"],
-        tmp_path,
-        "doomed-server",
-        env,
-    )
-    gateway = start_process(
-        [
-            "gateway.main",
-            "--port",
-            "0",
-            "--host",
-            "127.0.0.1",
-            "--grpc-target",
-            f"127.0.0.1:{server.port}",
-        ],
-        tmp_path,
-        "survivor-gateway",
-        env,
-    )
-    url = f"http://127.0.0.1:{gateway.port}"
-    try:
+    with stack(store_home, tmp_path) as (server, gateway):
+        url = f"http://127.0.0.1:{gateway.port}"
         async with aiohttp.ClientSession(
             headers={"Authorization": f"Bearer {API_KEY}"}
         ) as s:
@@ -148,6 +127,3 @@ async def test_backend_killed_mid_stream_ends_with_one_error(
             async with s.post(f"{url}/v1/generate_response", json=LONG) as reply:
                 assert reply.status == 503
                 assert (await reply.json())["type"] == "error"
-    finally:
-        gateway.stop()
-        server.stop()

@@ -8,7 +8,7 @@ import json
 import aiohttp
 import pytest
 
-from tests.conftest import API_KEY, TINY_MODEL_ID, process_env, start_process
+from tests.conftest import API_KEY, TINY_MODEL_ID, stack
 
 pytestmark = pytest.mark.e2e
 LONG = {
@@ -23,40 +23,9 @@ LONG = {
 async def test_past_capacity_the_gateway_answers_429(
     store_home, tiny_model, tmp_path
 ) -> None:
-    env = process_env(store_home)
-    server = start_process(
-        [
-            "tiger_grpc.server",
-            "--port",
-            "0",
-            "--host",
-            "127.0.0.1",
-            "--no-prepare",
-            "--max-batch",
-            "1",
-            "--max-queued",
-            "0",
-        ],
-        tmp_path,
-        "small-server",
-        env,
-    )
-    gateway = start_process(
-        [
-            "gateway.main",
-            "--port",
-            "0",
-            "--host",
-            "127.0.0.1",
-            "--grpc-target",
-            f"127.0.0.1:{server.port}",
-        ],
-        tmp_path,
-        "small-gateway",
-        env,
-    )
-    url = f"http://127.0.0.1:{gateway.port}/v1/generate_response"
-    try:
+    small = ("--max-batch", "1", "--max-queued", "0")
+    with stack(store_home, tmp_path, server_args=small) as (_, gateway):
+        url = f"http://127.0.0.1:{gateway.port}/v1/generate_response"
         async with aiohttp.ClientSession(
             headers={"Authorization": f"Bearer {API_KEY}"}
         ) as s:
@@ -75,6 +44,3 @@ async def test_past_capacity_the_gateway_answers_429(
                 url, json={**LONG, "max_tokens": 3, "stream": False}
             ) as again:
                 assert again.status == 200
-    finally:
-        gateway.stop()
-        server.stop()

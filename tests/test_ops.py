@@ -24,6 +24,7 @@ from tests.conftest import (
     TINY_MODEL_ID,
     Process,
     process_env,
+    stack,
     start_process,
 )
 from tiger_grpc.pb.tiger.v1 import tiger_pb2 as pb
@@ -258,41 +259,10 @@ async def test_deadline_exceeded_frees_the_sequence(backend: Process) -> None:
 async def test_sigterm_lets_a_running_stream_finish(
     victim, store_home, tiny_model, tmp_path
 ):
-    env = process_env(store_home)
-    server = start_process(
-        [
-            "tiger_grpc.server",
-            "--port",
-            "0",
-            "--host",
-            "127.0.0.1",
-            "--no-prepare",
-            "--shutdown-grace",
-            "20",
-        ],
-        tmp_path,
-        "server",
-        env,
-    )
-    gateway = start_process(
-        [
-            "gateway.main",
-            "--port",
-            "0",
-            "--host",
-            "127.0.0.1",
-            "--grpc-target",
-            f"127.0.0.1:{server.port}",
-            "--shutdown-grace",
-            "20",
-        ],
-        tmp_path,
-        "gateway",
-        env,
-    )
-    url = f"http://127.0.0.1:{gateway.port}/v1/generate_response"
-    target = server if victim == "server" else gateway
-    try:
+    grace = ("--shutdown-grace", "20")
+    with stack(store_home, tmp_path, grace, grace) as (server, gateway):
+        url = f"http://127.0.0.1:{gateway.port}/v1/generate_response"
+        target = server if victim == "server" else gateway
         async with aiohttp.ClientSession(headers=HEADERS) as s:
             async with s.post(
                 url, json={**SHORT, "max_tokens": 400, "temperature": 0, "stream": True}
@@ -305,9 +275,6 @@ async def test_sigterm_lets_a_running_stream_finish(
         assert chunks[-1]["type"] == "stop", chunks[-1]
         assert chunks[-1]["usage"]["output_tokens"] == 400
         assert target.popen.wait(timeout=30) == 0
-    finally:
-        gateway.stop()
-        server.stop()
 
 
 def test_load_script_reports_and_every_stream_ends_once(base_url: str) -> None:

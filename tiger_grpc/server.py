@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from .prepare import (
     PRECISIONS,
     ensure_default_model,
 )
+from .process import add_process_arguments, until_terminated, write_port_file
 from .service import AuthInterceptor, TigerServicer
 from .store import ModelStore
 from .training import Trainer
@@ -146,18 +146,11 @@ async def serve(config: ServerConfig, port_file: Path | None = None) -> None:
         "TLS" if config.tls else "plaintext",
         metrics_port,
     )
-    if port_file is not None:
-        tmp = port_file.with_suffix(".tmp")
-        tmp.write_text(f"{tiger.port}\n{metrics_port}\n")
-        os.replace(tmp, port_file)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    write_port_file(port_file, tiger.port, metrics_port)
     preparing = None
     if config.prepare_default_model:
         preparing = asyncio.create_task(tiger.prepare_default_model())
-    await stop.wait()
+    await until_terminated()
     log.info("shutting down (grace %.0fs)", config.shutdown_grace_s)
     if preparing is not None and not preparing.done():
         preparing.cancel()
@@ -241,23 +234,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[ServerConfig, Path | No
         default=env.get("TIGER_TLS_CLIENT_CA"),
         help="PEM CA bundle: require client certificates signed by it",
     )
-    parser.add_argument(
-        "--shutdown-grace",
-        type=float,
-        default=float(env.get("TIGER_SHUTDOWN_GRACE_S", "30")),
-        help="seconds running streams get to finish on SIGTERM",
-    )
-    parser.add_argument(
-        "--port-file",
-        type=Path,
-        help="write the bound gRPC and metrics ports here (for tests)",
-    )
-    parser.add_argument("--log-level", default=env.get("TIGER_LOG_LEVEL", "INFO"))
-    parser.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default=env.get("TIGER_LOG_FORMAT", "text"),
-    )
+    add_process_arguments(parser, env)
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     if (args.tls_cert is None) != (args.tls_key is None):
