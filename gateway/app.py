@@ -30,6 +30,7 @@ from .chunks import (
     chunk_to_json,
     error_message,
     http_status,
+    import_chunk_to_json,
     model_to_json,
     train_chunk_to_json,
 )
@@ -237,6 +238,44 @@ async def train(request: web.Request) -> web.StreamResponse:
         raise AssertionError("unreachable: _chunks always ends with stop or error")
 
     return await _respond(request, call, train_chunk_to_json, params.stream, last)
+
+
+async def import_model(request: web.Request) -> web.StreamResponse:
+    """POST /v1/models/import: a local HF Llama checkpoint (on the server) becomes a
+    served model; NDJSON phases or the final object."""
+    try:
+        metadata = _metadata(request)
+        body = await _parse_body(request, _import_body)
+    except _Reject as reject:
+        return error_response(reject.status, reject.message)
+    call = request.app[TIGER].ImportModel(
+        pb.ImportModelRequest(path=body["path"], id=body["id"]), metadata=metadata
+    )
+
+    async def last(chunks: AsyncIterator[dict[str, Any]]) -> web.Response:
+        async for obj in chunks:
+            if obj["type"] == "stop":
+                return _json(obj)
+            if obj["type"] == "error":
+                return error_response(500, obj["message"])
+        raise AssertionError("unreachable: _chunks always ends with stop or error")
+
+    return await _respond(
+        request, call, import_chunk_to_json, body.get("stream") is True, last
+    )
+
+
+def _import_body(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidArgument("the request body must be a JSON object")
+    for name in ("path", "id"):
+        if not isinstance(body.get(name), str) or not body[name]:
+            raise InvalidArgument(
+                f"`{name}` is required and must be a non-empty string"
+            )
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise InvalidArgument("`stream` must be a boolean")
+    return body
 
 
 async def _respond(
@@ -463,6 +502,7 @@ def init(config: GatewayConfig) -> web.Application:
     app.router.add_post("/v1/generate_response", generate_response)
     app.router.add_post("/v1/train", train)
     app.router.add_get("/v1/models", list_models)
+    app.router.add_post("/v1/models/import", import_model)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

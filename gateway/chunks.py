@@ -108,3 +108,19 @@ def train_chunk_to_json(chunk: pb.TrainChunk) -> dict[str, Any]:
     if kind == "error":
         return {"type": "error", "message": chunk.error.message}
     return {"type": "error", "message": "the backend sent an empty chunk"}
+
+
+def import_chunk_to_json(chunk: pb.ImportChunk) -> dict[str, Any]:
+    kind = chunk.WhichOneof("chunk")
+    if kind == "info":
+        return {"type": "info", "message": chunk.info.message}
+    if kind == "stop":
+        return {
+            "type": "stop",
+            "stop_reason": "completed",
+            "model": chunk.stop.model,
+            "usage": {"duration_ms": chunk.stop.duration_ms},
+        }
+    if kind == "error":
+        return {"type": "error", "message": chunk.error.message}
+    return {"type": "error", "message": "the backend sent an empty chunk"}

@@ -289,6 +289,45 @@ def openapi() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/models/import": {
+                "post": {
+                    "summary": "Serve a local Hugging Face Llama checkpoint",
+                    "security": [{"bearer": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["path", "id"],
+                                    "properties": {
+                                        "path": {
+                                            "type": "string",
+                                            "pattern": "^/",
+                                            "description": "Absolute, on the server",
+                                        },
+                                        "id": {
+                                            "type": "string",
+                                            "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+                                        },
+                                        "stream": {"type": "boolean", "default": False},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The final object, or NDJSON chunks",
+                            "content": {
+                                "application/json": {"schema": {"type": "object"}},
+                                **NDJSON,
+                            },
+                        },
+                        **_errors(400, 401, 404, 409, 413, 429, 500, 503),
+                    },
+                }
+            },
             "/healthz": {
                 "get": {
                     "summary": "The gateway is alive",

@@ -48,6 +48,7 @@ def test_openapi_document_lists_every_route(base_url: str) -> None:
         "/v1/generate_response",
         "/v1/train",
         "/v1/models",
+        "/v1/models/import",
         "/healthz",
         "/readyz",
         "/metrics",

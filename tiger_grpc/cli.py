@@ -3,6 +3,7 @@
     tiger generate "Why is the sky blue?" [--model ID] [--no-stream]
     tiger chat                                   # interactive, multi-turn
     tiger train examples.jsonl --model ID --output NEW_ID [--epochs 3 ...]
+    tiger import /path/to/Meta-Llama-3.1-8B-Instruct --id llama-3.1-8b
     tiger models
 
 `--grpc host:port` (default, TIGER_GRPC_TARGET or localhost:50051) or `--http URL`
@@ -28,6 +29,7 @@ from .client import (
     AsyncTigerClient,
     AuthenticationError,
     Delta,
+    Imported,
     Info,
     InvalidArgumentError,
     Model,
@@ -231,6 +233,15 @@ async def _run(args: argparse.Namespace) -> int:
                 sys.stdout.write(f"{args.model}> ")
                 reply = await _print_reply(backend, history, args, sys.stdout)
                 history.append({"role": "assistant", "content": reply})
+        elif args.command == "import":
+            if args.http:
+                raise TigerError("`tiger import` talks to the gRPC server: drop --http")
+            path = str(Path(args.path).resolve())
+            async for event in backend.import_model(path, args.id):
+                if isinstance(event, Info):
+                    print(event.message, file=sys.stderr)
+                elif isinstance(event, Imported):
+                    print(f"imported {event.model} in {event.duration_ms / 1000:.1f} s")
         elif args.command == "train":
             examples = [
                 json.loads(line)
@@ -313,6 +324,13 @@ def parser() -> argparse.ArgumentParser:
     generation(gen := sub.add_parser("generate", help="answer one prompt"))
     gen.add_argument("prompt")
     generation(sub.add_parser("chat", help="an interactive multi-turn chat"))
+    importing = sub.add_parser(
+        "import", help="serve a local Hugging Face Llama checkpoint"
+    )
+    importing.add_argument(
+        "path", help="the checkpoint directory (readable by the server)"
+    )
+    importing.add_argument("--id", required=True, help="the id to serve it under")
     train = sub.add_parser(
         "train", help="fine-tune a model on a JSONL file of conversations"
     )

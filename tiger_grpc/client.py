@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from .engine.types import Delta, Info, Progress, Trained, Usage
+from .engine.types import Delta, Imported, Info, Progress, Trained, Usage
 from .pb.tiger.v1 import tiger_pb2 as pb
 from .pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
 
@@ -253,6 +253,15 @@ def _train_chunk(chunk: pb.TrainChunk) -> Info | Progress | Trained:
     raise StreamError(chunk.error.message if kind == "error" else "empty chunk")
 
 
+def _import_chunk(chunk: pb.ImportChunk) -> Info | Imported:
+    kind = chunk.WhichOneof("chunk")
+    if kind == "info":
+        return Info(chunk.info.message)
+    if kind == "stop":
+        return Imported(chunk.stop.model, chunk.stop.duration_ms)
+    raise StreamError(chunk.error.message if kind == "error" else "empty chunk")
+
+
 def _models(reply: pb.ListModelsResponse) -> list[Model]:
     return [
         Model(m.id, m.loaded, m.provider, m.context_length, m.source, m.running)
@@ -372,6 +381,19 @@ class AsyncTigerClient:
             raise _error(exc) from None
         finally:
             call.cancel()
+
+    async def import_model(
+        self, path: str, model_id: str
+    ) -> AsyncIterator[Info | Imported]:
+        """Imports a local HF Llama checkpoint (a path the server can read)."""
+        call = self._stub.ImportModel(
+            pb.ImportModelRequest(path=path, id=model_id), metadata=self._s.metadata
+        )
+        try:
+            async for chunk in call:
+                yield _import_chunk(chunk)
+        except grpc.aio.AioRpcError as exc:
+            raise _error(exc) from None
 
     async def models(self) -> list[Model]:
         try:

@@ -6,6 +6,7 @@ from .engine.types import (
     Delta,
     Event,
     Failure,
+    Imported,
     Info,
     Progress,
     Stop,
@@ -74,3 +75,11 @@ def train_event_to_pb(event: TrainEvent) -> pb.TrainChunk:
                 )
             )
     raise TypeError(f"not a training event: {event!r}")
+
+
+def import_event_to_pb(event: Info | Imported) -> pb.ImportChunk:
+    if isinstance(event, Info):
+        return pb.ImportChunk(info=pb.InfoChunk(message=event.message))
+    return pb.ImportChunk(
+        stop=pb.ImportStopChunk(model=event.model, duration_ms=event.duration_ms)
+    )

@@ -24,6 +24,7 @@ from .config import (
     env_int,
     resolve_api_key,
 )
+from .importer import Importer
 from .metrics import register_engine
 from .models import ModelRegistry
 from .observability import setup_logging
@@ -109,7 +110,10 @@ async def create_server(config: ServerConfig) -> TigerServer:
         interceptors=[AuthInterceptor(config.api_key)], options=SERVER_OPTIONS
     )
     pb_grpc.add_TigerServicer_to_server(
-        TigerServicer(registry, Trainer(registry)), server
+        TigerServicer(
+            registry, Trainer(registry), Importer(registry.store, config.engine.device)
+        ),
+        server,
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -14,8 +14,9 @@ from typing import Any
 import grpc
 
 from . import metrics
-from .convert import event_to_pb, model_to_pb, train_event_to_pb
+from .convert import event_to_pb, import_event_to_pb, model_to_pb, train_event_to_pb
 from .errors import Status, TigerError
+from .importer import Importer
 from .models import ModelRegistry
 from .observability import REQUEST_ID, REQUEST_ID_HEADER
 from .params_pb import params_from_pb, train_params_from_pb
@@ -41,9 +42,12 @@ INTERNAL_MESSAGE = "internal error (details are in the server log)"
 class TigerServicer(pb_grpc.TigerServicer):
     """Implements `tiger.v1.Tiger` over a `ModelRegistry`."""
 
-    def __init__(self, registry: ModelRegistry, trainer: Trainer) -> None:
+    def __init__(
+        self, registry: ModelRegistry, trainer: Trainer, importer: Importer
+    ) -> None:
         self._registry = registry
         self._trainer = trainer
+        self._importer = importer
 
     async def Generate(  # noqa: N802 - gRPC method name
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -71,6 +75,21 @@ class TigerServicer(pb_grpc.TigerServicer):
             lambda: self._trainer.train(train_params_from_pb(request)),
             train_event_to_pb,
             lambda m: pb.TrainChunk(error=pb.ErrorChunk(message=m)),
+        )
+        async for chunk in events:
+            yield chunk
+
+    async def ImportModel(  # noqa: N802 - gRPC method name
+        self, request: pb.ImportModelRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ImportChunk]:
+        """Streams the import's phases as info chunks, then one stop (or one error)."""
+        events = _stream(
+            context,
+            "ImportModel",
+            "",
+            lambda: self._importer.import_model(request.path, request.id),
+            import_event_to_pb,
+            lambda m: pb.ImportChunk(error=pb.ErrorChunk(message=m)),
         )
         async for chunk in events:
             yield chunk

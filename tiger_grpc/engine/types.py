@@ -67,3 +67,9 @@ class Trained:
     duration_ms: int
     train_tokens: int
     steps: int
+
+
+@dataclass(frozen=True)
+class Imported:
+    model: str
+    duration_ms: int

@@ -211,3 +211,29 @@ class TrainChunk(_message.Message):
     stop: TrainStopChunk
     error: ErrorChunk
     def __init__(self, info: _Optional[_Union[InfoChunk, _Mapping]] = ..., progress: _Optional[_Union[ProgressChunk, _Mapping]] = ..., stop: _Optional[_Union[TrainStopChunk, _Mapping]] = ..., error: _Optional[_Union[ErrorChunk, _Mapping]] = ...) -> None: ...
+
+class ImportModelRequest(_message.Message):
+    __slots__ = ("path", "id")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    id: str
+    def __init__(self, path: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
+class ImportStopChunk(_message.Message):
+    __slots__ = ("model", "duration_ms")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    duration_ms: int
+    def __init__(self, model: _Optional[str] = ..., duration_ms: _Optional[int] = ...) -> None: ...
+
+class ImportChunk(_message.Message):
+    __slots__ = ("info", "stop", "error")
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    info: InfoChunk
+    stop: ImportStopChunk
+    error: ErrorChunk
+    def __init__(self, info: _Optional[_Union[InfoChunk, _Mapping]] = ..., stop: _Optional[_Union[ImportStopChunk, _Mapping]] = ..., error: _Optional[_Union[ErrorChunk, _Mapping]] = ...) -> None: ...

@@ -55,6 +55,11 @@ class TigerStub:
                 request_serializer=tiger_dot_v1_dot_tiger__pb2.TrainRequest.SerializeToString,
                 response_deserializer=tiger_dot_v1_dot_tiger__pb2.TrainChunk.FromString,
                 _registered_method=True)
+        self.ImportModel = channel.unary_stream(
+                '/tiger.v1.Tiger/ImportModel',
+                request_serializer=tiger_dot_v1_dot_tiger__pb2.ImportModelRequest.SerializeToString,
+                response_deserializer=tiger_dot_v1_dot_tiger__pb2.ImportChunk.FromString,
+                _registered_method=True)
 
 
 class TigerServicer:
@@ -95,6 +100,16 @@ class TigerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportModel(self, request, context):
+        """Turns a local Hugging Face Llama checkpoint (a directory the server can read)
+        into a served model: optimum export, the fused graph for the fast engine,
+        written into the model store atomically. Streams `info` chunks for the phases,
+        then one `stop` (or one `error`). An existing `id` is ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TigerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +127,11 @@ def add_TigerServicer_to_server(servicer, server):
                     servicer.Train,
                     request_deserializer=tiger_dot_v1_dot_tiger__pb2.TrainRequest.FromString,
                     response_serializer=tiger_dot_v1_dot_tiger__pb2.TrainChunk.SerializeToString,
+            ),
+            'ImportModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.ImportModel,
+                    request_deserializer=tiger_dot_v1_dot_tiger__pb2.ImportModelRequest.FromString,
+                    response_serializer=tiger_dot_v1_dot_tiger__pb2.ImportChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -201,6 +221,33 @@ class Tiger:
             '/tiger.v1.Tiger/Train',
             tiger_dot_v1_dot_tiger__pb2.TrainRequest.SerializeToString,
             tiger_dot_v1_dot_tiger__pb2.TrainChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tiger.v1.Tiger/ImportModel',
+            tiger_dot_v1_dot_tiger__pb2.ImportModelRequest.SerializeToString,
+            tiger_dot_v1_dot_tiger__pb2.ImportChunk.FromString,
             options,
             channel_credentials,
             insecure,

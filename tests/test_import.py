@@ -1,0 +1,132 @@
+"""Importing a local Hugging Face Llama checkpoint: CLI, gRPC and HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import API_KEY, ROOT, Process
+
+pytestmark = pytest.mark.e2e
+HEADERS = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, default_model_dir: Path) -> Path:
+    """A small Llama checkpoint as a user would have it on disk (random weights)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("My-Llama-Checkpoint")
+    torch.manual_seed(1)
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir / "hf")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=2,
+        bos_token_id=1,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_cli_import_then_the_guide_request_works(
+    checkpoint, backend: Process, base_url
+):
+    model_id = f"My-Llama-{uuid.uuid4().hex[:4]}"
+    env = {**os.environ, "TIGER_API_KEY": API_KEY}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tiger_grpc.cli",
+            "--grpc",
+            f"127.0.0.1:{backend.port}",
+            "import",
+            str(checkpoint),
+            "--id",
+            model_id,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Exporting to ONNX with optimum" in out.stderr and "fused int4" in out.stderr
+    assert f"imported {model_id.lower()}" in out.stdout
+    # The seed guide's request shape, with the id in another case.
+    body = {
+        "model": model_id.upper(),
+        "messages": [{"role": "user", "content": "Hello!"}],
+        "stream": True,
+        "max_tokens": 5,
+    }
+    import requests
+
+    reply = requests.post(
+        f"{base_url}/v1/generate_response", json=body, headers=HEADERS, timeout=120
+    )
+    chunks = [json.loads(line) for line in reply.text.splitlines()]
+    assert reply.status_code == 200 and chunks[-1]["type"] == "stop"
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tiger_grpc.cli",
+            "--grpc",
+            f"127.0.0.1:{backend.port}",
+            "import",
+            str(checkpoint),
+            "--id",
+            model_id,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({"path": "relative/dir", "id": "x"}, 400, "must be absolute"),
+        ({"path": "/nonexistent/dir", "id": "x"}, 404, "no config.json"),
+        ({"path": "/tmp", "id": "../bad"}, 400, "`id`"),
+        ({"id": "x"}, 400, "`path` is required"),
+    ],
+)
+async def test_bad_imports_over_http(base_url: str, body, status, needle) -> None:
+    async with aiohttp.ClientSession(headers=HEADERS) as s:
+        async with s.post(f"{base_url}/v1/models/import", json=body) as reply:
+            assert reply.status == status
+            assert needle in (await reply.json())["message"]
+
+
+async def test_http_import_streams_phases(checkpoint, base_url: str) -> None:
+    model_id = f"http-import-{uuid.uuid4().hex[:4]}"
+    async with aiohttp.ClientSession(headers=HEADERS) as s:
+        async with s.post(
+            f"{base_url}/v1/models/import",
+            json={"path": str(checkpoint), "id": model_id, "stream": True},
+        ) as r:
+            chunks = [json.loads(line) async for line in r.content if line.strip()]
+    assert [c["type"] for c in chunks][-1] == "stop" and chunks[-1]["model"] == model_id
+    assert sum(c["type"] == "info" for c in chunks) >= 3

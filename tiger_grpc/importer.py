@@ -1,0 +1,165 @@
+"""Importing a local Hugging Face Llama checkpoint as a served model.
+
+The checkpoint is copied (hard-linked where the file system allows) into a scratch
+directory of the store, exported with optimum (fp16 for CUDA; fp32 plus the fused
+int4 graph for CPU), and renamed into place: a failed import leaves nothing behind.
+Weights over 2 GB are kept as external data next to each `model.onnx`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from .config import Device
+from .engine.onnx_model import CUDA, choose_providers
+from .engine.types import Imported, Info
+from .errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from .prepare import (
+    build_fast_graph,
+    end_of_turn_ids,
+    export_onnx,
+    quiet_third_party_warnings,
+)
+from .store import ModelManifest, ModelStore, canonical_id
+from .validation import MODEL_ID_PATTERN
+
+ImportEvent = Info | Imported
+
+
+def check_checkpoint(path: Path) -> dict:
+    """The checkpoint's config.json, once it is known to be a Llama with a tokenizer."""
+    if not path.is_absolute():
+        raise InvalidArgument(
+            f"`path` must be absolute (the server reads it), got {str(path)!r}"
+        )
+    if not (path / "config.json").is_file():
+        raise NotFound(f"no Hugging Face checkpoint at {path}: no config.json there")
+    config = json.loads((path / "config.json").read_text())
+    if config.get("model_type") != "llama":
+        raise InvalidArgument(
+            f"only Llama-architecture checkpoints can be imported, {path} is "
+            f"{config.get('model_type')!r}"
+        )
+    if not any(
+        (path / name).is_file() for name in ("tokenizer.json", "tokenizer.model")
+    ):
+        raise InvalidArgument(
+            f"{path} has no tokenizer (tokenizer.json or tokenizer.model)"
+        )
+    if not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")):
+        raise InvalidArgument(f"{path} has no weights (*.safetensors)")
+    return config
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def run_import(
+    source: Path,
+    out_id: str,
+    store: ModelStore,
+    device: Device,
+    emit: Callable[[ImportEvent], None],
+) -> None:
+    """The whole import, on a worker thread."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    started = time.monotonic()
+    config = check_checkpoint(source)
+    cuda = choose_providers(device)[0] == CUDA
+    with store.lock(out_id), store.staging(out_id) as scratch:
+        emit(Info(f"Copying {source} into the model store"))
+        shutil.copytree(source, scratch / "hf", copy_function=_link_or_copy)
+        tokenizer = AutoTokenizer.from_pretrained(scratch / "hf")
+        try:
+            generation = GenerationConfig.from_pretrained(scratch / "hf")
+        except OSError:
+            generation = GenerationConfig(eos_token_id=config.get("eos_token_id"))
+        dtype = "fp16" if cuda else "fp32"
+        emit(
+            Info(
+                f"Exporting to ONNX with optimum ({dtype}, {'CUDA' if cuda else 'CPU'}); "
+                "a large model takes a while"
+            )
+        )
+        export_onnx(
+            scratch / "hf",
+            scratch / "onnx",
+            dtype=dtype,
+            device="cuda" if cuda else "cpu",
+        )
+        graphs = {}
+        if not cuda:
+            emit(Info("Building the fused int4 graph for the CPU engine"))
+            build_fast_graph(scratch / "hf", scratch / "fast-int4", "int4")
+            graphs["int4"] = "fast-int4/model.onnx"
+        emit(Info(f"Registering {out_id}"))
+        ModelManifest(
+            id=out_id,
+            source=f"imported from {source}",
+            context_length=int(config.get("max_position_embeddings", 2048)),
+            eos_token_ids=end_of_turn_ids(tokenizer, generation),
+            fast_graphs=graphs,
+        ).write(scratch)
+    emit(Imported(out_id, int((time.monotonic() - started) * 1000)))
+
+
+class Importer:
+    """Runs one import at a time, off the event loop."""
+
+    def __init__(self, store: ModelStore, device: Device) -> None:
+        self._store = store
+        self._device = device
+        self._busy = threading.Lock()
+
+    async def import_model(
+        self, path: str, model_id: str
+    ) -> AsyncIterator[ImportEvent]:
+        out_id = canonical_id(model_id)
+        if not MODEL_ID_PATTERN.fullmatch(out_id):
+            raise InvalidArgument(
+                "`id` must be 1 to 128 characters of letters, digits, '.', "
+                f"'_' or '-', starting with a letter or digit, got {model_id!r}"
+            )
+        source = Path(path)
+        check_checkpoint(source)
+        if self._store.get(out_id) is not None or self._store.path(out_id).exists():
+            raise AlreadyExists(f"a model named {out_id!r} already exists")
+        if not self._busy.acquire(blocking=False):
+            raise ResourceExhausted("an import is already running; one runs at a time")
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[ImportEvent | BaseException | None] = asyncio.Queue()
+
+        def emit(event: ImportEvent) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        def work() -> None:
+            outcome: BaseException | None = None
+            try:
+                with quiet_third_party_warnings():
+                    run_import(source, out_id, self._store, self._device, emit)
+            except BaseException as exc:  # handed to the stream
+                outcome = exc
+            finally:
+                self._busy.release()
+            loop.call_soon_threadsafe(events.put_nowait, outcome)
+
+        threading.Thread(target=work, name=f"import-{out_id}", daemon=True).start()
+        while (event := await events.get()) is not None:
+            if isinstance(event, BaseException):
+                raise event
+            yield event
+
+
+__all__ = ["Importer", "check_checkpoint", "run_import"]
