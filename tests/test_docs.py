@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import API_KEY, ROOT, Process
+from tests.conftest import API_KEY, ROOT, TINY_MODEL_ID, Process
 
 pytestmark = pytest.mark.e2e
 
@@ -90,3 +92,41 @@ def test_pytest_fixture_example(tmp_path: Path, default_model_dir: Path) -> None
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert "1 passed" in out.stdout
+
+
+def run_shell_example(tag: str, base_url: str, **replace: str) -> list[dict]:
+    script = example(tag).replace("http://localhost:45678", base_url)
+    script = script.replace(
+        "export TIGER_API_KEY=...", f"export TIGER_API_KEY={API_KEY}"
+    )
+    for old, new in replace.items():
+        script = script.replace(old, new)
+    env = {**os.environ, "TIGER_API_KEY": API_KEY}
+    out = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def test_first_request_example(base_url: str) -> None:
+    chunks = run_shell_example("http-example", base_url)
+    assert chunks[-1]["type"] == "stop"
+    assert any(c["type"] == "delta" for c in chunks)
+
+
+def test_training_example(base_url: str, tiny_model) -> None:
+    """The README's training request, on the tiny model (the real one takes a minute)."""
+    output = f"readme-{uuid.uuid4().hex[:6]}"
+    chunks = run_shell_example(
+        "train-example",
+        base_url,
+        **{'"smollm2-135m-instruct"': f'"{TINY_MODEL_ID}"', "smollm2-orion": output},
+    )
+    assert chunks[-1] == {
+        **chunks[-1],
+        "type": "stop",
+        "stop_reason": "completed",
+        "model": output,
+    }
+    assert sum(c["type"] == "progress" for c in chunks) == 8
