@@ -63,14 +63,18 @@ async def test_async_client_errors_are_typed(
     with pytest.raises(InvalidArgumentError, match="top_p"):
         await client.complete("hi", model=TINY_MODEL_ID, top_p=5.0)
     with pytest.raises(DeadlineExceededError):
-        await client.complete("hi", model=TINY_MODEL_ID, max_tokens=3000, timeout=0.3)
+        await client.complete(
+            "hi", model=TINY_MODEL_ID, max_tokens=3000, temperature=0, timeout=0.3
+        )
     async with AsyncTigerClient(f"127.0.0.1:{backend.port}", api_key="wrong") as bad:
         with pytest.raises(AuthenticationError):
             await bad.models()
 
 
 async def test_leaving_the_loop_cancels_the_call(client: AsyncTigerClient) -> None:
-    async for chunk in client.generate("hi", model=TINY_MODEL_ID, max_tokens=3000):
+    async for chunk in client.generate(
+        "hi", model=TINY_MODEL_ID, max_tokens=3000, temperature=0
+    ):
         if isinstance(chunk, Delta):
             break
     for _ in range(100):
