@@ -307,3 +307,22 @@ def test_load_script_reports_and_every_stream_ends_once(base_url: str) -> None:
     assert report["transport_errors"] == 0 and not report["other_http_errors"]
     assert set(report["latency_ms"]) == {"p50", "p99"}
     assert sum(report["stop_reasons"].values()) == report["completed_streams"]
+
+
+async def test_a_caller_that_leaves_while_its_model_loads(
+    store_home, tiny_model, tmp_path
+):
+    """The load goes on for the next caller: no failed import, no second copy."""
+    with stack(store_home, tmp_path) as (server, _):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.TigerStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                async for _ in stub.Generate(
+                    long_request(5), metadata=AUTH, timeout=0.05
+                ):
+                    pass
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            chunks = [c async for c in stub.Generate(long_request(5), metadata=AUTH)]
+            assert chunks[-1].HasField("stop")
+        metrics = await get_text(f"http://127.0.0.1:{server.metrics_port}/metrics")
+        assert 'tiger_model_loads_total{model="tiny-llama"} 1.0' in metrics

@@ -25,6 +25,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .imports import IMPORT_LOCK
+
 log = logging.getLogger(__name__)
 
 MS = "com.microsoft"
@@ -39,8 +41,9 @@ PRECISION_BITS: dict[str, int | None] = {"int8": 8, "int4": 4, "fp32": None}
 
 
 def _rope_tables(config: Any, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    import torch
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    with IMPORT_LOCK:
+        import torch
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     rope_type = "default"
     if getattr(config, "rope_scaling", None):
@@ -94,8 +97,9 @@ def build_fused_llama(
     hf_dir: Path, out_path: Path, max_len: int | None = None
 ) -> dict[str, Any]:
     """Writes the fp32 fused graph for the Llama checkpoint in `hf_dir`; returns its facts."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    with IMPORT_LOCK:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(hf_dir)
     if config.model_type != "llama":

@@ -21,6 +21,7 @@ from .config import Device
 from .engine.onnx_model import CUDA, choose_providers
 from .engine.types import Imported, Info
 from .errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from .imports import IMPORT_LOCK
 from .prepare import (
     build_fast_graph,
     end_of_turn_ids,
@@ -73,7 +74,8 @@ def run_import(
     emit: Callable[[ImportEvent], None],
 ) -> None:
     """The whole import, on a worker thread."""
-    from transformers import AutoTokenizer, GenerationConfig
+    with IMPORT_LOCK:
+        from transformers import AutoTokenizer, GenerationConfig
 
     started = time.monotonic()
     config = check_checkpoint(source)

@@ -21,6 +21,7 @@ from .engine.scheduler import Scheduler, Sequence
 from .engine.stopping import StopSequenceMatcher, TokenStopper
 from .engine.types import Delta, Event, Failure, Info, Stop
 from .errors import InvalidArgument, NotFound, Unavailable
+from .imports import IMPORT_LOCK
 from .store import ModelManifest, ModelStore, canonical_id
 from .validation import GenerateParams
 
@@ -82,7 +83,8 @@ class ModelRegistry:
         self.options = options
         self._loaded: dict[str, LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._tokenizers: dict[str, Any] = {}  # loaded ahead of their model
+        self._tokenizers: dict[str, asyncio.Future[Any]] = {}  # ahead of their model
+        self._loading: dict[str, asyncio.Future[LoadedModel]] = {}
         self.unavailable: dict[str, str] = {}  # model id -> why (e.g. still preparing)
 
     def resolve(self, model_id: str) -> ModelManifest:
@@ -113,46 +115,64 @@ class ModelRegistry:
         return result
 
     async def _tokenizer(self, manifest: ModelManifest) -> Any:
-        """The model's tokenizer, loaded once; needed before any chunk is sent."""
+        """The model's tokenizer, loaded once; needed before any chunk is sent.
+
+        The load is a task of its own, shielded: a caller that goes away does not
+        waste it, and the next caller waits for the same one.
+        """
         if manifest.id in self._loaded:
             return self._loaded[manifest.id].tokenizer
-        if manifest.id not in self._tokenizers:
+        task = self._tokenizers.get(manifest.id)
+        if task is None or (task.done() and task.exception() is not None):
             path = str(self.store.path(manifest.id) / manifest.hf_path)
-            self._tokenizers[manifest.id] = await asyncio.to_thread(
-                _load_tokenizer, path
-            )
-        return self._tokenizers[manifest.id]
+            task = asyncio.ensure_future(asyncio.to_thread(_load_tokenizer, path))
+            self._tokenizers[manifest.id] = task
+        return await asyncio.shield(task)
 
     async def _load(self, manifest: ModelManifest) -> AsyncIterator[Info]:
-        """Loads the model unless it is loaded, yielding the progress messages."""
+        """Loads the model unless it is loaded, yielding the progress messages.
+
+        The session is built by a shielded task that registers the model when it
+        ends, so a caller cancelled half-way leaves neither a half-loaded model nor
+        a second copy for the next caller to build.
+        """
         lock = self._locks.setdefault(manifest.id, asyncio.Lock())
         async with lock:
             if manifest.id in self._loaded:
                 return
             started = time.monotonic()
-            directory = self.store.path(manifest.id)
             yield Info(f"Loading model {manifest.id}")
-            tokenizer = self._tokenizers.get(manifest.id)
-            model = await asyncio.to_thread(
-                LoadedModel, manifest, directory, self.options, tokenizer
-            )
+            task = self._loading.get(manifest.id)
+            if task is None or (task.done() and task.exception() is not None):
+                task = asyncio.ensure_future(self._build(manifest, started))
+                self._loading[manifest.id] = task
+            model = await asyncio.shield(task)
             yield Info("Loading tokenizer")
-            model.tokenizer = await self._tokenizer(manifest)
-            self._loaded[manifest.id] = model
-            self._tokenizers.pop(manifest.id, None)
             seconds = time.monotonic() - started
-            metrics.MODEL_LOADS.labels(manifest.id).inc()
-            metrics.MODEL_LOAD_SECONDS.labels(manifest.id).observe(seconds)
-            log.info(
-                "model %s (%s) ready on %s in %.1fs",
-                manifest.id,
-                model.graph,
-                model.provider,
-                seconds,
-            )
             yield Info(
                 f"Model {manifest.id} ready on {model.provider} ({seconds:.1f}s)"
             )
+
+    async def _build(self, manifest: ModelManifest, started: float) -> LoadedModel:
+        directory = self.store.path(manifest.id)
+        model = await asyncio.to_thread(
+            LoadedModel, manifest, directory, self.options, None
+        )
+        model.tokenizer = await self._tokenizer(manifest)
+        self._loaded[manifest.id] = model
+        self._loading.pop(manifest.id, None)
+        self._tokenizers.pop(manifest.id, None)
+        seconds = time.monotonic() - started
+        metrics.MODEL_LOADS.labels(manifest.id).inc()
+        metrics.MODEL_LOAD_SECONDS.labels(manifest.id).observe(seconds)
+        log.info(
+            "model %s (%s) ready on %s in %.1fs",
+            manifest.id,
+            model.graph,
+            model.provider,
+            seconds,
+        )
+        return model
 
     async def generate(self, params: GenerateParams) -> AsyncIterator[Event]:
         """Streams a generation's events; raises `TigerError` before the first one."""
@@ -237,6 +257,6 @@ def render_prompt(tokenizer: Any, params: GenerateParams) -> list[int]:
 
 
 def _load_tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer
-
+    with IMPORT_LOCK:
+        from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(path)

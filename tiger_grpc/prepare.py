@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import default_home
+from .imports import IMPORT_LOCK
 from .store import ModelManifest, ModelStore
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,8 @@ def export_onnx(
     hf_dir: Path, onnx_dir: Path, dtype: str = "fp32", device: str = "cpu"
 ) -> None:
     """Exports a saved HF causal LM with optimum, with past key values."""
-    from optimum.exporters.onnx import main_export
+    with IMPORT_LOCK:
+        from optimum.exporters.onnx import main_export
 
     with quiet_third_party_warnings():
         main_export(
@@ -108,7 +110,8 @@ def export_onnx(
 
 
 def save_hf_from_gguf(gguf: Path, hf_dir: Path) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    with IMPORT_LOCK:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)

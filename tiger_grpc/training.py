@@ -24,6 +24,7 @@ import numpy as np
 from . import metrics
 from .engine.types import Info, Progress, Trained
 from .errors import AlreadyExists, InvalidArgument, ResourceExhausted
+from .imports import IMPORT_LOCK
 from .models import ModelRegistry
 from .prepare import build_fast_graph, export_onnx, quiet_third_party_warnings
 from .store import ModelManifest, ModelStore, canonical_id
@@ -102,8 +103,9 @@ def run_training(
     cancel: threading.Event,
 ) -> None:
     """The whole run, on a worker thread; raises `Cancelled` if `cancel` is set."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    with IMPORT_LOCK:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.monotonic()
 
@@ -122,7 +124,8 @@ def run_training(
     emit(Info(f"Tokenizing {len(params.examples)} examples"))
     data = [tokenize_example(tokenizer, example) for example in params.examples]
     if params.method == "lora":
-        from peft import LoraConfig, get_peft_model
+        with IMPORT_LOCK:
+            from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(
             model,
