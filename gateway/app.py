@@ -9,7 +9,6 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +24,7 @@ from tiger_grpc.pb.tiger.v1 import tiger_pb2 as pb
 from tiger_grpc.pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
 from tiger_grpc.validation import parse_generate_body, parse_train_body
 
+from .backend import BACKEND_SERVICE, open_channel
 from .chunks import (
     TERMINAL,
     chunk_to_json,
@@ -34,48 +34,15 @@ from .chunks import (
     model_to_json,
     train_chunk_to_json,
 )
+from .config import GatewayConfig
 from .openapi import openapi
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-BACKEND_SERVICE = "tiger.v1.Tiger"
 NDJSON = "application/x-ndjson"
 RETRY_AFTER_S = "1"
 STATIC = Path(__file__).parent / "static"
-
-
-@dataclass(frozen=True)
-class BackendTls:
-    """PEM files for TLS to the gRPC servers (client certificate optional)."""
-
-    ca: Path
-    cert: Path | None = None
-    key: Path | None = None
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(
-            root_certificates=self.ca.read_bytes(),
-            private_key=self.key.read_bytes() if self.key else None,
-            certificate_chain=self.cert.read_bytes() if self.cert else None,
-        )
-
-
-@dataclass(frozen=True)
-class GatewayConfig:
-    # One address, several (comma-separated), or a name that resolves to several
-    # (`dns:///tiger.default.svc.cluster.local:50051`): requests are spread over all
-    # with gRPC's round_robin policy.
-    grpc_target: str = "localhost:50051"
-    host: str = "0.0.0.0"
-    port: int = 45678
-    # Checked here as well as by the backend, so a bad key is a 401 before anything
-    # else; None leaves the check to the backend alone.
-    api_key: str | None = None
-    max_body_bytes: int = 4 * 1024 * 1024
-    unary_timeout_s: float = 10.0
-    tls: BackendTls | None = None
-    tls_server_name: str | None = None  # expected name in the server certificate
 
 
 CONFIG = web.AppKey("config", GatewayConfig)
@@ -373,74 +340,6 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
-def service_config() -> str:
-    """round_robin over every address, and a retry of calls that never reached a
-    server (UNAVAILABLE before any response), so a dead backend costs no request."""
-    retry = {
-        "maxAttempts": 3,
-        "initialBackoff": "0.05s",
-        "maxBackoff": "0.5s",
-        "backoffMultiplier": 2,
-        "retryableStatusCodes": ["UNAVAILABLE"],
-    }
-    return json.dumps(
-        {
-            "loadBalancingConfig": [{"round_robin": {}}],
-            "methodConfig": [
-                {
-                    "name": [
-                        {"service": BACKEND_SERVICE, "method": "Generate"},
-                        {"service": BACKEND_SERVICE, "method": "ListModels"},
-                        {"service": "grpc.health.v1.Health"},
-                    ],
-                    "retryPolicy": retry,
-                }
-            ],
-        }
-    )
-
-
-def _target(grpc_target: str) -> str:
-    """`host1:p1,host2:p2` becomes gRPC's `ipv4:`/`ipv6:` list URI; others pass as is."""
-    if (
-        "," not in grpc_target
-        or "://" in grpc_target
-        or grpc_target.startswith(("ipv4:", "ipv6:"))
-    ):
-        return grpc_target
-    addresses = [
-        a.strip().replace("localhost", "127.0.0.1") for a in grpc_target.split(",")
-    ]
-    scheme = "ipv6" if all(a.startswith("[") for a in addresses) else "ipv4"
-    return f"{scheme}:{','.join(addresses)}"
-
-
-async def _grpc_channel(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG]
-    options = [
-        ("grpc.service_config", service_config()),
-        ("grpc.enable_retries", 1),
-        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-        ("grpc.max_send_message_length", 64 * 1024 * 1024),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-    ]
-    target = _target(config.grpc_target)
-    if config.tls is not None:
-        if config.tls_server_name:
-            options.append(("grpc.ssl_target_name_override", config.tls_server_name))
-        channel = grpc.aio.secure_channel(
-            target, config.tls.credentials(), options=options
-        )
-    else:
-        channel = grpc.aio.insecure_channel(target, options=options)
-    app[CHANNEL] = channel
-    app[TIGER] = pb_grpc.TigerStub(channel)
-    app[HEALTH] = health_pb2_grpc.HealthStub(channel)
-    yield
-    await channel.close()
-
-
 @web.middleware
 async def request_context(
     request: web.Request,
@@ -468,6 +367,15 @@ async def request_context(
         model = request.get(MODEL_KEY, "") if status == 200 else ""
         HTTP_REQUESTS.labels(path, request.method, model, str(status)).inc()
         HTTP_SECONDS.labels(path).observe(time.monotonic() - started)
+
+
+async def _grpc_channel(app: web.Application) -> AsyncIterator[None]:
+    channel = open_channel(app[CONFIG])
+    app[CHANNEL] = channel
+    app[TIGER] = pb_grpc.TigerStub(channel)
+    app[HEALTH] = health_pb2_grpc.HealthStub(channel)
+    yield
+    await channel.close()
 
 
 async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:

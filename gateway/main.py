@@ -20,7 +20,8 @@ from tiger_grpc.config import (
 from tiger_grpc.observability import setup_logging
 from tiger_grpc.process import add_process_arguments, until_terminated, write_port_file
 
-from .app import BackendTls, GatewayConfig, init
+from .app import init
+from .config import BackendTls, GatewayConfig
 
 log = logging.getLogger(__name__)
 
