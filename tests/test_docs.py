@@ -49,6 +49,21 @@ def test_python_client_example(backend: Process, tmp_path: Path) -> None:
     assert "smollm2-135m-instruct" in out.stdout and "Usage(" in out.stdout
 
 
+def test_grpc_example(backend: Process, tmp_path: Path) -> None:
+    script = tmp_path / "grpc_example.py"
+    script.write_text(example("grpc-example"))
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=env_for(backend),
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "STOP_REASON_" in out.stdout and "output_tokens" in out.stdout
+
+
 def test_cli_example(backend: Process, base_url: str) -> None:
     for line in example("cli-example").strip().splitlines():
         args = shlex.split(line.replace("http://localhost:45678", base_url))
