@@ -164,26 +164,16 @@ async def generate_response(request: web.Request) -> web.StreamResponse:
         return error_response(reject.status, reject.message)
     call = request.app[TIGER].Generate(params_to_pb(params), metadata=metadata)
 
-    async def collect(chunks: AsyncIterator[dict[str, Any]]) -> web.Response:
-        parts: list[str] = []
-        async for obj in chunks:
-            if obj["type"] == "delta":
-                parts.append(obj["delta"])
-            elif obj["type"] == "stop":
-                return _json(
-                    {
-                        "type": "message",
-                        "model": params.model.strip().lower(),
-                        "content": "".join(parts),
-                        "stop_reason": obj["stop_reason"],
-                        "usage": obj["usage"],
-                    }
-                )
-            elif obj["type"] == "error":
-                return error_response(500, obj["message"])
-        raise AssertionError("unreachable: _chunks always ends with stop or error")
+    def message(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "type": "message",
+            "model": params.model.strip().lower(),
+            "content": "".join(c["delta"] for c in chunks if c["type"] == "delta"),
+            "stop_reason": chunks[-1]["stop_reason"],
+            "usage": chunks[-1]["usage"],
+        }
 
-    return await _respond(request, call, chunk_to_json, params.stream, collect)
+    return await _respond(request, call, chunk_to_json, params.stream, message)
 
 
 async def train(request: web.Request) -> web.StreamResponse:
@@ -195,16 +185,7 @@ async def train(request: web.Request) -> web.StreamResponse:
     except _Reject as reject:
         return error_response(reject.status, reject.message)
     call = request.app[TIGER].Train(train_params_to_pb(params), metadata=metadata)
-
-    async def last(chunks: AsyncIterator[dict[str, Any]]) -> web.Response:
-        async for obj in chunks:
-            if obj["type"] == "stop":
-                return _json(obj)
-            if obj["type"] == "error":
-                return error_response(500, obj["message"])
-        raise AssertionError("unreachable: _chunks always ends with stop or error")
-
-    return await _respond(request, call, train_chunk_to_json, params.stream, last)
+    return await _respond(request, call, train_chunk_to_json, params.stream, _last)
 
 
 async def import_model(request: web.Request) -> web.StreamResponse:
@@ -219,17 +200,13 @@ async def import_model(request: web.Request) -> web.StreamResponse:
         pb.ImportModelRequest(path=body["path"], id=body["id"]), metadata=metadata
     )
 
-    async def last(chunks: AsyncIterator[dict[str, Any]]) -> web.Response:
-        async for obj in chunks:
-            if obj["type"] == "stop":
-                return _json(obj)
-            if obj["type"] == "error":
-                return error_response(500, obj["message"])
-        raise AssertionError("unreachable: _chunks always ends with stop or error")
-
     return await _respond(
-        request, call, import_chunk_to_json, body.get("stream") is True, last
+        request, call, import_chunk_to_json, body.get("stream") is True, _last
     )
+
+
+def _last(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    return chunks[-1]
 
 
 def _import_body(body: Any) -> dict[str, Any]:
@@ -250,10 +227,11 @@ async def _respond(
     call: Any,
     to_json: Callable[[Any], dict[str, Any]],
     stream: bool,
-    collect: Callable[[AsyncIterator[dict[str, Any]]], Awaitable[web.Response]],
+    collect: Callable[[list[dict[str, Any]]], dict[str, Any]],
 ) -> web.StreamResponse:
     """Answers a server-streaming call: HTTP error before its first chunk, then NDJSON
-    (stream) or `collect`'s single object; the call is cancelled if we stop early."""
+    (stream), or the object `collect` makes of the chunks (a 500 if they end with an
+    error); the call is cancelled if we stop early."""
     try:
         try:
             first = await call.read()
@@ -261,7 +239,10 @@ async def _respond(
             return rpc_error_response(exc)
         chunks = _chunks(call, first, to_json)
         if not stream:
-            return await collect(chunks)
+            objs = [obj async for obj in chunks]
+            if objs[-1]["type"] == "error":
+                return error_response(500, objs[-1]["message"])
+            return _json(collect(objs))
         response = web.StreamResponse(
             headers={"Content-Type": NDJSON, "Cache-Control": "no-cache"}
         )

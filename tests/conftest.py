@@ -204,3 +204,16 @@ def stack(
             gateway.stop()
     finally:
         server.stop()
+
+
+def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TIGER_API_KEY": API_KEY}
+    return subprocess.run(
+        [sys.executable, "-m", "tiger_grpc.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        cwd=ROOT,
+    )

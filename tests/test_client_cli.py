@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import API_KEY, ROOT, TINY_MODEL_ID, Process
+from tests.conftest import API_KEY, TINY_MODEL_ID, Process, run_cli
 from tiger_grpc.client import (
     AsyncTigerClient,
     AuthenticationError,
@@ -94,19 +91,6 @@ def test_sync_client(backend: Process) -> None:
         assert TINY_MODEL_ID in [m.id for m in tiger.models()]
 
 
-def tiger(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TIGER_API_KEY": API_KEY}
-    return subprocess.run(
-        [sys.executable, "-m", "tiger_grpc.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=180,
-        cwd=ROOT,
-    )
-
-
 @pytest.mark.parametrize("transport", ["grpc", "http"])
 def test_cli_generate_models_and_errors(
     transport, backend: Process, base_url: str
@@ -116,19 +100,19 @@ def test_cli_generate_models_and_errors(
         if transport == "grpc"
         else ["--http", base_url]
     )
-    out = tiger(
+    out = run_cli(
         *where, "generate", "hi", "--model", TINY_MODEL_ID, "--max-tokens", "5", "-v"
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() and "max_tokens, 5 tokens" in out.stderr
-    models = tiger(*where, "models")
+    models = run_cli(*where, "models")
     assert models.returncode == 0 and TINY_MODEL_ID in models.stdout
-    bad = tiger(*where, "generate", "hi", "--model", "no-such-model")
+    bad = run_cli(*where, "generate", "hi", "--model", "no-such-model")
     assert bad.returncode == 1 and "unknown model" in bad.stderr
 
 
 def test_cli_chat_keeps_the_conversation(backend: Process) -> None:
-    out = tiger(
+    out = run_cli(
         "--grpc",
         f"127.0.0.1:{backend.port}",
         "chat",
@@ -160,7 +144,7 @@ def test_cli_train_shows_progress(backend: Process, tmp_path: Path) -> None:
         )
     )
     output = f"cli-trained-{uuid.uuid4().hex[:6]}"
-    out = tiger(
+    out = run_cli(
         "--grpc",
         f"127.0.0.1:{backend.port}",
         "train",

@@ -34,9 +34,9 @@ def env_for(backend: Process) -> dict[str, str]:
     }
 
 
-def test_python_client_example(backend: Process, tmp_path: Path) -> None:
-    script = tmp_path / "client_example.py"
-    script.write_text(example("client-example"))
+def run_python_example(tag: str, backend: Process, tmp_path: Path) -> str:
+    script = tmp_path / f"{tag}.py"
+    script.write_text(example(tag))
     out = subprocess.run(
         [sys.executable, str(script)],
         capture_output=True,
@@ -46,22 +46,17 @@ def test_python_client_example(backend: Process, tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
-    assert "smollm2-135m-instruct" in out.stdout and "Usage(" in out.stdout
+    return out.stdout
+
+
+def test_python_client_example(backend: Process, tmp_path: Path) -> None:
+    stdout = run_python_example("client-example", backend, tmp_path)
+    assert "smollm2-135m-instruct" in stdout and "Usage(" in stdout
 
 
 def test_grpc_example(backend: Process, tmp_path: Path) -> None:
-    script = tmp_path / "grpc_example.py"
-    script.write_text(example("grpc-example"))
-    out = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        env=env_for(backend),
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert out.returncode == 0, out.stderr
-    assert "STOP_REASON_" in out.stdout and "output_tokens" in out.stdout
+    stdout = run_python_example("grpc-example", backend, tmp_path)
+    assert "STOP_REASON_" in stdout and "output_tokens" in stdout
 
 
 def test_cli_example(backend: Process, base_url: str) -> None:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.conftest import API_KEY, ROOT, Process
+from tests.conftest import API_KEY, Process, run_cli
 
 pytestmark = pytest.mark.e2e
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
@@ -47,25 +44,8 @@ def test_cli_import_then_the_guide_request_works(
     checkpoint, backend: Process, base_url
 ):
     model_id = f"My-Llama-{uuid.uuid4().hex[:4]}"
-    env = {**os.environ, "TIGER_API_KEY": API_KEY}
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tiger_grpc.cli",
-            "--grpc",
-            f"127.0.0.1:{backend.port}",
-            "import",
-            str(checkpoint),
-            "--id",
-            model_id,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        cwd=ROOT,
-    )
+    where = ("--grpc", f"127.0.0.1:{backend.port}")
+    out = run_cli(*where, "import", str(checkpoint), "--id", model_id)
     assert out.returncode == 0, out.stderr
     assert "Exporting to ONNX with optimum" in out.stderr and "fused int4" in out.stderr
     assert f"imported {model_id.lower()}" in out.stdout
@@ -83,24 +63,7 @@ def test_cli_import_then_the_guide_request_works(
     )
     chunks = [json.loads(line) for line in reply.text.splitlines()]
     assert reply.status_code == 200 and chunks[-1]["type"] == "stop"
-    again = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tiger_grpc.cli",
-            "--grpc",
-            f"127.0.0.1:{backend.port}",
-            "import",
-            str(checkpoint),
-            "--id",
-            model_id,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        cwd=ROOT,
-    )
+    again = run_cli(*where, "import", str(checkpoint), "--id", model_id)
     assert again.returncode == 1 and "already exists" in again.stderr
 
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.conftest import API_KEY, TINY_MODEL_ID, process_env, start_process
+from tests.conftest import API_KEY, TINY_MODEL_ID, process_env, stack, start_process
 from tiger_grpc.pb.tiger.v1 import tiger_pb2 as pb
 from tiger_grpc.pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
 
@@ -93,47 +93,23 @@ async def test_mutual_tls_between_gateway_and_server(
     store_home, tiny_model, tmp_path
 ) -> None:
     pki = make_pki(tmp_path)
-    env = process_env(store_home)
-    server = start_process(
-        [
-            "tiger_grpc.server",
-            "--port",
-            "0",
-            "--host",
-            "127.0.0.1",
-            "--no-prepare",
-            "--tls-cert",
-            str(pki / "server.pem"),
-            "--tls-key",
-            str(pki / "server.key"),
-            "--tls-client-ca",
-            str(pki / "ca.pem"),
-        ],
-        tmp_path,
-        "tls-server",
-        env,
+    server_tls = (
+        "--tls-cert",
+        str(pki / "server.pem"),
+        "--tls-key",
+        str(pki / "server.key"),
+        "--tls-client-ca",
+        str(pki / "ca.pem"),
     )
-    gateway = start_process(
-        [
-            "gateway.main",
-            "--port",
-            "0",
-            "--host",
-            "127.0.0.1",
-            "--grpc-target",
-            f"localhost:{server.port}",
-            "--grpc-tls-ca",
-            str(pki / "ca.pem"),
-            "--grpc-tls-cert",
-            str(pki / "client.pem"),
-            "--grpc-tls-key",
-            str(pki / "client.key"),
-        ],
-        tmp_path,
-        "tls-gateway",
-        env,
+    gateway_tls = (
+        "--grpc-tls-ca",
+        str(pki / "ca.pem"),
+        "--grpc-tls-cert",
+        str(pki / "client.pem"),
+        "--grpc-tls-key",
+        str(pki / "client.key"),
     )
-    try:
+    with stack(store_home, tmp_path, server_tls, gateway_tls) as (server, gateway):
         assert await generate(f"http://127.0.0.1:{gateway.port}") == 200
         request = pb.ListModelsRequest()
         auth = (("authorization", f"Bearer {API_KEY}"),)
@@ -151,9 +127,6 @@ async def test_mutual_tls_between_gateway_and_server(
                 await pb_grpc.TigerStub(channel).ListModels(
                     request, metadata=auth, timeout=5
                 )
-    finally:
-        gateway.stop()
-        server.stop()
 
 
 async def test_two_backends_one_dies_requests_still_succeed(

@@ -72,6 +72,27 @@ def _is_number(value: Any) -> bool:
     return _is_int(value) or isinstance(value, float)
 
 
+# JSON field kinds: what the value must be, how it reads in messages, and the
+# Python value it becomes.
+_KINDS: dict[str, tuple[Any, str, Any]] = {
+    "boolean": (lambda v: isinstance(v, bool), "a boolean", lambda v: v),
+    "string": (lambda v: isinstance(v, str), "a string", lambda v: v),
+    "integer": (_is_int, "an integer", _as_int),
+    "number": (_is_number, "a number", lambda v: _as_float32(float(v))),
+}
+
+
+def _optional(source: dict[str, Any], name: str, kind: str, label: str = "") -> Any:
+    """`source[name]` checked and converted as `kind`, or None when absent or null."""
+    value = source.get(name)
+    if value is None:
+        return None
+    check, expected, convert = _KINDS[kind]
+    if not check(value):
+        raise _wrong_type(label or name, expected, value)
+    return convert(value)
+
+
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
@@ -130,22 +151,17 @@ def parse_generate_body(body: Any) -> GenerateParams:
         "messages": _messages_from_json(body["messages"]),
     }
 
-    def optional(name: str, check: Any, expected: str) -> None:
-        value = body.get(name)
-        if value is None:
-            return
-        if not check(value):
-            raise _wrong_type(name, expected, value)
-        kwargs[name] = (
-            _as_float32(float(value)) if expected == "a number" else _as_int(value)
-        )
-
-    optional("stream", lambda v: isinstance(v, bool), "a boolean")
-    optional("max_tokens", _is_int, "an integer")
-    optional("temperature", _is_number, "a number")
-    optional("top_p", _is_number, "a number")
-    optional("top_k", _is_int, "an integer")
-    optional("seed", _is_int, "an integer")
+    for name, kind in (
+        ("stream", "boolean"),
+        ("max_tokens", "integer"),
+        ("temperature", "number"),
+        ("top_p", "number"),
+        ("top_k", "integer"),
+        ("seed", "integer"),
+    ):
+        value = _optional(body, name, kind)
+        if value is not None:
+            kwargs[name] = value
     stops = body.get("stop_sequences")
     if stops is not None:
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
@@ -263,31 +279,21 @@ def parse_train_body(body: Any) -> TrainParams:
         "output_model": body["output_model"],
         "examples": tuple(parsed),
     }
-    stream = body.get("stream")
-    if stream is not None:
-        if not isinstance(stream, bool):
-            raise _wrong_type("stream", "a boolean", stream)
+    if (stream := _optional(body, "stream", "boolean")) is not None:
         kwargs["stream"] = stream
     hyper = body.get("hyperparameters")
     if hyper is not None:
         if not isinstance(hyper, dict):
             raise _wrong_type("hyperparameters", "an object", hyper)
-        for name in ("epochs", "max_steps", "batch_size", "lora_rank", "seed"):
-            value = hyper.get(name)
+        kinds = {
+            name: "integer"
+            for name in ("epochs", "max_steps", "batch_size", "lora_rank", "seed")
+        }
+        kinds.update(learning_rate="number", method="string")
+        for name, kind in kinds.items():
+            value = _optional(hyper, name, kind, f"hyperparameters.{name}")
             if value is not None:
-                if not _is_int(value):
-                    raise _wrong_type(f"hyperparameters.{name}", "an integer", value)
-                kwargs[name] = _as_int(value)
-        if hyper.get("learning_rate") is not None:
-            if not _is_number(hyper["learning_rate"]):
-                raise _wrong_type(
-                    "hyperparameters.learning_rate", "a number", hyper["learning_rate"]
-                )
-            kwargs["learning_rate"] = _as_float32(float(hyper["learning_rate"]))
-        if hyper.get("method") is not None:
-            if not isinstance(hyper["method"], str):
-                raise _wrong_type("hyperparameters.method", "a string", hyper["method"])
-            kwargs["method"] = hyper["method"]
+                kwargs[name] = value
     params = TrainParams(**kwargs)
     check_train_params(params)
     return params
