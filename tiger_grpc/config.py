@@ -13,6 +13,7 @@ from typing import Any
 DEFAULT_GRPC_PORT = 50051
 DEFAULT_HTTP_PORT = 45678
 API_KEY_FILE = "api_key"
+CUDA_KV_CACHE_GB = 16.0  # default KV cache cap per model on a GPU
 
 
 class Device(enum.Enum):
@@ -64,6 +65,8 @@ class EngineOptions:
     max_batch: int = 16  # sequences decoded together (fused graphs)
     max_queued: int = 64  # waiting for a slot before RESOURCE_EXHAUSTED
     max_context: int | None = None  # caps the KV cache per sequence
+    # Caps each model's KV cache (GiB; None: none on CPU, CUDA_KV_CACHE_GB on CUDA).
+    kv_cache_gb: float | None = None
     default_max_tokens: int = 1024
 
 

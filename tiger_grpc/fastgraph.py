@@ -1,25 +1,34 @@
-"""The fast CPU graph: a fused Llama decoder for ONNX Runtime, int8, int4 or fp32.
+"""The fast graph: a fused Llama decoder for ONNX Runtime, int8, int4, fp16 or fp32.
 
 Built from the same HF weights as the optimum export, with ONNX Runtime's fused
 contrib ops: `GroupQueryAttention` (rotary embedding inside, and a KV cache that is
 updated in place in a fixed-size buffer, so no step copies the cache), packed QKV
 and gate/up projections, `SkipSimplifiedLayerNormalization`, and logits for the last
 position only. ORT's own `MatMulNBits` quantizer then turns the projections and the
-LM head into int4 blocks. This is the graph shape of onnxruntime-genai's builder.
+LM head into int8 or int4 blocks (the CPU graphs); fp16 is the CUDA graph, where
+every activation and the KV cache are fp16. This is the graph shape of
+onnxruntime-genai's builder.
 
 Inputs: `input_ids` (batch, seq) int64, `seqlens_k` (batch,) int32 (tokens in the
 cache after this step, minus one), `total_sequence_length` () int32 (the largest of
 those plus one), `past_key_values.<i>.{key,value}` (batch, kv_heads, max_len,
-head_dim). Outputs: `logits` (batch, vocab) for each row's last position, and
-`present.<i>.{key,value}`, which the caller binds to the same buffers as the past.
+head_dim) in the graph's float type. Outputs: `logits` (batch, vocab) float32 for
+each row's last position, and `present.<i>.{key,value}`, which the caller binds to
+the same buffers as the past.
+
+Weights are written to the external data file one tensor at a time as the graph is
+built, so an 8B checkpoint never sits in memory twice.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import onnx
@@ -34,10 +43,60 @@ FORMAT = "tiger-gqa-v1"  # what the manifest records for graphs made here
 BLOCK_SIZE = 32
 # accuracy_level 4: int8 activations in MatMulNBits, the fast path on CPU.
 ACCURACY_LEVEL = 4
-# Weight precision -> quantized bits (None: fp32). int4 is the default and the
-# fastest; int8 stays closer to fp32 (on the embedded model, top-1 agreement with
-# fp32 of ~93% against ~73% for int4; see tests/test_quality.py) at ~3/4 the speed.
-PRECISION_BITS: dict[str, int | None] = {"int8": 8, "int4": 4, "fp32": None}
+# Weight precision -> (quantized bits or None, float type of activations and cache).
+# int4 is the CPU default and the fastest there; int8 stays closer to fp32 (on the
+# embedded model, top-1 agreement with fp32 of ~93% against ~73% for int4; see
+# tests/test_quality.py) at ~3/4 the speed. fp16 is the CUDA graph.
+PRECISIONS: dict[str, tuple[int | None, type]] = {
+    "int8": (8, np.float32),
+    "int4": (4, np.float32),
+    "fp16": (None, np.float16),
+    "fp32": (None, np.float32),
+}
+_ONNX_FLOAT = {np.float32: TensorProto.FLOAT, np.float16: TensorProto.FLOAT16}
+_INLINE_BYTES = 1024  # smaller initializers stay inside the graph file
+
+Tensors = Callable[[str], np.ndarray]  # HF parameter name -> its array
+
+
+@dataclass(frozen=True)
+class LlamaShape:
+    """What the graph needs to know of a Llama config."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    eps: float
+    max_len: int
+    tied: bool
+
+    @classmethod
+    def of(cls, config: Any) -> LlamaShape:
+        if config.model_type != "llama":
+            raise ValueError(
+                f"the fused graph supports Llama models, not {config.model_type}"
+            )
+        if getattr(config, "attention_bias", False) or getattr(
+            config, "mlp_bias", False
+        ):
+            raise ValueError("the fused graph supports Llama models without biases")
+        heads = config.num_attention_heads
+        return cls(
+            hidden=config.hidden_size,
+            intermediate=config.intermediate_size,
+            layers=config.num_hidden_layers,
+            heads=heads,
+            kv_heads=config.num_key_value_heads,
+            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            vocab=config.vocab_size,
+            eps=float(config.rms_norm_eps),
+            max_len=int(config.max_position_embeddings),
+            tied=bool(getattr(config, "tie_word_embeddings", False)),
+        )
 
 
 def _rope_tables(config: Any, max_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -60,17 +119,38 @@ def _rope_tables(config: Any, max_len: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Graph:
-    """A small helper over onnx.helper that names things and keeps initializers."""
+    """A small helper over onnx.helper that names things and streams initializers
+    into the external data file as they come."""
 
-    def __init__(self) -> None:
+    def __init__(self, data: BinaryIO, location: str) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._count = 0
+        self._data = data
+        self._location = location
 
     def weight(self, name: str, array: np.ndarray) -> str:
-        self.initializers.append(
-            numpy_helper.from_array(np.ascontiguousarray(array), name)
+        array = np.ascontiguousarray(array)
+        if array.nbytes < _INLINE_BYTES:
+            self.initializers.append(numpy_helper.from_array(array, name))
+            return name
+        tensor = TensorProto(
+            name=name,
+            dims=array.shape,
+            data_type=helper.np_dtype_to_tensor_dtype(array.dtype),
         )
+        offset = self._data.seek(0, 2)
+        padding = -offset % 4096  # page-aligned, so ORT can map the weights
+        self._data.write(b"\0" * padding)
+        self._data.write(memoryview(array).cast("B"))
+        for key, value in (
+            ("location", self._location),
+            ("offset", str(offset + padding)),
+            ("length", str(array.nbytes)),
+        ):
+            tensor.external_data.add(key=key, value=value)
+        tensor.data_location = TensorProto.EXTERNAL
+        self.initializers.append(tensor)
         return name
 
     def op(
@@ -93,144 +173,253 @@ class _Graph:
         return outputs
 
 
-def build_fused_llama(
-    hf_dir: Path, out_path: Path, max_len: int | None = None
-) -> dict[str, Any]:
-    """Writes the fp32 fused graph for the Llama checkpoint in `hf_dir`; returns its facts."""
+def checkpoint_tensors(hf_dir: Path) -> Tensors:
+    """Reads a checkpoint's tensors one at a time (safetensors), or through
+    transformers for other formats."""
+    files = sorted(hf_dir.glob("*.safetensors"))
+    if not files:
+        with IMPORT_LOCK:
+            import torch
+            from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+        state = model.state_dict()
+        return lambda name: state[name].detach().float().numpy()
+
     with IMPORT_LOCK:
         import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from safetensors import safe_open
+
+    where: dict[str, Path] = {}
+    index = hf_dir / "model.safetensors.index.json"
+    if index.is_file():
+        for name, file in json.loads(index.read_text())["weight_map"].items():
+            where[name] = hf_dir / file
+    else:
+        for file in files:
+            with safe_open(file, framework="pt") as handle:
+                where.update(dict.fromkeys(handle.keys(), file))
+
+    def read(name: str) -> np.ndarray:
+        with safe_open(where[name], framework="pt") as handle:
+            return handle.get_tensor(name).to(torch.float32).numpy()
+
+    return read
+
+
+def random_tensors(shape: LlamaShape, seed: int = 0) -> Tensors:
+    """Weights of the right shapes with random values (for timing: speed does not
+    depend on the values). Every tensor is a window on one random pool."""
+    pool = np.random.default_rng(seed).standard_normal(1 << 24, np.float32) * 0.02
+    h, kv = shape.hidden, shape.kv_heads * shape.head_dim
+    q = shape.heads * shape.head_dim
+
+    def shape_of(name: str) -> tuple[int, ...]:
+        if name in ("model.embed_tokens.weight", "lm_head.weight"):
+            return (shape.vocab, h)
+        part = name.rsplit(".", 2)[-2]
+        return {
+            "input_layernorm": (h,),
+            "post_attention_layernorm": (h,),
+            "norm": (h,),
+            "q_proj": (q, h),
+            "k_proj": (kv, h),
+            "v_proj": (kv, h),
+            "o_proj": (h, q),
+            "gate_proj": (shape.intermediate, h),
+            "up_proj": (shape.intermediate, h),
+            "down_proj": (h, shape.intermediate),
+        }[part]
+
+    def read(name: str) -> np.ndarray:
+        dims = shape_of(name)
+        if len(dims) == 1:
+            return np.ones(dims, np.float32)
+        size = int(np.prod(dims))
+        reps = -(-size // pool.size)
+        flat = np.tile(pool, reps)[:size] if reps > 1 else pool[:size]
+        return flat.reshape(dims)
+
+    return read
+
+
+def build_fused_llama(
+    hf_dir: Path,
+    out_path: Path,
+    dtype: type = np.float32,
+    max_len: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Writes the fused graph of the Llama checkpoint in `hf_dir`; returns its facts."""
+    with IMPORT_LOCK:
+        from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(hf_dir)
-    if config.model_type != "llama":
-        raise ValueError(
-            f"the fused graph supports Llama models, not {config.model_type}"
-        )
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
-    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    hidden, heads = config.hidden_size, config.num_attention_heads
-    kv_heads = config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
-    eps = float(config.rms_norm_eps)
-    max_len = max_len or int(config.max_position_embeddings)
+    LlamaShape.of(config)  # unsupported models fail before anything is read
+    return build_fused_graph(
+        config, checkpoint_tensors(hf_dir), out_path, dtype, max_len, progress
+    )
+
+
+def build_fused_graph(
+    config: Any,
+    tensors: Tensors,
+    out_path: Path,
+    dtype: type = np.float32,
+    max_len: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Writes the fused graph of a Llama `config` with weights from `tensors`;
+    `progress(layers_done, layers)` is called after each layer."""
+    s = LlamaShape.of(config)
+    max_len = max_len or s.max_len
+    float_type = _ONNX_FLOAT[dtype]
     cos, sin = _rope_tables(config, max_len)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    location = out_path.name + ".data"
+    with open(out_path.parent / location, "wb") as data:
+        g = _Graph(data, location)
 
-    g = _Graph()
-    cos_name, sin_name = g.weight("cos_cache", cos), g.weight("sin_cache", sin)
-    embed = g.weight("embed_tokens", state["model.embed_tokens.weight"])
-    (x,) = g.op("Gather", [embed, "input_ids"], name="embed")
-    residual: str | None = None
-    pending = x  # output of the previous block, not yet added to the residual
-    inputs, outputs = [], []
+        def param(name: str) -> np.ndarray:
+            return tensors(name).astype(dtype, copy=False)
 
-    def norm(value: str, weight_key: str, name: str) -> str:
-        nonlocal residual
-        weight = g.weight(weight_key, state[weight_key])
-        if residual is None:
-            (out,) = g.op(
-                "SimplifiedLayerNormalization",
-                [value, weight],
+        cos_name = g.weight("cos_cache", cos.astype(dtype))
+        sin_name = g.weight("sin_cache", sin.astype(dtype))
+        embed = g.weight("embed_tokens", param("model.embed_tokens.weight"))
+        (x,) = g.op("Gather", [embed, "input_ids"], name="embed")
+        residual: str | None = None
+        pending = x  # output of the previous block, not yet added to the residual
+        inputs, outputs = [], []
+
+        def norm(value: str, weight_key: str, name: str) -> str:
+            nonlocal residual
+            weight = g.weight(weight_key, param(weight_key))
+            if residual is None:
+                (out,) = g.op(
+                    "SimplifiedLayerNormalization",
+                    [value, weight],
+                    name=name,
+                    axis=-1,
+                    epsilon=s.eps,
+                    stash_type=1,
+                )
+                residual = value
+                return out
+            out, _, _, summed = g.op(
+                "SkipSimplifiedLayerNormalization",
+                [value, residual, weight],
+                n_out=4,
+                domain=MS,
                 name=name,
-                axis=-1,
-                epsilon=eps,
-                stash_type=1,
+                epsilon=s.eps,
             )
-            residual = value
+            residual = summed
             return out
-        out, _, _, summed = g.op(
-            "SkipSimplifiedLayerNormalization",
-            [value, residual, weight],
-            n_out=4,
-            domain=MS,
-            name=name,
-            epsilon=eps,
-        )
-        residual = summed
-        return out
 
-    def linear(value: str, keys: list[str], name: str) -> str:
-        weight = np.concatenate([state[k] for k in keys], axis=0).T  # (in, out)
-        (out,) = g.op("MatMul", [value, g.weight(f"{name}.weight", weight)], name=name)
-        return out
+        def linear(value: str, keys: list[str], name: str) -> str:
+            parts = [param(k) for k in keys]
+            weight = (parts[0] if len(parts) == 1 else np.concatenate(parts)).T
+            (out,) = g.op(
+                "MatMul", [value, g.weight(f"{name}.weight", weight)], name=name
+            )
+            return out
 
-    for i in range(config.num_hidden_layers):
-        p = f"model.layers.{i}"
-        h = norm(pending, f"{p}.input_layernorm.weight", f"layers.{i}.input_norm")
-        qkv = linear(
-            h, [f"{p}.self_attn.{n}_proj.weight" for n in "qkv"], f"layers.{i}.qkv_proj"
-        )
-        past_k, past_v = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
-        present_k, present_v = f"present.{i}.key", f"present.{i}.value"
-        attn_node = helper.make_node(
-            "GroupQueryAttention",
-            [
-                qkv,
-                "",
-                "",
-                past_k,
-                past_v,
-                "seqlens_k",
-                "total_sequence_length",
-                cos_name,
-                sin_name,
-            ],
-            [f"layers.{i}.attn/out", present_k, present_v],
-            name=f"layers.{i}.attn",
-            domain=MS,
-            num_heads=heads,
-            kv_num_heads=kv_heads,
-            scale=1.0 / math.sqrt(head_dim),
-            do_rotary=1,
-            rotary_interleaved=0,
-        )
-        g.nodes.append(attn_node)
-        o = linear(
-            f"layers.{i}.attn/out",
-            [f"{p}.self_attn.o_proj.weight"],
-            f"layers.{i}.o_proj",
-        )
-        h = norm(o, f"{p}.post_attention_layernorm.weight", f"layers.{i}.post_norm")
-        gate_up = linear(
-            h,
-            [f"{p}.mlp.gate_proj.weight", f"{p}.mlp.up_proj.weight"],
-            f"layers.{i}.gate_up_proj",
-        )
-        gate, up = g.op(
-            "Split",
-            [gate_up],
-            n_out=2,
-            axis=-1,
-            num_outputs=2,
-            name=f"layers.{i}.split",
-        )
-        (sig,) = g.op("Sigmoid", [gate], name=f"layers.{i}.sigmoid")
-        (silu,) = g.op("Mul", [gate, sig], name=f"layers.{i}.silu")
-        (act,) = g.op("Mul", [silu, up], name=f"layers.{i}.act")
-        pending = linear(act, [f"{p}.mlp.down_proj.weight"], f"layers.{i}.down_proj")
-        shape = ["batch", kv_heads, "max_length", head_dim]
-        inputs += [
-            helper.make_tensor_value_info(n, TensorProto.FLOAT, shape)
-            for n in (past_k, past_v)
-        ]
-        outputs += [
-            helper.make_tensor_value_info(n, TensorProto.FLOAT, shape)
-            for n in (present_k, present_v)
-        ]
+        for i in range(s.layers):
+            p = f"model.layers.{i}"
+            h = norm(pending, f"{p}.input_layernorm.weight", f"layers.{i}.input_norm")
+            qkv = linear(
+                h,
+                [f"{p}.self_attn.{n}_proj.weight" for n in "qkv"],
+                f"layers.{i}.qkv_proj",
+            )
+            past_k, past_v = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
+            present_k, present_v = f"present.{i}.key", f"present.{i}.value"
+            g.nodes.append(
+                helper.make_node(
+                    "GroupQueryAttention",
+                    [
+                        qkv,
+                        "",
+                        "",
+                        past_k,
+                        past_v,
+                        "seqlens_k",
+                        "total_sequence_length",
+                        cos_name,
+                        sin_name,
+                    ],
+                    [f"layers.{i}.attn/out", present_k, present_v],
+                    name=f"layers.{i}.attn",
+                    domain=MS,
+                    num_heads=s.heads,
+                    kv_num_heads=s.kv_heads,
+                    scale=1.0 / math.sqrt(s.head_dim),
+                    do_rotary=1,
+                    rotary_interleaved=0,
+                )
+            )
+            o = linear(
+                f"layers.{i}.attn/out",
+                [f"{p}.self_attn.o_proj.weight"],
+                f"layers.{i}.o_proj",
+            )
+            h = norm(o, f"{p}.post_attention_layernorm.weight", f"layers.{i}.post_norm")
+            gate_up = linear(
+                h,
+                [f"{p}.mlp.gate_proj.weight", f"{p}.mlp.up_proj.weight"],
+                f"layers.{i}.gate_up_proj",
+            )
+            gate, up = g.op(
+                "Split",
+                [gate_up],
+                n_out=2,
+                axis=-1,
+                num_outputs=2,
+                name=f"layers.{i}.split",
+            )
+            (sig,) = g.op("Sigmoid", [gate], name=f"layers.{i}.sigmoid")
+            (silu,) = g.op("Mul", [gate, sig], name=f"layers.{i}.silu")
+            (act,) = g.op("Mul", [silu, up], name=f"layers.{i}.act")
+            pending = linear(
+                act, [f"{p}.mlp.down_proj.weight"], f"layers.{i}.down_proj"
+            )
+            if progress is not None:
+                progress(i + 1, s.layers)
+            shape = ["batch", s.kv_heads, "max_length", s.head_dim]
+            inputs += [
+                helper.make_tensor_value_info(n, float_type, shape)
+                for n in (past_k, past_v)
+            ]
+            outputs += [
+                helper.make_tensor_value_info(n, float_type, shape)
+                for n in (present_k, present_v)
+            ]
 
-    final = norm(pending, "model.norm.weight", "final_norm")
-    # Only the last position's logits are ever used: slice before the LM head.
-    starts, ends = (
-        g.weight("last_start", np.array([-1], np.int64)),
-        g.weight("last_end", np.array([2**62], np.int64)),
-    )
-    axes = g.weight("seq_axis", np.array([1], np.int64))
-    (last,) = g.op("Slice", [final, starts, ends, axes], name="last_position")
-    (squeezed,) = g.op("Squeeze", [last, axes], name="squeeze_last")
-    lm_weight = state.get("lm_head.weight", state["model.embed_tokens.weight"])
-    (logits,) = g.op(
-        "MatMul", [squeezed, g.weight("lm_head.weight", lm_weight.T)], name="lm_head"
-    )
-    g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits"))
+        final = norm(pending, "model.norm.weight", "final_norm")
+        # Only the last position's logits are ever used: slice before the LM head.
+        starts, ends = (
+            g.weight("last_start", np.array([-1], np.int64)),
+            g.weight("last_end", np.array([2**62], np.int64)),
+        )
+        axes = g.weight("seq_axis", np.array([1], np.int64))
+        (last,) = g.op("Slice", [final, starts, ends, axes], name="last_position")
+        (squeezed,) = g.op("Squeeze", [last, axes], name="squeeze_last")
+        lm_key = "model.embed_tokens.weight" if s.tied else "lm_head.weight"
+        (logits,) = g.op(
+            "MatMul",
+            [squeezed, g.weight("lm_head.weight", param(lm_key).T)],
+            name="lm_head",
+        )
+        if dtype is np.float32:
+            g.nodes.append(
+                helper.make_node("Identity", [logits], ["logits"], name="logits")
+            )
+        else:  # sampling wants float32 logits
+            g.nodes.append(
+                helper.make_node(
+                    "Cast", [logits], ["logits"], name="logits", to=TensorProto.FLOAT
+                )
+            )
 
     graph = helper.make_graph(
         g.nodes,
@@ -247,7 +436,7 @@ def build_fused_llama(
         ],
         [
             helper.make_tensor_value_info(
-                "logits", TensorProto.FLOAT, ["batch", config.vocab_size]
+                "logits", TensorProto.FLOAT, ["batch", s.vocab]
             ),
             *outputs,
         ],
@@ -259,12 +448,12 @@ def build_fused_llama(
         producer_name="tiger",
     )
     model_proto.ir_version = 10
-    _save(model_proto, out_path)
+    onnx.save_model(model_proto, str(out_path))
     return {
         "max_length": max_len,
-        "kv_heads": kv_heads,
-        "head_dim": head_dim,
-        "layers": config.num_hidden_layers,
+        "kv_heads": s.kv_heads,
+        "head_dim": s.head_dim,
+        "layers": s.layers,
     }
 
 

@@ -1,20 +1,23 @@
 """Importing a local Hugging Face Llama checkpoint as a served model.
 
 The checkpoint is copied (hard-linked where the file system allows) into a scratch
-directory of the store, exported with optimum (fp16 for CUDA; fp32 plus the fused
-int4 graph for CPU), and renamed into place: a failed import leaves nothing behind.
-Weights over 2 GB are kept as external data next to each `model.onnx`.
+directory of the store, exported with optimum (fp16 on the GPU for CUDA, fp32 for
+CPU), given the fused graph the batched engine serves (fp16 for CUDA, int4 for
+CPU), and renamed into place: a failed import leaves nothing behind. Weights over
+2 GB are kept as external data next to each `model.onnx`. Long phases report
+progress: the fused graph layer by layer, the optimum export with a heartbeat.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 from .config import Device
@@ -24,6 +27,7 @@ from .errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
 from .imports import IMPORT_LOCK
 from .prepare import (
     build_fast_graph,
+    default_precision,
     end_of_turn_ids,
     export_onnx,
     quiet_third_party_warnings,
@@ -32,6 +36,7 @@ from .store import ModelManifest, ModelStore, canonical_id
 from .validation import MODEL_ID_PATTERN
 
 ImportEvent = Info | Imported
+HEARTBEAT_S = 15.0
 
 
 def check_checkpoint(path: Path) -> dict:
@@ -66,6 +71,54 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+@contextlib.contextmanager
+def heartbeat(
+    emit: Callable[[ImportEvent], None], what: str, every_s: float = HEARTBEAT_S
+) -> Iterator[None]:
+    """Says `what` now, then how long it has been running every `every_s` seconds."""
+    emit(Info(what))
+    started = time.monotonic()
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(every_s):
+            emit(Info(f"{what}: {time.monotonic() - started:.0f}s so far"))
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def layer_progress(
+    emit: Callable[[ImportEvent], None], what: str, every_s: float = HEARTBEAT_S
+) -> Callable[[int, int], None]:
+    """A `progress(done, total)` that reports at most every `every_s` (and at the end)."""
+    last = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        nonlocal last
+        if done == total or time.monotonic() - last >= every_s:
+            last = time.monotonic()
+            emit(Info(f"{what}: layer {done}/{total}"))
+
+    return progress
+
+
+def export_settings(cuda: bool) -> tuple[str, str]:
+    """(dtype, device) of the optimum export: fp16 on the GPU for CUDA when PyTorch
+    can use it (optimum exports fp16 only there), fp32 on the CPU otherwise."""
+    if cuda:
+        with IMPORT_LOCK:
+            import torch
+        if torch.cuda.is_available():
+            return "fp16", "cuda"
+    return "fp32", "cpu"
+
+
 def run_import(
     source: Path,
     out_id: str,
@@ -80,6 +133,7 @@ def run_import(
     started = time.monotonic()
     config = check_checkpoint(source)
     cuda = choose_providers(device)[0] == CUDA
+    precision = default_precision(device)
     with store.lock(out_id), store.staging(out_id) as scratch:
         emit(Info(f"Copying {source} into the model store"))
         shutil.copytree(source, scratch / "hf", copy_function=_link_or_copy)
@@ -88,24 +142,23 @@ def run_import(
             generation = GenerationConfig.from_pretrained(scratch / "hf")
         except OSError:
             generation = GenerationConfig(eos_token_id=config.get("eos_token_id"))
-        dtype = "fp16" if cuda else "fp32"
-        emit(
-            Info(
-                f"Exporting to ONNX with optimum ({dtype}, {'CUDA' if cuda else 'CPU'}); "
-                "a large model takes a while"
+        dtype, export_device = export_settings(cuda)
+        if cuda and export_device == "cpu":
+            emit(Info("PyTorch here has no CUDA: the optimum export runs on the CPU"))
+        what = f"Exporting to ONNX with optimum ({dtype} on {export_device.upper()})"
+        with heartbeat(emit, what):
+            export_onnx(
+                scratch / "hf", scratch / "onnx", dtype=dtype, device=export_device
             )
-        )
-        export_onnx(
+        what = f"Building the fused {precision} graph for the {'CUDA' if cuda else 'CPU'} engine"
+        emit(Info(what))
+        build_fast_graph(
             scratch / "hf",
-            scratch / "onnx",
-            dtype=dtype,
-            device="cuda" if cuda else "cpu",
+            scratch / f"fast-{precision}",
+            precision,
+            layer_progress(emit, what),
         )
-        graphs = {}
-        if not cuda:
-            emit(Info("Building the fused int4 graph for the CPU engine"))
-            build_fast_graph(scratch / "hf", scratch / "fast-int4", "int4")
-            graphs["int4"] = "fast-int4/model.onnx"
+        graphs = {precision: f"fast-{precision}/model.onnx"}
         emit(Info(f"Registering {out_id}"))
         ModelManifest(
             id=out_id,

@@ -17,11 +17,12 @@ from types import FrameType
 from .config import (
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
+    Device,
     default_home,
     env_int,
     resolve_api_key,
 )
-from .prepare import DEFAULT_MODEL_ID, DEFAULT_PRECISION, ensure_default_model
+from .prepare import DEFAULT_MODEL_ID, default_precision, ensure_default_model
 from .store import ModelStore
 
 READY_TIMEOUT_S = 180.0
@@ -65,9 +66,8 @@ def main() -> int:
     home = default_home(env)
     api_key = resolve_api_key(home, env)
     started = time.monotonic()
-    ensure_default_model(
-        ModelStore(home), env.get("TIGER_PRECISION", DEFAULT_PRECISION)
-    )
+    device = Device(env.get("TIGER_DEVICE", "auto"))
+    ensure_default_model(ModelStore(home), default_precision(device))
     env.update(TIGER_HOME=str(home), TIGER_API_KEY=api_key, PYTHONUNBUFFERED="1")
     grpc_port = env_int(env, "TIGER_GRPC_PORT", DEFAULT_GRPC_PORT)
     http_port = env_int(env, "TIGER_HTTP_PORT", DEFAULT_HTTP_PORT)

@@ -22,10 +22,13 @@ from .engine.stopping import StopSequenceMatcher, TokenStopper
 from .engine.types import Delta, Event, Failure, Info, Stop
 from .errors import InvalidArgument, NotFound, Unavailable
 from .imports import IMPORT_LOCK
+from .prepare import default_precision
 from .store import ModelManifest, ModelStore, canonical_id
 from .validation import GenerateParams
 
 log = logging.getLogger(__name__)
+
+FALLBACK = ("fp32", "fp16", "int8", "int4")  # graphs in order of fidelity
 
 
 @dataclass
@@ -55,11 +58,18 @@ class LoadedModel:
         self.manifest = manifest
         self.tokenizer = tokenizer
         graphs = manifest.fast_graphs
-        fast = graphs.get(options.precision) or next(iter(graphs.values()), None)
+        # The configured precision, else the device's own (fp16 on CUDA), else the
+        # closest to the weights the model has.
+        preference = (options.precision, default_precision(options.device), *FALLBACK)
+        fast = next((graphs[p] for p in preference if p in graphs), None)
         self.scheduler: Scheduler | BatchScheduler
         if fast is not None:
             fused = FusedCausalLM(
-                directory / fast, options.device, options.max_batch, options.max_context
+                directory / fast,
+                options.device,
+                options.max_batch,
+                options.max_context,
+                cache_gb=options.kv_cache_gb,
             )
             self.provider, self.max_len = fused.provider, fused.max_len
             self.graph = fast
@@ -193,6 +203,13 @@ class ModelRegistry:
         async for info in self._load(manifest):
             yield info
         model = self._loaded[manifest.id]
+        if len(prompt_ids) >= model.max_len:  # a KV cache budget can be shorter
+            raise InvalidArgument(
+                f"the prompt is {len(prompt_ids)} tokens after the chat template; "
+                f"{manifest.id} fits at most {model.max_len - 1} prompt tokens "
+                f"in its KV cache here"
+            )
+        room = min(room, model.max_len - len(prompt_ids))
         max_tokens = min(params.max_tokens or self.options.default_max_tokens, room)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()

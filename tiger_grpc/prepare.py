@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .config import default_home
+from .config import Device, default_home
 from .imports import IMPORT_LOCK
 from .store import ModelManifest, ModelStore
 
@@ -39,8 +39,8 @@ END_OF_TURN_TOKENS = (
     "</s>",
 )
 
-PRECISIONS = ("int8", "int4", "fp32")
-DEFAULT_PRECISION = "int4"
+PRECISIONS = ("int8", "int4", "fp16", "fp32")
+DEFAULT_PRECISION = "int4"  # on CPU; CUDA serves fp16 (see default_precision)
 Progress = Callable[[str], None]
 
 
@@ -58,6 +58,15 @@ def quiet_third_party_warnings() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+
+
+def default_precision(device: Device = Device.AUTO) -> str:
+    """TIGER_PRECISION, else fp16 where the CUDA provider will run, else int4."""
+    from .engine.onnx_model import CUDA, choose_providers
+
+    if os.environ.get("TIGER_PRECISION"):
+        return os.environ["TIGER_PRECISION"]
+    return "fp16" if choose_providers(device)[0] == CUDA else DEFAULT_PRECISION
 
 
 def find_gguf() -> Path:
@@ -174,17 +183,25 @@ def ensure_default_model(
         return manifest
 
 
-def build_fast_graph(hf_dir: Path, out_dir: Path, precision: str) -> None:
-    """Writes the fused graph of a Llama checkpoint to `out_dir/model.onnx`."""
-    from .fastgraph import PRECISION_BITS, build_fused_llama, quantize
+def build_fast_graph(
+    hf_dir: Path,
+    out_dir: Path,
+    precision: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Writes the fused graph of a Llama checkpoint to `out_dir/model.onnx`;
+    `progress(layers_done, layers)` follows the build."""
+    from . import fastgraph
 
-    bits = PRECISION_BITS[precision]
+    bits, dtype = fastgraph.PRECISIONS[precision]
     if bits is None:
-        build_fused_llama(hf_dir, out_dir / "model.onnx")
+        fastgraph.build_fused_llama(
+            hf_dir, out_dir / "model.onnx", dtype, progress=progress
+        )
         return
     fp32 = out_dir / "fp32"
-    build_fused_llama(hf_dir, fp32 / "model.onnx")
-    quantize(fp32 / "model.onnx", out_dir / "model.onnx", bits)
+    fastgraph.build_fused_llama(hf_dir, fp32 / "model.onnx", dtype, progress=progress)
+    fastgraph.quantize(fp32 / "model.onnx", out_dir / "model.onnx", bits)
     shutil.rmtree(fp32)
 
 
@@ -208,13 +225,14 @@ def main() -> None:
         "--precision",
         choices=PRECISIONS,
         default=None,
-        help="weights of the fused graph (TIGER_PRECISION, default int4)",
+        help="weights of the fused graph (TIGER_PRECISION; default int4 on CPU, "
+        "fp16 on CUDA)",
     )
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    precision = args.precision or os.environ.get("TIGER_PRECISION", DEFAULT_PRECISION)
+    precision = args.precision or default_precision()
     manifest = ensure_default_model(ModelStore(args.home or default_home()), precision)
     print(f"{manifest.id}: ready")
 

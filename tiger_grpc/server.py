@@ -32,8 +32,8 @@ from .pb.tiger.v1 import tiger_pb2 as pb
 from .pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
 from .prepare import (
     DEFAULT_MODEL_ID,
-    DEFAULT_PRECISION,
     PRECISIONS,
+    default_precision,
     ensure_default_model,
 )
 from .process import add_process_arguments, until_terminated, write_port_file
@@ -182,8 +182,9 @@ def parse_config(argv: list[str] | None = None) -> tuple[ServerConfig, Path | No
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
-        default=env.get("TIGER_PRECISION", DEFAULT_PRECISION),
-        help="weights of the fused graph to serve (and prepare)",
+        default=env.get("TIGER_PRECISION") or None,
+        help="weights of the fused graph to serve (and prepare); "
+        "default int4 on CPU, fp16 on CUDA",
     )
     parser.add_argument(
         "--max-batch",
@@ -202,6 +203,13 @@ def parse_config(argv: list[str] | None = None) -> tuple[ServerConfig, Path | No
         type=int,
         default=env_int(env, "TIGER_MAX_CONTEXT", 0) or None,
         help="cap on prompt + output tokens per sequence",
+    )
+    parser.add_argument(
+        "--kv-cache-gb",
+        type=float,
+        default=float(env.get("TIGER_KV_CACHE_GB") or 0) or None,
+        help="cap on the KV cache of each model (GiB); shortens the longest "
+        "sequence to fit max-batch of them (default: no cap on CPU, 16 on CUDA)",
     )
     parser.add_argument(
         "--default-max-tokens",
@@ -250,7 +258,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[ServerConfig, Path | No
         port=args.port,
         engine=EngineOptions(
             device=Device(args.device),
-            precision=args.precision,
+            precision=args.precision or default_precision(Device(args.device)),
+            kv_cache_gb=args.kv_cache_gb,
             max_batch=args.max_batch,
             max_queued=args.max_queued,
             max_context=args.max_context,

@@ -43,8 +43,8 @@ def build_tiny_model(
     model_id: str = TINY_MODEL_ID,
     context_length: int = 4096,
 ) -> ModelManifest:
-    """A 2-layer random Llama with the real tokenizer: exported by optimum, with a fused
-    fp32 graph. Uses the embedded model's tokenizer, read straight from its GGUF file
+    """A 2-layer random Llama with the real tokenizer: exported by optimum, with fused
+    fp32 and fp16 graphs. Uses the embedded model's tokenizer, read straight from its GGUF file
     when `tokenizer_dir` is not given."""
     existing = store.get(model_id)
     if existing is not None:
@@ -86,7 +86,8 @@ def build_tiny_model(
             context_length=context_length,
             eos_token_ids=end_of_turn_ids(tokenizer, model.generation_config),
         ).write(scratch)
-    return add_fast_graph(store, model_id, "fp32")
+    add_fast_graph(store, model_id, "fp32")
+    return add_fast_graph(store, model_id, "fp16")
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,22 @@
-"""An ONNX Runtime session over Tiger's fused graph, with a slotted KV cache.
+"""An ONNX Runtime session over Tiger's fused graph, with a slotted KV cache that
+lives on the session's device.
 
-The cache is one buffer per layer and kind, (slots, kv_heads, max_len, head_dim).
-Sequence i of the running batch lives in slot i, so the first n slots are one
-contiguous block that a decode step binds as both the past and the present of the
-`GroupQueryAttention` nodes: the graph appends in place and nothing is copied per
-step. The buffers start `INITIAL_CAPACITY` positions long and double when a
-sequence needs more (up to the model's context), and shrink back when the engine is
-idle: `GroupQueryAttention` clears a slot's whole row when a prompt is written into
-it, so a buffer as long as the full context would cost every new slot hundreds of MB
-of page faults.
+The cache is one buffer per layer and kind, (slots, kv_heads, capacity, head_dim),
+in the graph's float type (fp32 on CPU, fp16 for CUDA), allocated as ORT values on
+the device the session runs on: host memory on CPU, GPU memory on CUDA. Sequence i
+of the running batch lives in slot i, so the first n slots are one contiguous block
+that a step binds (by address, through IO binding) as both the past and the present
+of the `GroupQueryAttention` nodes: the graph appends in place and nothing is copied
+per step. Per step only the new token ids and lengths go to the device, and only the
+last position's logits come back (the sampler needs them).
+
+The buffers start `INITIAL_CAPACITY` positions long and double when a sequence needs
+more (up to the model's context or the cache budget), and shrink back when the
+engine is idle: `GroupQueryAttention` clears a slot's whole row when a prompt is
+written into it, so a buffer as long as the full context would cost every new slot
+hundreds of MB of page faults. Growing, zeroing and moving a slot are device-side
+copies, run by a second tiny graph (`Pad`) on the same execution provider, so CPU
+and CUDA share every line of this code.
 """
 
 from __future__ import annotations
@@ -18,13 +26,114 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnx import TensorProto, helper
 
-from ..config import Device
-from .onnx_model import choose_providers, session_options
+from ..config import CUDA_KV_CACHE_GB, Device
+from .onnx_model import CUDA, choose_providers, session_options
 
 log = logging.getLogger(__name__)
 
 INITIAL_CAPACITY = 512
+_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_ONNX = {np.float32: TensorProto.FLOAT, np.float16: TensorProto.FLOAT16}
+
+
+class DeviceBuffers:
+    """Same-shaped buffers on one device, and device-side copies between them.
+
+    The copies are a graph of one `Pad` per buffer (pads of zero copy), run with IO
+    binding so that inputs and outputs are addresses in device memory.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        dtype: type,
+        providers: list[str],
+        device_type: str,
+        device_id: int = 0,
+    ) -> None:
+        self.count, self.dtype = count, dtype
+        self.device_type, self.device_id = device_type, device_id
+        self.itemsize = np.dtype(dtype).itemsize
+        dims = ["d0", "d1", "d2", "d3"]
+        nodes = [
+            helper.make_node("Pad", [f"x{i}", "pads"], [f"y{i}"], mode="constant")
+            for i in range(count)
+        ]
+        graph = helper.make_graph(
+            nodes,
+            "tiger-device-copy",
+            [
+                *(
+                    helper.make_tensor_value_info(f"x{i}", _ONNX[dtype], dims)
+                    for i in range(count)
+                ),
+                helper.make_tensor_value_info("pads", TensorProto.INT64, [8]),
+            ],
+            [
+                helper.make_tensor_value_info(f"y{i}", _ONNX[dtype], None)
+                for i in range(count)
+            ],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+        model.ir_version = 10
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(
+            model.SerializeToString(), options, providers=providers
+        )
+
+    def allocate(self, shape: tuple[int, ...]) -> list[ort.OrtValue]:
+        """`count` new buffers of `shape`, zeroed."""
+        values = [
+            ort.OrtValue.ortvalue_from_shape_and_type(
+                list(shape), self.dtype, self.device_type, self.device_id
+            )
+            for _ in range(self.count)
+        ]
+        empty = (*shape[:2], 0, *shape[3:])
+        pads = [0, 0, 0, 0, 0, 0, shape[2], 0]
+        # Padding an empty tensor out to the full shape writes zeros (it also faults
+        # the host pages in now, not in the middle of a step).
+        self.copy(
+            [v.data_ptr() for v in values],
+            empty,
+            [v.data_ptr() for v in values],
+            shape,
+            pads,
+        )
+        return values
+
+    def copy(
+        self,
+        sources: list[int],
+        source_shape: tuple[int, ...],
+        targets: list[int],
+        target_shape: tuple[int, ...],
+        pads: list[int] | None = None,
+    ) -> None:
+        """Copies each source block into its target, zero-padding the difference."""
+        binding = self._session.io_binding()
+        for i, (src, dst) in enumerate(zip(sources, targets, strict=True)):
+            binding.bind_input(
+                f"x{i}",
+                self.device_type,
+                self.device_id,
+                self.dtype,
+                list(source_shape),
+                src,
+            )
+            binding.bind_output(
+                f"y{i}",
+                self.device_type,
+                self.device_id,
+                self.dtype,
+                list(target_shape),
+                dst,
+            )
+        binding.bind_cpu_input("pads", np.asarray(pads or [0] * 8, np.int64))
+        self._session.run_with_iobinding(binding)
 
 
 class FusedCausalLM:
@@ -36,11 +145,14 @@ class FusedCausalLM:
         device: Device,
         max_batch: int,
         max_len: int | None = None,
+        cache_gb: float | None = None,
     ) -> None:
+        providers = choose_providers(device)
         self.session = ort.InferenceSession(
-            str(onnx_path), session_options(), providers=choose_providers(device)
+            str(onnx_path), session_options(), providers=providers
         )
         self.provider = self.session.get_providers()[0]
+        self.device_type = "cuda" if self.provider == CUDA else "cpu"
         past = [
             i
             for i in self.session.get_inputs()
@@ -51,20 +163,42 @@ class FusedCausalLM:
             n.replace("past_key_values.", "present.") for n in self._past_names
         ]
         _, self.kv_heads, _, self.head_dim = past[0].shape
+        self.dtype = _NUMPY[past[0].type]
         cos = next(
             t for t in self._initializer_shapes(onnx_path) if t[0] == "cos_cache"
         )
-        self.max_len = min(max_len or cos[1][0], cos[1][0])
         self.max_batch = max_batch
+        self.max_len = min(max_len or cos[1][0], cos[1][0])
+        # Bytes of cache one token takes in every layer: the budget caps the length.
+        self.token_bytes = (
+            len(self._past_names)
+            * self.kv_heads
+            * self.head_dim
+            * np.dtype(self.dtype).itemsize
+        )
+        if cache_gb is None and self.device_type == "cuda":
+            cache_gb = CUDA_KV_CACHE_GB
+        if cache_gb is not None:
+            fits = int(cache_gb * 2**30) // (self.token_bytes * max_batch)
+            if fits < 1:
+                raise ValueError(
+                    f"a KV cache of {cache_gb} GiB does not fit one token for each "
+                    f"of {max_batch} slots"
+                )
+            self.max_len = min(self.max_len, fits)
+        self._buffers = DeviceBuffers(
+            len(self._past_names), self.dtype, providers, self.device_type
+        )
         self.capacity = 0
-        self._cache: list[np.ndarray] = []
+        self._cache: list[ort.OrtValue] = []
         self._bindings: dict[tuple[int, int], tuple[ort.IOBinding, np.ndarray]] = {}
         self.vocab_size = int(self.session.get_outputs()[0].shape[-1])
         self.reset()
         log.info(
-            "loaded %s on %s (%d slots of %d tokens)",
+            "loaded %s on %s (%s cache, %d slots of up to %d tokens)",
             onnx_path,
             self.provider,
+            np.dtype(self.dtype).name,
             max_batch,
             self.max_len,
         )
@@ -76,46 +210,60 @@ class FusedCausalLM:
         model = onnx.load(str(onnx_path), load_external_data=False)
         return [(t.name, list(t.dims)) for t in model.graph.initializer]
 
+    def _shape(self, capacity: int) -> tuple[int, int, int, int]:
+        return (self.max_batch, self.kv_heads, capacity, self.head_dim)
+
+    def _row_bytes(self) -> int:
+        return self.kv_heads * self.capacity * self.head_dim * self._buffers.itemsize
+
     def reset(self) -> None:
         """Drops every slot's cache and goes back to the initial capacity."""
-        self._cache = []
-        self._resize(min(INITIAL_CAPACITY, self.max_len))
+        self._cache, self._bindings = [], {}  # freed before the new ones are made
+        self.capacity = min(INITIAL_CAPACITY, self.max_len)
+        self._cache = self._buffers.allocate(self._shape(self.capacity))
 
     def ensure_capacity(self, length: int) -> None:
         """Makes room for sequences of `length` tokens (all slots keep their contents)."""
         if length > self.max_len:
             raise ValueError(f"{length} tokens exceed the cache of {self.max_len}")
-        if length > self.capacity:
-            self._resize(min(self.max_len, max(length, 2 * self.capacity)))
-
-    def _resize(self, capacity: int) -> None:
-        shape = (self.max_batch, self.kv_heads, capacity, self.head_dim)
-        grown = []
-        for old in self._cache or [None] * len(self._past_names):
-            new = np.empty(shape, np.float32)
-            if old is None:
-                new.fill(0.0)  # fault the pages in now, not in the middle of a step
-            else:
-                new[:, :, : self.capacity] = old
-                new[:, :, self.capacity :] = 0.0
-            grown.append(new)
-        self._cache, self.capacity = grown, capacity
-        self._bindings = {}
+        if length <= self.capacity:
+            return
+        capacity = min(self.max_len, max(length, 2 * self.capacity))
+        grown = [
+            ort.OrtValue.ortvalue_from_shape_and_type(
+                list(self._shape(capacity)), self.dtype, self.device_type, 0
+            )
+            for _ in self._cache
+        ]
+        self._buffers.copy(
+            [v.data_ptr() for v in self._cache],
+            self._shape(self.capacity),
+            [v.data_ptr() for v in grown],
+            self._shape(capacity),
+            [0, 0, 0, 0, 0, 0, capacity - self.capacity, 0],
+        )
+        self._cache, self.capacity, self._bindings = grown, capacity, {}
 
     def _binding(self, rows: slice) -> tuple[ort.IOBinding, np.ndarray]:
         """The binding of cache rows `rows` (made once per batch shape and capacity):
-        the KV buffers as past and present, logits into a preallocated array."""
+        the KV buffers' rows as past and present, logits into a host array."""
         key = (rows.start, rows.stop)
         if key not in self._bindings:
             binding = self.session.io_binding()
+            shape = [
+                rows.stop - rows.start,
+                self.kv_heads,
+                self.capacity,
+                self.head_dim,
+            ]
+            offset = rows.start * self._row_bytes()
             for past, present, buffer in zip(
                 self._past_names, self._present_names, self._cache, strict=True
             ):
-                value = ort.OrtValue.ortvalue_from_numpy(
-                    buffer[rows]
-                )  # shares the memory
-                binding.bind_ortvalue_input(past, value)
-                binding.bind_ortvalue_output(present, value)
+                address = buffer.data_ptr() + offset
+                device = (self.device_type, 0, self.dtype, shape, address)
+                binding.bind_input(past, *device)
+                binding.bind_output(present, *device)
             logits = np.empty((rows.stop - rows.start, self.vocab_size), np.float32)
             binding.bind_output(
                 "logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data
@@ -157,5 +305,15 @@ class FusedCausalLM:
 
     def move(self, src: int, dst: int, length: int) -> None:
         """Moves a sequence's cache to another slot (to keep the batch contiguous)."""
-        for buffer in self._cache:
-            buffer[dst, :, :length] = buffer[src, :, :length]
+        row = self._row_bytes()
+        shape = (1, self.kv_heads, self.capacity, self.head_dim)
+        self._buffers.copy(
+            [v.data_ptr() + src * row for v in self._cache],
+            shape,
+            [v.data_ptr() + dst * row for v in self._cache],
+            shape,
+        )
+
+    def cache_bytes(self) -> int:
+        """Device memory the KV cache holds now."""
+        return len(self._cache) * self.max_batch * self._row_bytes()

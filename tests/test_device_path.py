@@ -1,0 +1,140 @@
+"""The device-resident engine (the CUDA design) exercised with CPU buffers.
+
+The fused engine keeps its KV cache in ORT values on the session's device and binds
+them by address; growing, zeroing and moving slots are device-side copies. On a
+machine without a GPU the same code runs with CPU values, which these tests check:
+growth past the initial capacity, the cache budget, the fp16 graph served end to
+end, and the CUDA branch of `import` (fp16 fused graph) up to the GPU itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import torch
+
+from tests.conftest import API_KEY, stack
+from tests.test_batching import graph
+from tiger_grpc.config import Device
+from tiger_grpc.engine.fused_model import INITIAL_CAPACITY, FusedCausalLM
+from tiger_grpc.engine.types import Info
+from tiger_grpc.importer import run_import
+from tiger_grpc.store import ModelStore
+
+PROMPT = [1, 5, 6, 7, 8, 9, 10, 11]
+
+
+@pytest.fixture(scope="module")
+def torch_model(store_home, tiny_model):
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM.from_pretrained(
+        ModelStore(store_home).path(tiny_model.id) / "hf"
+    ).eval()
+
+
+def torch_logits(model, ids: list[int]) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+@pytest.mark.parametrize(("precision", "atol"), [("fp32", 1e-4), ("fp16", 3e-3)])
+def test_the_cache_grows_on_the_device_and_keeps_every_slot(
+    store_home, tiny_model, torch_model, precision, atol
+) -> None:
+    model = FusedCausalLM(graph(store_home, tiny_model, precision), Device.CPU, 2)
+    assert model.capacity == INITIAL_CAPACITY
+    long = [int(t) for t in np.random.default_rng(0).integers(3, 400, 600)]
+    # Slot 1 holds a short sequence while slot 0's prompt forces a larger buffer.
+    model.prefill(1, PROMPT)
+    first = model.prefill(0, long)
+    assert model.capacity >= 600
+    np.testing.assert_allclose(first, torch_logits(torch_model, long)[-1], atol=atol)
+    logits = model.decode([42, 43], [len(long), len(PROMPT)])
+    np.testing.assert_allclose(
+        logits[0], torch_logits(torch_model, [*long, 42])[-1], atol=atol
+    )
+    np.testing.assert_allclose(
+        logits[1], torch_logits(torch_model, [*PROMPT, 43])[-1], atol=atol
+    )
+    # Moving the long sequence into slot 1 carries its whole row.
+    model.move(0, 1, len(long) + 1)
+    moved = model.decode([42, 44], [len(PROMPT) + 1, len(long) + 1])[1]
+    np.testing.assert_allclose(
+        moved, torch_logits(torch_model, [*long, 42, 44])[-1], atol=atol
+    )
+    model.reset()
+    assert model.capacity == INITIAL_CAPACITY
+
+
+def test_a_cache_budget_caps_the_sequence_length(store_home, tiny_model) -> None:
+    path = graph(store_home, tiny_model, "fp16")
+    full = FusedCausalLM(path, Device.CPU, 4)
+    # 2 layers x (key, value) x 2 kv heads x 16 dims x 2 bytes.
+    assert full.token_bytes == 2 * 2 * 2 * 16 * 2
+    capped = FusedCausalLM(path, Device.CPU, 4, cache_gb=4 * 100 * 256 / 2**30)
+    assert capped.max_len == 100 and capped.capacity == 100
+    with pytest.raises(ValueError, match="exceed the cache of 100"):
+        capped.prefill(0, list(range(3, 104)))
+    with pytest.raises(ValueError, match="does not fit one token"):
+        FusedCausalLM(path, Device.CPU, 4, cache_gb=1e-9)
+
+
+def test_the_fp16_graph_served_end_to_end_agrees_with_fp32(
+    store_home, tiny_model, tmp_path, base_url
+) -> None:
+    """A server told to serve fp16 (what CUDA gets by default) against the session's
+    server, which serves the tiny model's fp32 graph."""
+    body = {
+        "model": tiny_model.id,
+        "messages": [{"role": "user", "content": "Count with me: one, two, three"}],
+        "stream": True,
+        "temperature": 0,
+        "max_tokens": 24,
+    }
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+
+    def generate(url: str) -> tuple[str, list[dict]]:
+        reply = requests.post(
+            f"{url}/v1/generate_response", json=body, headers=headers, timeout=120
+        )
+        assert reply.status_code == 200, reply.text
+        chunks = [json.loads(line) for line in reply.text.splitlines()]
+        assert chunks[-1]["type"] == "stop", chunks[-1]
+        return "".join(c["delta"] for c in chunks if c["type"] == "delta"), chunks
+
+    fp32_text, _ = generate(base_url)
+    with stack(store_home, tmp_path, server_args=("--precision", "fp16")) as (_, gw):
+        fp16_text, chunks = generate(f"http://127.0.0.1:{gw.port}")
+        log = (tmp_path / "own-server.log").read_text()
+    assert "fast-fp16" in log and "float16 cache" in log
+    assert any("ready on CPUExecutionProvider" in c.get("message", "") for c in chunks)
+    assert fp16_text and fp16_text == fp32_text
+
+
+def test_the_cuda_branch_of_import_builds_the_fp16_graph(
+    tmp_path: Path, default_model_dir: Path, store_home, tiny_model, torch_model
+) -> None:
+    """`run_import` for a CUDA server, on a machine whose PyTorch has no CUDA: the
+    optimum export falls back to the CPU (said so), the fused graph is fp16."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine's PyTorch has CUDA: the export would run on it")
+    store = ModelStore(tmp_path / "home")
+    events: list = []
+    source = ModelStore(store_home).path(tiny_model.id) / "hf"
+    run_import(source, "imported-for-cuda", store, Device.CUDA, events.append)
+    messages = [e.message for e in events if isinstance(e, Info)]
+    assert any("PyTorch here has no CUDA" in m for m in messages)
+    assert any("fused fp16 graph for the CUDA engine: layer 2/2" in m for m in messages)
+    manifest = store.get("imported-for-cuda")
+    assert manifest is not None and list(manifest.fast_graphs) == ["fp16"]
+    model = FusedCausalLM(
+        store.path(manifest.id) / manifest.fast_graphs["fp16"], Device.CPU, 1
+    )
+    np.testing.assert_allclose(
+        model.prefill(0, PROMPT), torch_logits(torch_model, PROMPT)[-1], atol=3e-3
+    )
