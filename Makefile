@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PB_OUT := tiger_grpc/pb
 
-.PHONY: install browser run test proto bench load clean
+.PHONY: install cuda browser run test proto bench bench-gpu load clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# On a GPU machine without a system CUDA 13 / cuDNN 9: NVIDIA's pip libraries.
+cuda: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[cuda]'
 
 run: $(STAMP)
 	$(PY) -m tiger_grpc.launch
@@ -35,6 +39,12 @@ test: $(STAMP) browser
 # transformers. BENCH_ARGS=--quick for a two-minute run.
 bench: $(STAMP)
 	$(PY) -m tiger_grpc.bench $(BENCH_ARGS)
+
+# The CUDA path: Llama-3.1-8B's shape with random fp16 weights and the embedded
+# model, decode at 1/8/32 streams against the bandwidth bound, greedy parity with
+# the CPU. BENCH_GPU_ARGS="--shapes tiny,embedded --device cpu" checks it anywhere.
+bench-gpu: $(STAMP)
+	$(PY) -m tiger_grpc.bench_gpu $(BENCH_GPU_ARGS)
 
 # Many concurrent streaming clients against a running gateway (make run) for a
 # bounded time; LOAD_ARGS="--concurrency 64 --duration 60".

@@ -24,7 +24,9 @@ PROMPTS = [
 
 
 def graph(store_home, tiny_model, precision: str = "fp32"):
-    return ModelStore(store_home).path(tiny_model.id) / tiny_model.fast_graphs[precision]
+    return (
+        ModelStore(store_home).path(tiny_model.id) / tiny_model.fast_graphs[precision]
+    )
 
 
 @pytest.fixture(scope="module")

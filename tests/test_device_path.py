@@ -10,6 +10,8 @@ end, and the CUDA branch of `import` (fp16 fused graph) up to the GPU itself.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ import pytest
 import requests
 import torch
 
-from tests.conftest import API_KEY, stack
+from tests.conftest import API_KEY, process_env, stack
 from tests.test_batching import graph
 from tiger_grpc.config import Device
 from tiger_grpc.engine.fused_model import INITIAL_CAPACITY, FusedCausalLM
@@ -137,4 +139,96 @@ def test_the_cuda_branch_of_import_builds_the_fp16_graph(
     )
     np.testing.assert_allclose(
         model.prefill(0, PROMPT), torch_logits(torch_model, PROMPT)[-1], atol=3e-3
+    )
+
+
+def test_bench_gpu_runs_and_reports(store_home, tmp_path) -> None:
+    """`make bench-gpu` on a CPU: the tiny random shape and the embedded model (fp16
+    graph) through the engine, plus greedy parity against the fp32 export."""
+    env = {**process_env(store_home)}
+    out = subprocess.run(
+        [
+            sys.executable, "-m", "tiger_grpc.bench_gpu",
+            "--shapes", "tiny,embedded,llama-3.1-8b", "--device", "cpu",
+            "--precision", "fp16", "--streams", "1,2", "--tokens", "4",
+            "--prompt-tokens", "8", "--parity-tokens", "8",
+            "--workdir", str(tmp_path / "graphs"), "--out", str(tmp_path),
+        ],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "skipping llama-3.1-8b: no CUDA provider here" in out.stdout
+    report = json.loads((tmp_path / "bench-gpu.json").read_text())
+    rows = report["results"]
+    assert [(r["model"], r["streams"]) for r in rows] == [
+        ("tiny", 1), ("tiny", 2), ("embedded", 1), ("embedded", 2),
+    ]  # fmt: skip
+    assert all(r["provider"] == "CPUExecutionProvider" for r in rows)
+    assert all(r["aggregate_tokens_per_s"] > 0 for r in rows)
+    parity = report["parity"]
+    assert parity["same_leading_tokens"] == 8 and parity["text"]
+    assert "| embedded | CPUExecutionProvider | fp16" in out.stdout
+
+
+@pytest.mark.parametrize(("precision", "atol"), [("fp32", 2e-4), ("fp16", 5e-3)])
+def test_llama_3_1_geometry_matches_pytorch(tmp_path, precision, atol) -> None:
+    """Llama-3.1-8B's attention geometry (32 heads over 8 KV heads of 128, llama3
+    RoPE scaling, theta 500000, untied head), two narrow layers: the fused graph
+    against PyTorch, in prefill and in a batched decode."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tiger_grpc.bench_gpu import SHAPES
+    from tiger_grpc.fastgraph import PRECISIONS, build_fused_graph, checkpoint_tensors
+
+    shape = SHAPES["llama-3.1-8b"]
+    config = LlamaConfig(
+        **{
+            **shape,
+            "hidden_size": 1024,
+            "head_dim": 128,
+            "intermediate_size": 512,
+            "num_hidden_layers": 2,
+            "vocab_size": 1000,
+        }
+    )
+    torch.manual_seed(3)
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(tmp_path / "hf")
+    path = tmp_path / precision / "model.onnx"
+    build_fused_graph(
+        config, checkpoint_tensors(tmp_path / "hf"), path, PRECISIONS[precision][1], 512
+    )
+    fused = FusedCausalLM(path, Device.CPU, 2)
+    prompts = [list(range(3, 43)), list(range(500, 517))]
+    firsts = [fused.prefill(i, p) for i, p in enumerate(prompts)]
+    decoded = fused.decode([7, 9], [len(p) for p in prompts])
+    for i, (prompt, token) in enumerate(zip(prompts, (7, 9), strict=True)):
+        expected = torch_logits(model, [*prompt, token])
+        np.testing.assert_allclose(firsts[i], expected[-2], atol=atol)
+        np.testing.assert_allclose(decoded[i], expected[-1], atol=atol)
+
+
+def test_rope_tables_follow_llama3_scaling() -> None:
+    """The graph's cos/sin tables equal transformers' rotary embedding for
+    Llama-3.1 (llama3 scaling) far into the context, where scaling matters."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from tiger_grpc.bench_gpu import SHAPES
+    from tiger_grpc.fastgraph import _rope_tables
+
+    config = LlamaConfig(**SHAPES["llama-3.1-8b"])
+    positions = [0, 1, 4097, 100_000, 131_071]
+    cos, sin = _rope_tables(config, 131_072)
+    with torch.no_grad():
+        ref_cos, ref_sin = LlamaRotaryEmbedding(config)(
+            torch.zeros(1, 1, 128), torch.tensor([positions])
+        )
+    half = cos.shape[1]
+    np.testing.assert_allclose(cos[positions], ref_cos[0, :, :half], atol=2e-3)
+    np.testing.assert_allclose(sin[positions], ref_sin[0, :, :half], atol=2e-3)
+    unscaled = LlamaConfig(**{**SHAPES["llama-3.1-8b"], "rope_scaling": None})
+    assert (
+        np.abs(_rope_tables(unscaled, 131_072)[0][positions] - cos[positions]).max()
+        > 0.5
     )

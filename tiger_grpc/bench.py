@@ -29,7 +29,7 @@ import grpc
 from .config import EngineOptions, default_home
 from .pb.tiger.v1 import tiger_pb2 as pb
 from .pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
-from .prepare import DEFAULT_MODEL_ID, DEFAULT_PRECISION, ensure_default_model
+from .prepare import DEFAULT_MODEL_ID, default_precision, ensure_default_model
 from .store import ModelStore
 from .validation import ChatMessage, GenerateParams
 
@@ -470,10 +470,13 @@ def main() -> None:
     )
     parser.add_argument("--max-tokens", type=int, default=None)
     parser.add_argument(
-        "--precision", default=os.environ.get("TIGER_PRECISION", DEFAULT_PRECISION)
+        "--precision",
+        default=None,
+        help="fused graph (TIGER_PRECISION; default int4 on CPU, fp16 on CUDA)",
     )
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args()
+    args.precision = args.precision or default_precision()
     args.max_tokens = args.max_tokens or (48 if args.quick else 128)
     rows = asyncio.run(run(args))
     meta = {

@@ -96,13 +96,13 @@ class DeviceBuffers:
         pads = [0, 0, 0, 0, 0, 0, shape[2], 0]
         # Padding an empty tensor out to the full shape writes zeros (it also faults
         # the host pages in now, not in the middle of a step).
-        self.copy(
-            [v.data_ptr() for v in values],
-            empty,
-            [v.data_ptr() for v in values],
-            shape,
-            pads,
-        )
+        addresses = [v.data_ptr() for v in values]
+        try:
+            self.copy(addresses, empty, addresses, shape, pads)
+        except Exception as exc:  # noqa: BLE001 - zeros from the host instead
+            log.warning("zeroing the KV cache on the device failed (%s)", exc)
+            for value in values:
+                value.update_inplace(np.zeros(shape, self.dtype))
         return values
 
     def copy(
