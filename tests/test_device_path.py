@@ -232,3 +232,42 @@ def test_rope_tables_follow_llama3_scaling() -> None:
         np.abs(_rope_tables(unscaled, 131_072)[0][positions] - cos[positions]).max()
         > 0.5
     )
+
+
+async def test_a_cuda_server_builds_the_missing_fp16_graph_once(
+    tmp_path, store_home, tiny_model
+) -> None:
+    """A store prepared on a CPU machine (no fp16 graph) served with CUDA asked for:
+    the registry builds the fp16 graph on first load, says so, and serves it (here
+    ORT falls back to the CPU provider, which it reports)."""
+    import dataclasses
+    import shutil
+
+    from tiger_grpc.config import EngineOptions
+    from tiger_grpc.models import ModelRegistry
+    from tiger_grpc.validation import ChatMessage, GenerateParams
+
+    store = ModelStore(tmp_path / "home")
+    source = ModelStore(store_home).path(tiny_model.id)
+    shutil.copytree(
+        source, store.path(tiny_model.id), ignore=shutil.ignore_patterns("fast-fp16")
+    )
+    cpu_only = {"fp32": tiny_model.fast_graphs["fp32"]}
+    dataclasses.replace(tiny_model, fast_graphs=cpu_only).write(
+        store.path(tiny_model.id)
+    )
+    registry = ModelRegistry(store, EngineOptions(device=Device.CUDA, precision="fp16"))
+    params = GenerateParams(
+        model=tiny_model.id, messages=(ChatMessage("user", "hi"),), max_tokens=3
+    )
+    try:
+        for attempt in range(2):
+            events = [e async for e in registry.generate(params)]
+            infos = [e.message for e in events if isinstance(e, Info)]
+            building = [m for m in infos if "Building the fused fp16 graph" in m]
+            assert len(building) == (1 if attempt == 0 else 0)
+        manifest = store.get(tiny_model.id)
+        assert manifest is not None and "fp16" in manifest.fast_graphs
+        assert registry._loaded[tiny_model.id].graph == manifest.fast_graphs["fp16"]
+    finally:
+        registry.close()

@@ -15,14 +15,14 @@ from .config import EngineOptions
 from .engine.batcher import BatchScheduler
 from .engine.detok import IncrementalDetokenizer
 from .engine.fused_model import FusedCausalLM
-from .engine.onnx_model import OnnxCausalLM, choose_providers
+from .engine.onnx_model import CUDA, OnnxCausalLM, choose_providers
 from .engine.sampling import Sampler, SamplingParams
 from .engine.scheduler import Scheduler, Sequence
 from .engine.stopping import StopSequenceMatcher, TokenStopper
 from .engine.types import Delta, Event, Failure, Info, Stop
 from .errors import InvalidArgument, NotFound, Unavailable
 from .imports import IMPORT_LOCK
-from .prepare import default_precision
+from .prepare import add_fast_graph, default_precision
 from .store import ModelManifest, ModelStore, canonical_id
 from .validation import GenerateParams
 
@@ -108,7 +108,7 @@ class ModelRegistry:
         return manifest
 
     def statuses(self) -> list[ModelStatus]:
-        expected = choose_providers(self.options.device)[0]
+        expected = self.provider
         result = []
         for manifest in self.store.list():
             loaded = self._loaded.get(manifest.id)
@@ -152,6 +152,12 @@ class ModelRegistry:
                 return
             started = time.monotonic()
             yield Info(f"Loading model {manifest.id}")
+            if self.graph_to_build(manifest):
+                yield Info(
+                    f"Building the fused {self.options.precision} graph of "
+                    f"{manifest.id} for {self.provider} (once; minutes for a "
+                    "large model)"
+                )
             task = self._loading.get(manifest.id)
             if task is None or (task.done() and task.exception() is not None):
                 task = asyncio.ensure_future(self._build(manifest, started))
@@ -163,7 +169,35 @@ class ModelRegistry:
                 f"Model {manifest.id} ready on {model.provider} ({seconds:.1f}s)"
             )
 
+    @property
+    def provider(self) -> str:
+        """The provider models will be asked to run on."""
+        return choose_providers(self.options.device)[0]
+
+    def graph_to_build(self, manifest: ModelManifest) -> bool:
+        """True when the model lacks the fused graph for CUDA (fp16) and has the HF
+        weights to build it from: a store prepared on a CPU machine, moved to a GPU.
+        On CPU every fused graph runs well enough, and any is used."""
+        return (
+            self.provider == CUDA
+            and self.options.precision not in manifest.fast_graphs
+            and (self.store.path(manifest.id) / manifest.hf_path).is_dir()
+        )
+
+    def _add_graph(self, manifest: ModelManifest) -> ModelManifest:
+        with self.store.lock(manifest.id):
+            current = self.store.get(manifest.id) or manifest
+            if self.options.precision in current.fast_graphs:
+                return current  # another process built it meanwhile
+            try:
+                return add_fast_graph(self.store, manifest.id, self.options.precision)
+            except ValueError as exc:  # not a Llama: serve what there is
+                log.warning("no fused graph for %s: %s", manifest.id, exc)
+                return current
+
     async def _build(self, manifest: ModelManifest, started: float) -> LoadedModel:
+        if self.graph_to_build(manifest):
+            manifest = await asyncio.to_thread(self._add_graph, manifest)
         directory = self.store.path(manifest.id)
         model = await asyncio.to_thread(
             LoadedModel, manifest, directory, self.options, None

@@ -13,7 +13,6 @@ import contextlib
 import importlib.util
 import logging
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -194,15 +193,9 @@ def build_fast_graph(
     from . import fastgraph
 
     bits, dtype = fastgraph.PRECISIONS[precision]
-    if bits is None:
-        fastgraph.build_fused_llama(
-            hf_dir, out_dir / "model.onnx", dtype, progress=progress
-        )
-        return
-    fp32 = out_dir / "fp32"
-    fastgraph.build_fused_llama(hf_dir, fp32 / "model.onnx", dtype, progress=progress)
-    fastgraph.quantize(fp32 / "model.onnx", out_dir / "model.onnx", bits)
-    shutil.rmtree(fp32)
+    fastgraph.build_fused_llama(
+        hf_dir, out_dir / "model.onnx", dtype, progress=progress, bits=bits
+    )
 
 
 def add_fast_graph(store: ModelStore, model_id: str, precision: str) -> ModelManifest:
