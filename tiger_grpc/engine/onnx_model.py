@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -35,16 +36,23 @@ def cuda_can_load() -> bool:
 
 
 def choose_providers(device: Device) -> list[str]:
+    """The providers to ask ORT for, best first (decided once per device setting)."""
+    return list(_providers(device))
+
+
+@functools.cache
+def _providers(device: Device) -> tuple[str, ...]:
     if device is Device.CPU:
-        return [CPU]
+        return (CPU,)
     if device is Device.CUDA or cuda_can_load():
         if hasattr(ort, "preload_dlls"):
             try:
+                # CUDA and cuDNN from NVIDIA's pip packages, when installed.
                 ort.preload_dlls()
             except Exception as exc:  # noqa: BLE001 - fall back, and say so
                 log.warning("could not preload CUDA libraries: %s", exc)
-        return [CUDA, CPU]
-    return [CPU]
+        return (CUDA, CPU)
+    return (CPU,)
 
 
 def session_options() -> ort.SessionOptions:
