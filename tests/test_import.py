@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from pathlib import Path
@@ -93,3 +94,28 @@ async def test_http_import_streams_phases(checkpoint, base_url: str) -> None:
             chunks = [json.loads(line) async for line in r.content if line.strip()]
     assert [c["type"] for c in chunks][-1] == "stop" and chunks[-1]["model"] == model_id
     assert sum(c["type"] == "info" for c in chunks) >= 3
+
+
+async def test_a_client_that_leaves_stops_the_import_and_it_leaves_nothing(
+    checkpoint, base_url: str, store_home
+) -> None:
+    model_id = f"left-{uuid.uuid4().hex[:4]}"
+    body = {"path": str(checkpoint), "id": model_id, "stream": True}
+    async with aiohttp.ClientSession(headers=HEADERS) as s:
+        running = await s.post(f"{base_url}/v1/models/import", json=body)
+        first = json.loads(await running.content.readline())
+        assert first["type"] == "info"
+        running.close()  # gone during the copy or the export
+    models_dir = store_home / "models"
+    # The import stops at the next phase; until then a new one is refused (429).
+    again = {"path": str(checkpoint), "id": f"after-{model_id}"}
+    for _ in range(300):
+        async with aiohttp.ClientSession(headers=HEADERS) as s:
+            async with s.post(f"{base_url}/v1/models/import", json=again) as reply:
+                status = reply.status
+        if status != 429:
+            break
+        await asyncio.sleep(0.1)
+    assert status == 200  # the next import works
+    assert not (models_dir / model_id).exists()
+    assert not list(models_dir.glob(f".staging-{model_id}*"))

@@ -245,21 +245,17 @@ def random_tensors(shape: LlamaShape, seed: int = 0) -> Tensors:
 
 
 def build_fused_llama(
-    hf_dir: Path,
-    out_path: Path,
-    dtype: type = np.float32,
-    max_len: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    bits: int | None = None,
+    hf_dir: Path, out_path: Path, dtype: type = np.float32, **options: Any
 ) -> dict[str, Any]:
-    """Writes the fused graph of the Llama checkpoint in `hf_dir`; returns its facts."""
+    """Writes the fused graph of the Llama checkpoint in `hf_dir` (`options`: those
+    of `build_fused_graph`); returns its facts."""
     with IMPORT_LOCK:
         from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(hf_dir)
     LlamaShape.of(config)  # unsupported models fail before anything is read
     return build_fused_graph(
-        config, checkpoint_tensors(hf_dir), out_path, dtype, max_len, progress, bits
+        config, checkpoint_tensors(hf_dir), out_path, dtype, **options
     )
 
 

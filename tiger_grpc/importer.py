@@ -10,7 +10,6 @@ progress: the fused graph layer by layer, the optimum export with a heartbeat.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -30,10 +29,10 @@ from .prepare import (
     default_precision,
     end_of_turn_ids,
     export_onnx,
-    quiet_third_party_warnings,
 )
 from .store import ModelManifest, ModelStore, canonical_id
 from .validation import MODEL_ID_PATTERN
+from .worker import Emit, stop_if_cancelled, stream_job
 
 ImportEvent = Info | Imported
 HEARTBEAT_S = 15.0
@@ -94,13 +93,18 @@ def heartbeat(
 
 
 def layer_progress(
-    emit: Callable[[ImportEvent], None], what: str, every_s: float = HEARTBEAT_S
+    emit: Callable[[ImportEvent], None],
+    what: str,
+    cancel: threading.Event,
+    every_s: float = HEARTBEAT_S,
 ) -> Callable[[int, int], None]:
-    """A `progress(done, total)` that reports at most every `every_s` (and at the end)."""
+    """A `progress(done, total)` that reports at most every `every_s` (and at the
+    end), and stops the build when `cancel` is set."""
     last = time.monotonic()
 
     def progress(done: int, total: int) -> None:
         nonlocal last
+        stop_if_cancelled(cancel)
         if done == total or time.monotonic() - last >= every_s:
             last = time.monotonic()
             emit(Info(f"{what}: layer {done}/{total}"))
@@ -125,8 +129,11 @@ def run_import(
     store: ModelStore,
     device: Device,
     emit: Callable[[ImportEvent], None],
+    cancel: threading.Event | None = None,
 ) -> None:
-    """The whole import, on a worker thread."""
+    """The whole import, on a worker thread. A set `cancel` stops it at the next
+    phase or layer (the optimum export itself runs to its end), leaving nothing."""
+    cancel = cancel or threading.Event()
     with IMPORT_LOCK:
         from transformers import AutoTokenizer, GenerationConfig
 
@@ -137,6 +144,7 @@ def run_import(
     with store.lock(out_id), store.staging(out_id) as scratch:
         emit(Info(f"Copying {source} into the model store"))
         shutil.copytree(source, scratch / "hf", copy_function=_link_or_copy)
+        stop_if_cancelled(cancel)
         tokenizer = AutoTokenizer.from_pretrained(scratch / "hf")
         try:
             generation = GenerationConfig.from_pretrained(scratch / "hf")
@@ -150,13 +158,14 @@ def run_import(
             export_onnx(
                 scratch / "hf", scratch / "onnx", dtype=dtype, device=export_device
             )
+        stop_if_cancelled(cancel)
         what = f"Building the fused {precision} graph for the {'CUDA' if cuda else 'CPU'} engine"
         emit(Info(what))
         build_fast_graph(
             scratch / "hf",
             scratch / f"fast-{precision}",
             precision,
-            layer_progress(emit, what),
+            layer_progress(emit, what, cancel),
         )
         graphs = {precision: f"fast-{precision}/model.onnx"}
         emit(Info(f"Registering {out_id}"))
@@ -193,27 +202,11 @@ class Importer:
             raise AlreadyExists(f"a model named {out_id!r} already exists")
         if not self._busy.acquire(blocking=False):
             raise ResourceExhausted("an import is already running; one runs at a time")
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[ImportEvent | BaseException | None] = asyncio.Queue()
 
-        def emit(event: ImportEvent) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, event)
+        def job(emit: Emit, cancel: threading.Event) -> None:
+            run_import(source, out_id, self._store, self._device, emit, cancel)
 
-        def work() -> None:
-            outcome: BaseException | None = None
-            try:
-                with quiet_third_party_warnings():
-                    run_import(source, out_id, self._store, self._device, emit)
-            except BaseException as exc:  # handed to the stream
-                outcome = exc
-            finally:
-                self._busy.release()
-            loop.call_soon_threadsafe(events.put_nowait, outcome)
-
-        threading.Thread(target=work, name=f"import-{out_id}", daemon=True).start()
-        while (event := await events.get()) is not None:
-            if isinstance(event, BaseException):
-                raise event
+        async for event in stream_job(job, f"import-{out_id}", self._busy.release):
             yield event
 
 

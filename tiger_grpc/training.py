@@ -8,7 +8,6 @@ atomically. A failed or cancelled run leaves nothing behind.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
@@ -26,9 +25,10 @@ from .engine.types import Info, Progress, Trained
 from .errors import AlreadyExists, InvalidArgument, ResourceExhausted
 from .imports import IMPORT_LOCK
 from .models import ModelRegistry
-from .prepare import build_fast_graph, export_onnx, quiet_third_party_warnings
+from .prepare import build_fast_graph, export_onnx
 from .store import ModelManifest, ModelStore, canonical_id
 from .validation import ChatMessage, TrainParams
+from .worker import Emit, stop_if_cancelled, stream_job
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,6 @@ CHECK_TOLERANCE = 1e-2  # max |ONNX - PyTorch| over the fixed prompt's logits
 
 
 TrainEvent = Info | Progress | Trained
-
-
-class Cancelled(Exception):
-    pass
 
 
 def tokenize_example(
@@ -110,8 +106,7 @@ def run_training(
     started = time.monotonic()
 
     def check() -> None:
-        if cancel.is_set():
-            raise Cancelled()
+        stop_if_cancelled(cancel)
 
     emit(Info(f"Loading {manifest.id} for training"))
     torch.manual_seed(params.seed)
@@ -267,54 +262,27 @@ class Trainer:
             raise ResourceExhausted("a training is already running; one runs at a time")
         self._busy = True
         metrics.TRAININGS_RUNNING.inc()
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[TrainEvent | BaseException | None] = asyncio.Queue()
-        cancel = threading.Event()
 
-        def emit(event: TrainEvent) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, event)
+        def job(emit: Emit, cancel: threading.Event) -> None:
+            run_training(
+                store.path(base.id),
+                base,
+                params,
+                out_id,
+                lambda: _locked_staging(store, out_id),
+                self._registry.options.precision,
+                emit,
+                cancel,
+            )
 
-        def work() -> None:
-            try:
-                with quiet_third_party_warnings():
-                    run_training(
-                        store.path(base.id),
-                        base,
-                        params,
-                        out_id,
-                        lambda: _locked_staging(store, out_id),
-                        self._registry.options.precision,
-                        emit,
-                        cancel,
-                    )
-                outcome: BaseException | None = None
-            except BaseException as exc:  # handed to the stream, logged there
-                outcome = exc
-            finally:
-                self._busy = False
-                metrics.TRAININGS_RUNNING.dec()
-            loop.call_soon_threadsafe(events.put_nowait, outcome)
+        def done() -> None:
+            self._busy = False
+            metrics.TRAININGS_RUNNING.dec()
 
-        worker = threading.Thread(target=work, name=f"train-{out_id}", daemon=True)
-        worker.start()
-        finished = False
-        try:
-            while True:
-                event = await events.get()
-                if event is None:
-                    finished = True
-                    return
-                if isinstance(event, BaseException):
-                    finished = True
-                    if isinstance(event, Cancelled):
-                        return
-                    raise event
-                if isinstance(event, Progress):
-                    metrics.TRAIN_STEPS.inc()
-                yield event
-        finally:
-            if not finished:  # the caller went away: stop within a step
-                cancel.set()
+        async for event in stream_job(job, f"train-{out_id}", done):
+            if isinstance(event, Progress):
+                metrics.TRAIN_STEPS.inc()
+            yield event
 
 
 @contextlib.contextmanager

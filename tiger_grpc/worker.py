@@ -1,0 +1,69 @@
+"""Long jobs (training, import) on a worker thread, streamed to an async caller.
+
+The job gets `emit(event)` to send events to the caller and a `cancel` event it
+checks at safe points (raising `Cancelled`); a caller that stops listening sets
+`cancel`, so the job stops at the next such point and cleans up after itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from .prepare import quiet_third_party_warnings
+
+Emit = Callable[[Any], None]
+
+
+class Cancelled(Exception):
+    """The caller went away; the job stopped at a safe point."""
+
+
+def stop_if_cancelled(cancel: threading.Event) -> None:
+    if cancel.is_set():
+        raise Cancelled()
+
+
+async def stream_job(
+    job: Callable[[Emit, threading.Event], None],
+    name: str,
+    done: Callable[[], None] = lambda: None,
+) -> AsyncIterator[Any]:
+    """Runs `job(emit, cancel)` on a thread named `name` and yields what it emits;
+    re-raises what it raises (but `Cancelled`); `done()` runs when the job ends."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[Any] = asyncio.Queue()
+    cancel = threading.Event()
+    end = object()
+
+    def emit(event: Any) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, event)
+
+    def work() -> None:
+        outcome: Any = end
+        try:
+            with quiet_third_party_warnings():
+                job(emit, cancel)
+        except BaseException as exc:  # handed to the stream
+            outcome = exc
+        finally:
+            done()
+        loop.call_soon_threadsafe(events.put_nowait, (end, outcome))
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    finished = False
+    try:
+        while True:
+            event = await events.get()
+            if isinstance(event, tuple) and len(event) == 2 and event[0] is end:
+                finished = True
+                outcome = event[1]
+                if outcome is end or isinstance(outcome, Cancelled):
+                    return
+                raise outcome
+            yield event
+    finally:
+        if not finished:  # the caller went away: stop at the next safe point
+            cancel.set()
