@@ -271,3 +271,15 @@ async def test_a_cuda_server_builds_the_missing_fp16_graph_once(
         assert registry._loaded[tiny_model.id].graph == manifest.fast_graphs["fp16"]
     finally:
         registry.close()
+
+
+def test_cpu_defaults_and_the_cuda_memory_probe(store_home, tiny_model) -> None:
+    from tiger_grpc.config import CPU_MAX_BATCH
+    from tiger_grpc.engine.fused_model import cuda_free_bytes, default_cuda_cache_gb
+
+    model = FusedCausalLM(graph(store_home, tiny_model, "fp16"), Device.CPU)
+    assert model.max_batch == CPU_MAX_BATCH
+    assert model.max_len == tiny_model.context_length  # no cache cap on CPU
+    free = cuda_free_bytes()  # None without a CUDA runtime, else what it says
+    assert free is None or free > 0
+    assert default_cuda_cache_gb() > 0

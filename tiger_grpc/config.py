@@ -13,7 +13,7 @@ from typing import Any
 DEFAULT_GRPC_PORT = 50051
 DEFAULT_HTTP_PORT = 45678
 API_KEY_FILE = "api_key"
-CUDA_KV_CACHE_GB = 16.0  # default KV cache cap per model on a GPU
+CPU_MAX_BATCH, CUDA_MAX_BATCH = 16, 32  # default sequences per decode step
 
 
 class Device(enum.Enum):
@@ -62,10 +62,12 @@ def env_int(env: Mapping[str, str], name: str, default: int) -> int:
 class EngineOptions:
     device: Device = Device.AUTO
     precision: str = "int4"  # which fused graph to serve when the model has several
-    max_batch: int = 16  # sequences decoded together (fused graphs)
+    # Sequences decoded together (fused graphs); None: 16 on CPU, 32 on CUDA.
+    max_batch: int | None = None
     max_queued: int = 64  # waiting for a slot before RESOURCE_EXHAUSTED
     max_context: int | None = None  # caps the KV cache per sequence
-    # Caps each model's KV cache (GiB; None: none on CPU, CUDA_KV_CACHE_GB on CUDA).
+    # Caps each model's KV cache (GiB; None: none on CPU; on CUDA, most of the GPU
+    # memory left once the model is loaded).
     kv_cache_gb: float | None = None
     default_max_tokens: int = 1024
 

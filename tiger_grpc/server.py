@@ -189,8 +189,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[ServerConfig, Path | No
     parser.add_argument(
         "--max-batch",
         type=int,
-        default=env_int(env, "TIGER_MAX_BATCH", 16),
-        help="sequences decoded together per model",
+        default=env_int(env, "TIGER_MAX_BATCH", 0) or None,
+        help="sequences decoded together per model (default 16 on CPU, 32 on CUDA)",
     )
     parser.add_argument(
         "--max-queued",
@@ -209,7 +209,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[ServerConfig, Path | No
         type=float,
         default=float(env.get("TIGER_KV_CACHE_GB") or 0) or None,
         help="cap on the KV cache of each model (GiB); shortens the longest "
-        "sequence to fit max-batch of them (default: no cap on CPU, 16 on CUDA)",
+        "sequence to fit max-batch of them (default: none on CPU; on CUDA, "
+        "most of the free GPU memory)",
     )
     parser.add_argument(
         "--default-max-tokens",

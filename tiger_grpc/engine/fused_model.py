@@ -28,7 +28,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from ..config import CUDA_KV_CACHE_GB, Device
+from ..config import CPU_MAX_BATCH, CUDA_MAX_BATCH, Device
 from .onnx_model import CUDA, choose_providers, session_options
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class FusedCausalLM:
         self,
         onnx_path: Path,
         device: Device,
-        max_batch: int,
+        max_batch: int | None = None,
         max_len: int | None = None,
         cache_gb: float | None = None,
     ) -> None:
@@ -167,7 +167,10 @@ class FusedCausalLM:
         cos = next(
             t for t in self._initializer_shapes(onnx_path) if t[0] == "cos_cache"
         )
-        self.max_batch = max_batch
+        cuda = self.device_type == "cuda"
+        self.max_batch = max_batch = max_batch or (
+            CUDA_MAX_BATCH if cuda else CPU_MAX_BATCH
+        )
         self.max_len = min(max_len or cos[1][0], cos[1][0])
         # Bytes of cache one token takes in every layer: the budget caps the length.
         self.token_bytes = (
@@ -176,8 +179,8 @@ class FusedCausalLM:
             * self.head_dim
             * np.dtype(self.dtype).itemsize
         )
-        if cache_gb is None and self.device_type == "cuda":
-            cache_gb = CUDA_KV_CACHE_GB
+        if cache_gb is None and cuda:
+            cache_gb = default_cuda_cache_gb()
         if cache_gb is not None:
             fits = int(cache_gb * 2**30) // (self.token_bytes * max_batch)
             if fits < 1:
@@ -317,3 +320,32 @@ class FusedCausalLM:
     def cache_bytes(self) -> int:
         """Device memory the KV cache holds now."""
         return len(self._cache) * self.max_batch * self._row_bytes()
+
+
+# On CUDA, without TIGER_KV_CACHE_GB: this share of the GPU memory still free once
+# the model is loaded (the rest is for activations and other processes), or
+# FALLBACK_CUDA_CACHE_GB when the CUDA runtime cannot say.
+CUDA_FREE_SHARE = 0.8
+FALLBACK_CUDA_CACHE_GB = 16.0
+
+
+def default_cuda_cache_gb() -> float:
+    free = cuda_free_bytes()
+    if free is None:
+        return FALLBACK_CUDA_CACHE_GB
+    return CUDA_FREE_SHARE * free / 2**30
+
+
+def cuda_free_bytes() -> int | None:
+    """Free memory of the current CUDA device (cudaMemGetInfo), None if unknown."""
+    import ctypes
+
+    for name in ("libcudart.so.13", "libcudart.so.12", "libcudart.so"):
+        try:
+            runtime = ctypes.CDLL(name)
+        except OSError:
+            continue
+        free, total = ctypes.c_size_t(), ctypes.c_size_t()
+        status = runtime.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total))
+        return int(free.value) if status == 0 else None
+    return None
