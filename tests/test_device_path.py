@@ -283,3 +283,21 @@ def test_cpu_defaults_and_the_cuda_memory_probe(store_home, tiny_model) -> None:
     free = cuda_free_bytes()  # None without a CUDA runtime, else what it says
     assert free is None or free > 0
     assert default_cuda_cache_gb() > 0
+
+
+def test_a_preallocated_cache_is_whole_from_the_start(
+    store_home, tiny_model, torch_model
+) -> None:
+    """What CUDA does: the cache allocated once at its full budgeted length, never
+    grown nor given back."""
+    path = graph(store_home, tiny_model, "fp16")
+    budget = 3 * 1000 * 256 / 2**30  # 3 slots x 1000 tokens x 256 bytes
+    model = FusedCausalLM(path, Device.CPU, 3, cache_gb=budget, preallocate=True)
+    assert model.max_len == 1000 and model.capacity == 1000
+    assert model.cache_bytes() == 3 * 1000 * 256
+    long = list(range(3, 903))
+    np.testing.assert_allclose(
+        model.prefill(2, long), torch_logits(torch_model, long)[-1], atol=3e-3
+    )
+    model.shrink()
+    assert model.capacity == 1000

@@ -14,7 +14,7 @@ import logging
 import threading
 
 from ..errors import ResourceExhausted
-from .fused_model import INITIAL_CAPACITY, FusedCausalLM
+from .fused_model import FusedCausalLM
 from .scheduler import Outbox, Sequence, advance
 from .types import Failure
 
@@ -152,5 +152,5 @@ class BatchScheduler:
                 )
             self._running.pop()
             self._lengths.pop()
-        if not self._running and self.model.capacity > INITIAL_CAPACITY:
-            self.model.reset()  # idle: give the grown cache back
+        if not self._running:
+            self.model.shrink()  # idle: give a grown cache back

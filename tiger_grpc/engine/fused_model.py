@@ -10,13 +10,15 @@ of the `GroupQueryAttention` nodes: the graph appends in place and nothing is co
 per step. Per step only the new token ids and lengths go to the device, and only the
 last position's logits come back (the sampler needs them).
 
-The buffers start `INITIAL_CAPACITY` positions long and double when a sequence needs
-more (up to the model's context or the cache budget), and shrink back when the
-engine is idle: `GroupQueryAttention` clears a slot's whole row when a prompt is
+On CUDA the cache is allocated whole when the model loads, as long as the memory
+budget allows (most of the GPU memory left after the weights, as vLLM does). On CPU
+the buffers start `INITIAL_CAPACITY` positions long, double when a sequence needs
+more (up to the model's context or the budget), and shrink back when the engine is
+idle: `GroupQueryAttention` on CPU clears a slot's whole row when a prompt is
 written into it, so a buffer as long as the full context would cost every new slot
 hundreds of MB of page faults. Growing, zeroing and moving a slot are device-side
 copies, run by a second tiny graph (`Pad`) on the same execution provider, so CPU
-and CUDA share every line of this code.
+and CUDA share this code, and the CPU tests exercise the CUDA path's logic.
 """
 
 from __future__ import annotations
@@ -146,6 +148,7 @@ class FusedCausalLM:
         max_batch: int | None = None,
         max_len: int | None = None,
         cache_gb: float | None = None,
+        preallocate: bool | None = None,
     ) -> None:
         providers = choose_providers(device)
         self.session = ort.InferenceSession(
@@ -189,6 +192,10 @@ class FusedCausalLM:
                     f"of {max_batch} slots"
                 )
             self.max_len = min(self.max_len, fits)
+        # On CUDA the cache is allocated whole at load time, as big as the budget
+        # allows (as vLLM does): no growth copy ever needs old and new buffers at
+        # once, and nothing is allocated mid-stream. On CPU it grows on demand.
+        self.fixed = cuda if preallocate is None else preallocate
         self._buffers = DeviceBuffers(
             len(self._past_names), self.dtype, providers, self.device_type
         )
@@ -220,10 +227,18 @@ class FusedCausalLM:
         return self.kv_heads * self.capacity * self.head_dim * self._buffers.itemsize
 
     def reset(self) -> None:
-        """Drops every slot's cache and goes back to the initial capacity."""
+        """Drops every slot's cache and goes back to the initial capacity (on CUDA,
+        the whole cache: it is allocated once, up front)."""
         self._cache, self._bindings = [], {}  # freed before the new ones are made
-        self.capacity = min(INITIAL_CAPACITY, self.max_len)
+        self.capacity = (
+            self.max_len if self.fixed else min(INITIAL_CAPACITY, self.max_len)
+        )
         self._cache = self._buffers.allocate(self._shape(self.capacity))
+
+    def shrink(self) -> None:
+        """Gives a grown cache back (call when no slot is in use)."""
+        if self.capacity > INITIAL_CAPACITY and not self.fixed:
+            self.reset()
 
     def ensure_capacity(self, length: int) -> None:
         """Makes room for sequences of `length` tokens (all slots keep their contents)."""
