@@ -119,3 +119,37 @@ async def test_a_client_that_leaves_stops_the_import_and_it_leaves_nothing(
     assert status == 200  # the next import works
     assert not (models_dir / model_id).exists()
     assert not list(models_dir.glob(f".staging-{model_id}*"))
+
+
+def test_large_exports_skip_the_post_processing_that_cannot_pass_2_gb(
+    checkpoint, tmp_path, monkeypatch
+) -> None:
+    """optimum's tied-weight post-processing serializes the whole graph, which fails
+    past 2 GB (seen importing a 1B Llama with a tied head); such exports skip it.
+    Here the limit is lowered so the small checkpoint takes that path."""
+    import numpy as np
+    import optimum.exporters.onnx
+
+    from tiger_grpc import prepare
+    from tiger_grpc.config import Device
+    from tiger_grpc.engine.onnx_model import OnnxCausalLM
+
+    parameters = prepare.checkpoint_parameters(checkpoint)
+    assert parameters is not None and 1e5 < parameters < 1e7
+    assert prepare.post_process_fits(checkpoint, "fp32")
+    monkeypatch.setattr(prepare, "POST_PROCESS_MAX_BYTES", parameters * 4 - 1)
+    assert prepare.post_process_fits(checkpoint, "fp16")
+    assert not prepare.post_process_fits(checkpoint, "fp32")
+    seen = {}
+    real = optimum.exporters.onnx.main_export
+
+    def spy(**kwargs):
+        seen.update(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(optimum.exporters.onnx, "main_export", spy)
+    prepare.export_onnx(checkpoint, tmp_path / "onnx")
+    assert seen["no_post_process"] is True
+    model = OnnxCausalLM(tmp_path / "onnx" / "model.onnx", Device.CPU)
+    logits, _ = model.forward([1, 5, 6], model.empty_cache())
+    assert np.isfinite(logits).all()

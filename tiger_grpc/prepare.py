@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import importlib.util
 import logging
+import math
 import os
 import sys
 import time
@@ -99,6 +100,12 @@ def end_of_turn_ids(tokenizer: Any, generation_config: Any) -> list[int]:
     return sorted(ids)
 
 
+# optimum's post-processing (which stores tied embeddings once) loads the whole
+# exported graph into one protobuf message, which cannot pass 2 GB; past that size it
+# is skipped, and a tied head is stored twice.
+POST_PROCESS_MAX_BYTES = 1_800_000_000
+
+
 def export_onnx(
     hf_dir: Path, onnx_dir: Path, dtype: str = "fp32", device: str = "cpu"
 ) -> None:
@@ -114,7 +121,36 @@ def export_onnx(
             dtype=dtype,
             device=device,
             do_validation=False,
+            no_post_process=not post_process_fits(hf_dir, dtype),
         )
+
+
+def post_process_fits(hf_dir: Path, dtype: str) -> bool:
+    """Whether optimum's post-processing can hold the export of `hf_dir` in `dtype`
+    (unknown sizes are taken as too large)."""
+    parameters = checkpoint_parameters(hf_dir)
+    bytes_per_parameter = 2 if dtype in ("fp16", "bf16") else 4
+    return (
+        parameters is not None
+        and parameters * bytes_per_parameter <= POST_PROCESS_MAX_BYTES
+    )
+
+
+def checkpoint_parameters(hf_dir: Path) -> int | None:
+    """How many parameters a checkpoint's safetensors hold (headers only), or None
+    for other formats."""
+    files = sorted(hf_dir.glob("*.safetensors"))
+    if not files:
+        return None
+    with IMPORT_LOCK:
+        from safetensors import safe_open
+
+    total = 0
+    for file in files:
+        with safe_open(file, framework="np") as handle:
+            for name in handle.keys():  # noqa: SIM118 - not a dict
+                total += math.prod(handle.get_slice(name).get_shape())
+    return total
 
 
 def save_hf_from_gguf(gguf: Path, hf_dir: Path) -> tuple[Any, Any]:
