@@ -137,3 +137,74 @@ def test_admission_is_bounded(fused_path, tokenizer) -> None:
         scheduler.cancel(second)
     finally:
         scheduler.close()
+
+
+def test_a_prompt_written_in_chunks_and_moved_half_way_matches_pytorch(
+    fused_path, torch_model
+) -> None:
+    model = FusedCausalLM(fused_path, Device.CPU, max_batch=3, max_len=1024)
+    ids = [int(t) for t in np.random.default_rng(1).integers(3, 400, 300)]
+    with torch.no_grad():
+        expected = torch_model(torch.tensor([ids])).logits[0].numpy()
+    np.testing.assert_allclose(model.prefill(2, ids[:128]), expected[127], atol=1e-4)
+    model.move(2, 1, 128)  # a running sequence left: the prompt moves down a slot
+    np.testing.assert_allclose(
+        model.prefill(1, ids[:256], 128), expected[255], atol=1e-4
+    )
+    np.testing.assert_allclose(model.prefill(1, ids, 256), expected[299], atol=1e-4)
+
+
+class Greedy:
+    """A sampler that keeps every distribution it was given."""
+
+    def __init__(self) -> None:
+        self.seen: list[np.ndarray] = []
+
+    def __call__(self, logits: np.ndarray) -> int:
+        self.seen.append(np.array(logits))
+        return int(np.argmax(logits))
+
+
+def test_a_long_prompt_is_written_between_decode_steps(fused_path, tokenizer) -> None:
+    """A, C running while B's 700-token prompt goes in 32 tokens a turn: A finishes
+    half-way (C and B's partial prompt move down a slot), and every output equals
+    its solo run with the prompt written at once."""
+    long = [int(t) for t in np.random.default_rng(2).integers(3, 400, 700)]
+    plan = [(PROMPTS[1], 4), (PROMPTS[2], 30), (long, 12)]
+
+    def run_all(chunk: int, together: bool) -> tuple[list, BatchScheduler]:
+        scheduler = BatchScheduler(
+            FusedCausalLM(fused_path, Device.CPU, 3, 1024), "tiny", prefill_chunk=chunk
+        )
+
+        class Watch(Collector):  # notes how many chunks were written at its stop
+            def __call__(self, event) -> None:
+                if isinstance(event, Stop):
+                    self.chunks_at_stop = scheduler.prefill_chunks
+                super().__call__(event)
+
+        try:
+            runs = []
+            for prompt, n in plan:
+                watch = Watch()
+                seq = sequence(tokenizer, watch, n, temperature=0.0)
+                seq.prompt_ids = list(prompt)
+                seq.sampler = Greedy()
+                scheduler.submit(seq)
+                runs.append((seq, watch))
+                if not together:
+                    assert watch.done.wait(60)
+            for _, watch in runs:
+                assert watch.done.wait(60)
+            return runs, scheduler
+        finally:
+            scheduler.close()
+
+    solo, _ = run_all(10**6, together=False)
+    chunked, scheduler = run_all(32, together=True)
+    assert [s.generated for s, _ in chunked] == [s.generated for s, _ in solo]
+    for (a, _), (b, _) in zip(chunked, solo, strict=True):
+        np.testing.assert_allclose(a.sampler.seen, b.sampler.seen, atol=1e-4)
+    assert scheduler.prefill_chunks == 1 + 1 + 22  # ceil(700 / 32) for B
+    # A finished while B's prompt was still going in.
+    assert chunked[0][1].chunks_at_stop < 1 + 1 + 22

@@ -1,10 +1,12 @@
 """Continuous batching over the fused graph: one decode step serves every sequence.
 
-The loop alternates between admitting one waiting sequence (its prefill, into the
-next free slot) and one batched decode step for all running sequences, so a new
-request joins the batch at the next step without waiting for the others to finish,
-and a finished or cancelled one leaves at once (the last slot moves into its place).
-Admission is bounded: past `max_running + max_queued` sequences, `submit` refuses.
+The loop alternates between prefilling one waiting sequence (into the next free
+slot, at most `prefill_chunk` prompt tokens per turn) and one batched decode step for
+all running sequences. So a new request joins the batch once its prompt is in,
+without waiting for the others to finish; a long prompt does not stall the running
+streams for its whole length; a finished or cancelled sequence leaves at once (the
+last slot moves into its place). Admission is bounded: past `max_running +
+max_queued` sequences, `submit` refuses.
 """
 
 from __future__ import annotations
@@ -20,21 +22,35 @@ from .types import Failure
 
 log = logging.getLogger(__name__)
 
+PREFILL_CHUNK = 256  # prompt tokens written per loop turn
+
 
 class BatchScheduler:
     """Owns a fused model's decode thread; `submit` and `cancel` are thread-safe."""
 
-    def __init__(self, model: FusedCausalLM, name: str, max_queued: int = 64) -> None:
+    def __init__(
+        self,
+        model: FusedCausalLM,
+        name: str,
+        max_queued: int = 64,
+        prefill_chunk: int = PREFILL_CHUNK,
+    ) -> None:
         self.model = model
         self.max_running = model.max_batch
         self.max_queued = max_queued
+        self.prefill_chunk = prefill_chunk
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._running: list[Sequence] = []  # index == KV cache slot
         self._lengths: list[int] = []  # tokens in each slot's cache
+        # The sequence whose prompt is being written, in slot len(_running), and how
+        # many of its tokens are in.
+        self._prefilling: Sequence | None = None
+        self._prefilled = 0
         self._wake = threading.Condition()
         self._closed = False
         self.tokens_generated = 0
         self.steps = 0
+        self.prefill_chunks = 0
         self._out = Outbox()
         self._thread = threading.Thread(
             target=self._loop, name=f"batch-{name}", daemon=True
@@ -43,7 +59,7 @@ class BatchScheduler:
 
     @property
     def running(self) -> int:
-        return len(self._running)
+        return len(self._running) + (self._prefilling is not None)
 
     @property
     def queued(self) -> int:
@@ -53,10 +69,7 @@ class BatchScheduler:
         with self._wake:
             if self._closed:
                 raise RuntimeError("scheduler is closed")
-            if (
-                len(self._waiting) + len(self._running)
-                >= self.max_running + self.max_queued
-            ):
+            if self.queued + self.running >= self.max_running + self.max_queued:
                 raise ResourceExhausted(
                     f"the server is at capacity ({self.max_running} running, "
                     f"{self.max_queued} queued); retry shortly"
@@ -81,45 +94,68 @@ class BatchScheduler:
         while True:
             with self._wake:
                 self._wake.wait_for(
-                    lambda: self._closed or self._waiting or self._running
+                    lambda: (
+                        self._closed
+                        or self._waiting
+                        or self._running
+                        or self._prefilling
+                    )
                 )
                 if self._closed:
                     break
-                admit = None
-                if self._waiting and len(self._running) < self.max_running:
-                    admit = self._waiting.popleft()
+                if (
+                    self._prefilling is None
+                    and self._waiting
+                    and len(self._running) < self.max_running
+                ):
+                    self._prefilling, self._prefilled = self._waiting.popleft(), 0
             try:
-                if admit is not None:
-                    self._prefill(admit)
-                    self._out.flush()  # its first token goes out before the next step
+                if self._prefilling is not None:
+                    self._prefill_chunk()
+                    self._out.flush()  # a first token goes out before the next step
                 self._drop_finished()
                 if self._running:
                     self._decode()
                     self._drop_finished()
             except Exception:
                 log.exception("batched decode step failed")
-                for sequence in self._running:
+                for sequence in self._all():
                     self._out.put(sequence, Failure("internal error while generating"))
                 self._running.clear()
                 self._lengths.clear()
+                self._prefilling = None
             self._out.flush()
-        for sequence in [*self._running, *self._waiting]:
+        for sequence in [*self._all(), *self._waiting]:
             self._out.put(sequence, Failure("the server is shutting down"))
         self._out.flush()
 
-    def _prefill(self, s: Sequence) -> None:
+    def _all(self) -> list[Sequence]:
+        return [*self._running, *([self._prefilling] if self._prefilling else [])]
+
+    def _prefill_chunk(self) -> None:
+        """Writes the next chunk of the prefilling prompt; the last one samples the
+        first token and moves the sequence into the running batch."""
+        s = self._prefilling
+        assert s is not None
         if s.cancelled:
+            self._prefilling = None
             return
+        end = min(len(s.prompt_ids), self._prefilled + self.prefill_chunk)
         slot = len(self._running)
-        self._running.append(s)
-        self._lengths.append(len(s.prompt_ids))
         try:
-            logits = self.model.prefill(slot, s.prompt_ids)
+            logits = self.model.prefill(slot, s.prompt_ids[:end], self._prefilled)
         except Exception:
             log.exception("prefill failed")
             self._out.put(s, Failure("internal error while generating"))
-            s.cancelled = True
+            self._prefilling = None
             return
+        self.prefill_chunks += 1
+        self._prefilled = end
+        if end < len(s.prompt_ids):
+            return
+        self._prefilling = None
+        self._running.append(s)
+        self._lengths.append(len(s.prompt_ids))
         self.tokens_generated += 1
         if advance(s, s.sampler(logits), self._out):
             s.cancelled = True  # done: leaves at the next drop
@@ -137,7 +173,9 @@ class BatchScheduler:
                 s.cancelled = True
 
     def _drop_finished(self) -> None:
-        """Removes finished and cancelled sequences, keeping the slots contiguous."""
+        """Removes finished and cancelled sequences, keeping the slots contiguous
+        (a prompt being written stays in the slot right after the running ones)."""
+        before = len(self._running)
         i = 0
         while i < len(self._running):
             if not self._running[i].cancelled:
@@ -152,5 +190,7 @@ class BatchScheduler:
                 )
             self._running.pop()
             self._lengths.pop()
-        if not self._running:
+        if self._prefilling is not None and len(self._running) != before:
+            self.model.move(before, len(self._running), self._prefilled)
+        if not self._running and self._prefilling is None:
             self.model.shrink()  # idle: give a grown cache back

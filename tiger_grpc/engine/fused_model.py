@@ -305,11 +305,15 @@ class FusedCausalLM:
         self.session.run_with_iobinding(binding)
         return logits
 
-    def prefill(self, slot: int, token_ids: list[int]) -> np.ndarray:
-        """Writes a prompt into an empty slot; returns its last position's logits."""
+    def prefill(self, slot: int, token_ids: list[int], start: int = 0) -> np.ndarray:
+        """Writes `token_ids[start:]` into a slot that holds `token_ids[:start]`
+        (nothing when `start` is 0); returns the last position's logits. A long
+        prompt can so be written a chunk at a time."""
         self.ensure_capacity(len(token_ids))
         logits = self._run(
-            slice(slot, slot + 1), np.asarray([token_ids]), np.zeros(1, np.int64)
+            slice(slot, slot + 1),
+            np.asarray([token_ids[start:]]),
+            np.array([start], np.int64),
         )
         return logits[0].copy()
 
