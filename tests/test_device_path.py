@@ -301,3 +301,15 @@ def test_a_preallocated_cache_is_whole_from_the_start(
     )
     model.shrink()
     assert model.capacity == 1000
+
+
+def test_an_import_builds_the_graph_the_server_serves(
+    tmp_path: Path, store_home, tiny_model
+) -> None:
+    """A server run with `--precision fp32` gets an fp32 fused graph from `import`,
+    not the device's default."""
+    store = ModelStore(tmp_path / "home")
+    source = ModelStore(store_home).path(tiny_model.id) / "hf"
+    run_import(source, "as-served", store, Device.CPU, lambda e: None, None, "fp32")
+    manifest = store.get("as-served")
+    assert manifest is not None and list(manifest.fast_graphs) == ["fp32"]

@@ -26,6 +26,7 @@ from .errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
 from .imports import IMPORT_LOCK
 from .prepare import (
     build_fast_graph,
+    checkpoint_parameters,
     default_precision,
     end_of_turn_ids,
     export_onnx,
@@ -112,15 +113,22 @@ def layer_progress(
     return progress
 
 
-def export_settings(cuda: bool) -> tuple[str, str]:
-    """(dtype, device) of the optimum export: fp16 on the GPU for CUDA when PyTorch
-    can use it (optimum exports fp16 only there), fp32 on the CPU otherwise."""
-    if cuda:
-        with IMPORT_LOCK:
-            import torch
-        if torch.cuda.is_available():
-            return "fp16", "cuda"
-    return "fp32", "cpu"
+def export_settings(cuda: bool, hf_dir: Path) -> tuple[str, str, str | None]:
+    """(dtype, device, why not the GPU) of the optimum export: fp16 on the GPU for
+    CUDA when PyTorch can use it and the GPU has room for the model twice over
+    (optimum exports fp16 only there; models being served hold GPU memory too), fp32
+    on the CPU otherwise."""
+    if not cuda:
+        return "fp32", "cpu", None
+    with IMPORT_LOCK:
+        import torch
+    if not torch.cuda.is_available():
+        return "fp32", "cpu", "PyTorch here has no CUDA"
+    free, _ = torch.cuda.mem_get_info()
+    need = 2 * 2 * (checkpoint_parameters(hf_dir) or 0)  # fp16, twice
+    if free < need:
+        return "fp32", "cpu", f"the GPU has {free / 2**30:.1f} GiB free"
+    return "fp16", "cuda", None
 
 
 def run_import(
@@ -130,9 +138,11 @@ def run_import(
     device: Device,
     emit: Callable[[ImportEvent], None],
     cancel: threading.Event | None = None,
+    precision: str | None = None,
 ) -> None:
-    """The whole import, on a worker thread. A set `cancel` stops it at the next
-    phase or layer (the optimum export itself runs to its end), leaving nothing."""
+    """The whole import, on a worker thread: the fused graph is `precision` (the
+    device's default if None). A set `cancel` stops it at the next phase or layer
+    (the optimum export itself runs to its end), leaving nothing."""
     cancel = cancel or threading.Event()
     with IMPORT_LOCK:
         from transformers import AutoTokenizer, GenerationConfig
@@ -140,7 +150,7 @@ def run_import(
     started = time.monotonic()
     config = check_checkpoint(source)
     cuda = choose_providers(device)[0] == CUDA
-    precision = default_precision(device)
+    precision = precision or default_precision(device)
     with store.lock(out_id), store.staging(out_id) as scratch:
         emit(Info(f"Copying {source} into the model store"))
         shutil.copytree(source, scratch / "hf", copy_function=_link_or_copy)
@@ -150,14 +160,20 @@ def run_import(
             generation = GenerationConfig.from_pretrained(scratch / "hf")
         except OSError:
             generation = GenerationConfig(eos_token_id=config.get("eos_token_id"))
-        dtype, export_device = export_settings(cuda)
-        if cuda and export_device == "cpu":
-            emit(Info("PyTorch here has no CUDA: the optimum export runs on the CPU"))
+        dtype, export_device, why = export_settings(cuda, scratch / "hf")
+        if why:
+            emit(Info(f"{why}: the optimum export runs on the CPU"))
         what = f"Exporting to ONNX with optimum ({dtype} on {export_device.upper()})"
         with heartbeat(emit, what):
-            export_onnx(
-                scratch / "hf", scratch / "onnx", dtype=dtype, device=export_device
-            )
+            try:
+                export_onnx(
+                    scratch / "hf", scratch / "onnx", dtype=dtype, device=export_device
+                )
+            finally:
+                if export_device == "cuda":  # give the export's memory back
+                    import torch
+
+                    torch.cuda.empty_cache()
         stop_if_cancelled(cancel)
         what = f"Building the fused {precision} graph for the {'CUDA' if cuda else 'CPU'} engine"
         emit(Info(what))
@@ -182,9 +198,12 @@ def run_import(
 class Importer:
     """Runs one import at a time, off the event loop."""
 
-    def __init__(self, store: ModelStore, device: Device) -> None:
+    def __init__(
+        self, store: ModelStore, device: Device, precision: str | None = None
+    ) -> None:
         self._store = store
         self._device = device
+        self._precision = precision
         self._busy = threading.Lock()
 
     async def import_model(
@@ -204,10 +223,21 @@ class Importer:
             raise ResourceExhausted("an import is already running; one runs at a time")
 
         def job(emit: Emit, cancel: threading.Event) -> None:
-            run_import(source, out_id, self._store, self._device, emit, cancel)
+            run_import(
+                source,
+                out_id,
+                self._store,
+                self._device,
+                emit,
+                cancel,
+                self._precision,
+            )
 
-        async for event in stream_job(job, f"import-{out_id}", self._busy.release):
-            yield event
+        # Closed with this generator, so a caller that leaves cancels the job now.
+        events = stream_job(job, f"import-{out_id}", self._busy.release)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
 
 
 __all__ = ["Importer", "check_checkpoint", "run_import"]

@@ -111,7 +111,9 @@ async def create_server(config: ServerConfig) -> TigerServer:
     )
     pb_grpc.add_TigerServicer_to_server(
         TigerServicer(
-            registry, Trainer(registry), Importer(registry.store, config.engine.device)
+            registry,
+            Trainer(registry),
+            Importer(registry.store, config.engine.device, config.engine.precision),
         ),
         server,
     )

@@ -279,10 +279,13 @@ class Trainer:
             self._busy = False
             metrics.TRAININGS_RUNNING.dec()
 
-        async for event in stream_job(job, f"train-{out_id}", done):
-            if isinstance(event, Progress):
-                metrics.TRAIN_STEPS.inc()
-            yield event
+        # Closed with this generator, so a caller that leaves cancels the job now.
+        events = stream_job(job, f"train-{out_id}", done)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if isinstance(event, Progress):
+                    metrics.TRAIN_STEPS.inc()
+                yield event
 
 
 @contextlib.contextmanager

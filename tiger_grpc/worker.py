@@ -39,7 +39,10 @@ async def stream_job(
     end = object()
 
     def emit(event: Any) -> None:
-        loop.call_soon_threadsafe(events.put_nowait, event)
+        try:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+        except RuntimeError:  # the loop has closed: nobody is listening
+            pass
 
     def work() -> None:
         outcome: Any = end
@@ -50,7 +53,7 @@ async def stream_job(
             outcome = exc
         finally:
             done()
-        loop.call_soon_threadsafe(events.put_nowait, (end, outcome))
+        emit((end, outcome))
 
     threading.Thread(target=work, name=name, daemon=True).start()
     finished = False

@@ -153,9 +153,9 @@ class BatchScheduler:
         self._prefilled = end
         if end < len(s.prompt_ids):
             return
-        self._prefilling = None
-        self._running.append(s)
+        self._running.append(s)  # before the hand-over, so `running` never dips
         self._lengths.append(len(s.prompt_ids))
+        self._prefilling = None
         self.tokens_generated += 1
         if advance(s, s.sampler(logits), self._out):
             s.cancelled = True  # done: leaves at the next drop

@@ -10,8 +10,9 @@ of the `GroupQueryAttention` nodes: the graph appends in place and nothing is co
 per step. Per step only the new token ids and lengths go to the device, and only the
 last position's logits come back (the sampler needs them).
 
-On CUDA the cache is allocated whole when the model loads, as long as the memory
-budget allows (most of the GPU memory left after the weights, as vLLM does). On CPU
+On CUDA (Ampere and later, where ORT's attention is flash attention) the cache is
+allocated whole when the model loads, as long as the memory budget allows (most of
+the GPU memory left after the weights, as vLLM does), in one allocation. On CPU
 the buffers start `INITIAL_CAPACITY` positions long, double when a sequence needs
 more (up to the model's context or the budget), and shrink back when the engine is
 idle: `GroupQueryAttention` on CPU clears a slot's whole row when a prompt is
@@ -23,7 +24,10 @@ and CUDA share this code, and the CPU tests exercise the CUDA path's logic.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +42,17 @@ log = logging.getLogger(__name__)
 INITIAL_CAPACITY = 512
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 _ONNX = {np.float32: TensorProto.FLOAT, np.float16: TensorProto.FLOAT16}
+
+
+ALIGN = 256  # bytes between buffers carved out of one allocation
+
+
+@dataclass
+class Block:
+    """Same-shaped buffers carved out of one device allocation."""
+
+    value: ort.OrtValue  # owns the memory
+    addresses: list[int]  # where each buffer starts
 
 
 class DeviceBuffers:
@@ -86,26 +101,31 @@ class DeviceBuffers:
             model.SerializeToString(), options, providers=providers
         )
 
-    def allocate(self, shape: tuple[int, ...]) -> list[ort.OrtValue]:
-        """`count` new buffers of `shape`, zeroed."""
-        values = [
-            ort.OrtValue.ortvalue_from_shape_and_type(
-                list(shape), self.dtype, self.device_type, self.device_id
-            )
-            for _ in range(self.count)
-        ]
+    def allocate(self, shape: tuple[int, ...], zero: bool = True) -> Block:
+        """`count` new buffers of `shape`, in one allocation (on CUDA, ORT's arena
+        grows in doubling regions: one exact request reserves what it asks for, many
+        would leave the last region part empty), zeroed unless told otherwise."""
+        stride = -(-math.prod(shape) * self.itemsize // ALIGN) * ALIGN
+        value = ort.OrtValue.ortvalue_from_shape_and_type(
+            [stride * self.count // self.itemsize],
+            self.dtype,
+            self.device_type,
+            self.device_id,
+        )
+        base = value.data_ptr()
+        block = Block(value, [base + i * stride for i in range(self.count)])
+        if not zero:
+            return block
         empty = (*shape[:2], 0, *shape[3:])
         pads = [0, 0, 0, 0, 0, 0, shape[2], 0]
         # Padding an empty tensor out to the full shape writes zeros (it also faults
         # the host pages in now, not in the middle of a step).
-        addresses = [v.data_ptr() for v in values]
         try:
-            self.copy(addresses, empty, addresses, shape, pads)
+            self.copy(block.addresses, empty, block.addresses, shape, pads)
         except Exception as exc:  # noqa: BLE001 - zeros from the host instead
             log.warning("zeroing the KV cache on the device failed (%s)", exc)
-            for value in values:
-                value.update_inplace(np.zeros(shape, self.dtype))
-        return values
+            value.update_inplace(np.zeros(value.shape(), self.dtype))
+        return block
 
     def copy(
         self,
@@ -195,12 +215,16 @@ class FusedCausalLM:
         # On CUDA the cache is allocated whole at load time, as big as the budget
         # allows (as vLLM does): no growth copy ever needs old and new buffers at
         # once, and nothing is allocated mid-stream. On CPU it grows on demand.
-        self.fixed = cuda if preallocate is None else preallocate
+        if preallocate is None:
+            # Preallocation needs flash attention (Ampere and later): without it,
+            # ORT's GQA makes scratch buffers as long as the whole cache per call.
+            preallocate = cuda and (cuda_compute_major() or 8) >= 8
+        self.fixed = preallocate
         self._buffers = DeviceBuffers(
             len(self._past_names), self.dtype, providers, self.device_type
         )
         self.capacity = 0
-        self._cache: list[ort.OrtValue] = []
+        self._cache: Block | None = None
         self._bindings: dict[tuple[int, int], tuple[ort.IOBinding, np.ndarray]] = {}
         self.vocab_size = int(self.session.get_outputs()[0].shape[-1])
         self.reset()
@@ -229,7 +253,7 @@ class FusedCausalLM:
     def reset(self) -> None:
         """Drops every slot's cache and goes back to the initial capacity (on CUDA,
         the whole cache: it is allocated once, up front)."""
-        self._cache, self._bindings = [], {}  # freed before the new ones are made
+        self._cache, self._bindings = None, {}  # freed before the new ones are made
         self.capacity = (
             self.max_len if self.fixed else min(INITIAL_CAPACITY, self.max_len)
         )
@@ -247,16 +271,11 @@ class FusedCausalLM:
         if length <= self.capacity:
             return
         capacity = min(self.max_len, max(length, 2 * self.capacity))
-        grown = [
-            ort.OrtValue.ortvalue_from_shape_and_type(
-                list(self._shape(capacity)), self.dtype, self.device_type, 0
-            )
-            for _ in self._cache
-        ]
+        grown = self._buffers.allocate(self._shape(capacity), zero=False)
         self._buffers.copy(
-            [v.data_ptr() for v in self._cache],
+            self._block.addresses,
             self._shape(self.capacity),
-            [v.data_ptr() for v in grown],
+            grown.addresses,
             self._shape(capacity),
             [0, 0, 0, 0, 0, 0, capacity - self.capacity, 0],
         )
@@ -275,10 +294,13 @@ class FusedCausalLM:
                 self.head_dim,
             ]
             offset = rows.start * self._row_bytes()
-            for past, present, buffer in zip(
-                self._past_names, self._present_names, self._cache, strict=True
+            for past, present, start in zip(
+                self._past_names,
+                self._present_names,
+                self._block.addresses,
+                strict=True,
             ):
-                address = buffer.data_ptr() + offset
+                address = start + offset
                 device = (self.device_type, 0, self.dtype, shape, address)
                 binding.bind_input(past, *device)
                 binding.bind_output(present, *device)
@@ -330,15 +352,20 @@ class FusedCausalLM:
         row = self._row_bytes()
         shape = (1, self.kv_heads, self.capacity, self.head_dim)
         self._buffers.copy(
-            [v.data_ptr() + src * row for v in self._cache],
+            [start + src * row for start in self._block.addresses],
             shape,
-            [v.data_ptr() + dst * row for v in self._cache],
+            [start + dst * row for start in self._block.addresses],
             shape,
         )
 
     def cache_bytes(self) -> int:
         """Device memory the KV cache holds now."""
-        return len(self._cache) * self.max_batch * self._row_bytes()
+        return len(self._past_names) * self.max_batch * self._row_bytes()
+
+    @property
+    def _block(self) -> Block:
+        assert self._cache is not None, "the cache is being replaced"
+        return self._cache
 
 
 # On CUDA, without TIGER_KV_CACHE_GB: this share of the GPU memory still free once
@@ -355,16 +382,30 @@ def default_cuda_cache_gb() -> float:
     return CUDA_FREE_SHARE * free / 2**30
 
 
-def cuda_free_bytes() -> int | None:
-    """Free memory of the current CUDA device (cudaMemGetInfo), None if unknown."""
-    import ctypes
-
+def _cuda_runtime() -> ctypes.CDLL | None:
     for name in ("libcudart.so.13", "libcudart.so.12", "libcudart.so"):
         try:
-            runtime = ctypes.CDLL(name)
+            return ctypes.CDLL(name)
         except OSError:
             continue
-        free, total = ctypes.c_size_t(), ctypes.c_size_t()
-        status = runtime.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total))
-        return int(free.value) if status == 0 else None
     return None
+
+
+def cuda_free_bytes() -> int | None:
+    """Free memory of the current CUDA device (cudaMemGetInfo), None if unknown."""
+    runtime = _cuda_runtime()
+    if runtime is None:
+        return None
+    free, total = ctypes.c_size_t(), ctypes.c_size_t()
+    status = runtime.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total))
+    return int(free.value) if status == 0 else None
+
+
+def cuda_compute_major() -> int | None:
+    """The current CUDA device's compute capability major version, None if unknown."""
+    runtime = _cuda_runtime()
+    if runtime is None:
+        return None
+    major = ctypes.c_int()
+    status = runtime.cudaDeviceGetAttribute(ctypes.byref(major), 75, 0)  # major
+    return int(major.value) if status == 0 else None
