@@ -313,3 +313,18 @@ def test_an_import_builds_the_graph_the_server_serves(
     run_import(source, "as-served", store, Device.CPU, lambda e: None, None, "fp32")
     manifest = store.get("as-served")
     assert manifest is not None and list(manifest.fast_graphs) == ["fp32"]
+
+
+@pytest.mark.parametrize("module", ["tiger_grpc.server", "tiger_grpc.launch"])
+def test_an_unknown_precision_is_refused_at_start(module, tmp_path) -> None:
+    env = {**process_env(tmp_path), "TIGER_PRECISION": "int3"}
+    flags = ["--no-prepare"] if module == "tiger_grpc.server" else []
+    out = subprocess.run(
+        [sys.executable, "-m", module, *flags],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode != 0
+    assert "TIGER_PRECISION must be one of int8, int4, fp16, fp32" in out.stderr

@@ -64,8 +64,13 @@ def default_precision(device: Device = Device.AUTO) -> str:
     """TIGER_PRECISION, else fp16 where the CUDA provider will run, else int4."""
     from .engine.onnx_model import CUDA, choose_providers
 
-    if os.environ.get("TIGER_PRECISION"):
-        return os.environ["TIGER_PRECISION"]
+    chosen = os.environ.get("TIGER_PRECISION")
+    if chosen:
+        if chosen not in PRECISIONS:
+            raise SystemExit(
+                f"TIGER_PRECISION must be one of {', '.join(PRECISIONS)}, got {chosen!r}"
+            )
+        return chosen
     return "fp16" if choose_providers(device)[0] == CUDA else DEFAULT_PRECISION
 
 

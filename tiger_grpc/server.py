@@ -254,6 +254,11 @@ def parse_config(argv: list[str] | None = None) -> tuple[ServerConfig, Path | No
     setup_logging(args.log_level, args.log_format)
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
+    if args.precision is not None and args.precision not in PRECISIONS:
+        parser.error(
+            f"TIGER_PRECISION must be one of {', '.join(PRECISIONS)}, "
+            f"got {args.precision!r}"
+        )
     config = ServerConfig(
         home=args.home,
         api_key=resolve_api_key(args.home, env),
