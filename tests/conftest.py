@@ -102,6 +102,23 @@ def start_process(
     return Process(popen, ports[0], log, *ports[1:])
 
 
+LOCAL = ("--port", "0", "--host", "127.0.0.1")  # a free port, loopback only
+
+
+def start_server(workdir: Path, name: str, env: dict[str, str], *flags: str) -> Process:
+    """`tiger-server` on a free local port."""
+    return start_process(["tiger_grpc.server", *LOCAL, *flags], workdir, name, env)
+
+
+def start_gateway(
+    workdir: Path, name: str, env: dict[str, str], target: str, *flags: str
+) -> Process:
+    """`tiger-gateway` on a free local port, in front of `target`."""
+    return start_process(
+        ["gateway.main", *LOCAL, "--grpc-target", target, *flags], workdir, name, env
+    )
+
+
 def process_env(store_home: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(TIGER_HOME=str(store_home), TIGER_API_KEY=API_KEY, PYTHONUNBUFFERED="1")
@@ -114,12 +131,7 @@ def backend(
 ) -> Iterator[Process]:
     """The real gRPC server on a free port, serving the embedded and the tiny model."""
     workdir = tmp_path_factory.mktemp("backend")
-    proc = start_process(
-        ["tiger_grpc.server", "--port", "0", "--host", "127.0.0.1"],
-        workdir,
-        "server",
-        process_env(store_home),
-    )
+    proc = start_server(workdir, "server", process_env(store_home))
     yield proc
     proc.stop()
 
@@ -128,21 +140,13 @@ def backend(
 def gateway(backend: Process, store_home: Path, tmp_path_factory) -> Iterator[Process]:
     """The real HTTP gateway on a free port, in front of `backend`."""
     workdir = tmp_path_factory.mktemp("gateway")
-    proc = start_process(
-        [
-            "gateway.main",
-            "--port",
-            "0",
-            "--host",
-            "127.0.0.1",
-            "--grpc-target",
-            f"127.0.0.1:{backend.port}",
-            "--max-body-bytes",
-            "65536",
-        ],
+    proc = start_gateway(
         workdir,
         "gateway",
         process_env(store_home),
+        f"127.0.0.1:{backend.port}",
+        "--max-body-bytes",
+        "65536",
     )
     yield proc
     proc.stop()
@@ -168,35 +172,10 @@ def stack(
     """A server (without preparing the default model) and a gateway in front of it, of a
     test's own, stopped at the end."""
     env = process_env(store_home)
-    server = start_process(
-        [
-            "tiger_grpc.server",
-            "--port",
-            "0",
-            "--host",
-            "127.0.0.1",
-            "--no-prepare",
-            *server_args,
-        ],
-        workdir,
-        "own-server",
-        env,
-    )
+    server = start_server(workdir, "own-server", env, "--no-prepare", *server_args)
     try:
-        gateway = start_process(
-            [
-                "gateway.main",
-                "--port",
-                "0",
-                "--host",
-                "127.0.0.1",
-                "--grpc-target",
-                f"127.0.0.1:{server.port}",
-                *gateway_args,
-            ],
-            workdir,
-            "own-gateway",
-            env,
+        gateway = start_gateway(
+            workdir, "own-gateway", env, f"127.0.0.1:{server.port}", *gateway_args
         )
         try:
             yield server, gateway

@@ -18,7 +18,7 @@ from tests.conftest import (
     TINY_MODEL_ID,
     Process,
     process_env,
-    start_process,
+    start_gateway,
 )
 from tiger_grpc.prepare import DEFAULT_MODEL_ID
 
@@ -231,19 +231,8 @@ async def test_models_health_ready(base_url: str, auth) -> None:
 
 async def test_backend_down_is_503(store_home: Path, tmp_path: Path) -> None:
     """A gateway whose backend is gone answers 503, and /healthz still says alive."""
-    dead = start_process(
-        [
-            "gateway.main",
-            "--port",
-            "0",
-            "--host",
-            "127.0.0.1",
-            "--grpc-target",
-            "127.0.0.1:9",
-        ],
-        tmp_path,
-        "lonely-gateway",
-        process_env(store_home),
+    dead = start_gateway(
+        tmp_path, "lonely-gateway", process_env(store_home), "127.0.0.1:9"
     )
     try:
         url = f"http://127.0.0.1:{dead.port}"

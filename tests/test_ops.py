@@ -25,7 +25,7 @@ from tests.conftest import (
     Process,
     process_env,
     stack,
-    start_process,
+    start_server,
 )
 from tiger_grpc.pb.tiger.v1 import tiger_pb2 as pb
 from tiger_grpc.pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
@@ -120,20 +120,13 @@ async def test_request_ids_travel_and_keys_never_reach_the_logs(
 
 
 def test_json_logs(store_home: Path, tmp_path: Path) -> None:
-    proc = start_process(
-        [
-            "tiger_grpc.server",
-            "--port",
-            "0",
-            "--host",
-            "127.0.0.1",
-            "--no-prepare",
-            "--log-format",
-            "json",
-        ],
+    proc = start_server(
         tmp_path,
         "json-server",
         process_env(store_home),
+        "--no-prepare",
+        "--log-format",
+        "json",
     )
     proc.stop()
     lines = [
@@ -174,19 +167,8 @@ def test_reflection_lists_the_service_and_can_be_turned_off(
     )
     assert TINY_MODEL_ID in [m.id for m in call(request_cls(), metadata=AUTH).models]
     channel.close()
-    closed = start_process(
-        [
-            "tiger_grpc.server",
-            "--port",
-            "0",
-            "--host",
-            "127.0.0.1",
-            "--no-prepare",
-            "--no-reflection",
-        ],
-        tmp_path,
-        "closed",
-        process_env(store_home),
+    closed = start_server(
+        tmp_path, "closed", process_env(store_home), "--no-prepare", "--no-reflection"
     )
     try:
         with pytest.raises(grpc.RpcError):

@@ -15,7 +15,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.conftest import API_KEY, TINY_MODEL_ID, process_env, stack, start_process
+from tests.conftest import (
+    API_KEY,
+    TINY_MODEL_ID,
+    process_env,
+    stack,
+    start_gateway,
+    start_server,
+)
 from tiger_grpc.pb.tiger.v1 import tiger_pb2 as pb
 from tiger_grpc.pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
 
@@ -134,29 +141,10 @@ async def test_two_backends_one_dies_requests_still_succeed(
 ):
     env = process_env(store_home)
     servers = [
-        start_process(
-            ["tiger_grpc.server", "--port", "0", "--host", "127.0.0.1", "--no-prepare"],
-            tmp_path,
-            f"server{i}",
-            env,
-        )
-        for i in range(2)
+        start_server(tmp_path, f"server{i}", env, "--no-prepare") for i in range(2)
     ]
     targets = ",".join(f"127.0.0.1:{s.port}" for s in servers)
-    gateway = start_process(
-        [
-            "gateway.main",
-            "--port",
-            "0",
-            "--host",
-            "127.0.0.1",
-            "--grpc-target",
-            targets,
-        ],
-        tmp_path,
-        "rr-gateway",
-        env,
-    )
+    gateway = start_gateway(tmp_path, "rr-gateway", env, targets)
     url = f"http://127.0.0.1:{gateway.port}"
     try:
         assert [await generate(url) for _ in range(6)] == [200] * 6

@@ -10,7 +10,7 @@ import aiohttp
 import grpc
 import pytest
 
-from tests.conftest import API_KEY, TINY_MODEL_ID, process_env, start_process
+from tests.conftest import API_KEY, TINY_MODEL_ID, process_env, start_server
 from tiger_grpc.pb.tiger.v1 import tiger_pb2 as pb
 from tiger_grpc.pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
 
@@ -136,12 +136,7 @@ async def test_full_training_over_grpc_survives_a_restart(
         ]
     assert chunks[-1].HasField("stop") and chunks[-1].stop.model == output
     assert sum(c.HasField("progress") for c in chunks) == 2
-    fresh = start_process(
-        ["tiger_grpc.server", "--port", "0", "--host", "127.0.0.1", "--no-prepare"],
-        tmp_path,
-        "restarted",
-        process_env(store_home),
-    )
+    fresh = start_server(tmp_path, "restarted", process_env(store_home), "--no-prepare")
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{fresh.port}") as channel:
             reply = await pb_grpc.TigerStub(channel).ListModels(
