@@ -58,6 +58,23 @@ def tiny_model(store_home: Path, default_model_dir: Path) -> ModelManifest:
     )
 
 
+@pytest.fixture(scope="session")
+def torch_model(store_home: Path, tiny_model: ModelManifest):
+    """The tiny model in PyTorch: the reference the ONNX graphs are checked against."""
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM.from_pretrained(
+        ModelStore(store_home).path(tiny_model.id) / "hf"
+    ).eval()
+
+
+def graph(store_home: Path, tiny_model: ModelManifest, precision: str = "fp32") -> Path:
+    """The tiny model's fused graph of `precision`."""
+    return (
+        ModelStore(store_home).path(tiny_model.id) / tiny_model.fast_graphs[precision]
+    )
+
+
 @dataclass
 class Process:
     popen: subprocess.Popen[bytes]

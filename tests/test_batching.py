@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import graph
 from tests.test_engine import PROMPT, Collector, sequence
 from tiger_grpc.config import Device
 from tiger_grpc.engine.batcher import BatchScheduler
 from tiger_grpc.engine.fused_model import FusedCausalLM
 from tiger_grpc.engine.types import Stop, StopReason
 from tiger_grpc.errors import ResourceExhausted
-from tiger_grpc.store import ModelStore
 
 PROMPTS = [
     PROMPT,
@@ -23,24 +23,9 @@ PROMPTS = [
 ]
 
 
-def graph(store_home, tiny_model, precision: str = "fp32"):
-    return (
-        ModelStore(store_home).path(tiny_model.id) / tiny_model.fast_graphs[precision]
-    )
-
-
 @pytest.fixture(scope="module")
 def fused_path(store_home, tiny_model):
     return graph(store_home, tiny_model)
-
-
-@pytest.fixture(scope="module")
-def torch_model(store_home, tiny_model):
-    from transformers import LlamaForCausalLM
-
-    return LlamaForCausalLM.from_pretrained(
-        ModelStore(store_home).path(tiny_model.id) / "hf"
-    ).eval()
 
 
 # fp16 is the CUDA graph (fp16 weights, activations and KV cache), run here by ORT's

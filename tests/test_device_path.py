@@ -19,8 +19,7 @@ import pytest
 import requests
 import torch
 
-from tests.conftest import API_KEY, process_env, stack
-from tests.test_batching import graph
+from tests.conftest import API_KEY, graph, process_env, stack
 from tiger_grpc.config import Device
 from tiger_grpc.engine.fused_model import INITIAL_CAPACITY, FusedCausalLM
 from tiger_grpc.engine.types import Info
@@ -28,15 +27,6 @@ from tiger_grpc.importer import run_import
 from tiger_grpc.store import ModelStore
 
 PROMPT = [1, 5, 6, 7, 8, 9, 10, 11]
-
-
-@pytest.fixture(scope="module")
-def torch_model(store_home, tiny_model):
-    from transformers import LlamaForCausalLM
-
-    return LlamaForCausalLM.from_pretrained(
-        ModelStore(store_home).path(tiny_model.id) / "hf"
-    ).eval()
 
 
 def torch_logits(model, ids: list[int]) -> np.ndarray:

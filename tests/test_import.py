@@ -20,22 +20,14 @@ HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 def checkpoint(tmp_path_factory, default_model_dir: Path) -> Path:
     """A small Llama checkpoint as a user would have it on disk (random weights)."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from tiger_grpc.testing import tiny_llama_config
 
     path = tmp_path_factory.mktemp("My-Llama-Checkpoint")
     torch.manual_seed(1)
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir / "hf")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        eos_token_id=2,
-        bos_token_id=1,
-    )
+    config = tiny_llama_config(len(tokenizer), max_position_embeddings=512)
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

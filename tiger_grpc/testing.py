@@ -28,6 +28,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,6 +36,25 @@ from .client import AsyncTigerClient
 from .store import ModelManifest, ModelStore
 
 TINY_MODEL_ID = "tiny-llama"
+
+
+def tiny_llama_config(vocab_size: int, **overrides: Any) -> Any:
+    """The tiny test Llama's shape: 2 layers 64 wide, 4 heads over 2 KV heads."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        **{
+            "vocab_size": vocab_size,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            **overrides,
+        }
+    )
 
 
 def build_tiny_model(
@@ -50,7 +70,7 @@ def build_tiny_model(
     if existing is not None:
         return existing
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     from .prepare import add_fast_graph, end_of_turn_ids, export_onnx, find_gguf
 
@@ -62,16 +82,9 @@ def build_tiny_model(
     else:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    config = tiny_llama_config(
+        len(tokenizer),
         max_position_embeddings=context_length,
-        bos_token_id=1,
-        eos_token_id=2,
         pad_token_id=2,
         tie_word_embeddings=True,
     )
