@@ -37,14 +37,21 @@ def error_message(error: grpc.aio.AioRpcError) -> str:
     return error.details() or error.code().name.lower()
 
 
+def _shared(chunk: Any, kind: str | None) -> dict[str, Any]:
+    """The chunk kinds every stream has: `info` and `error` (and none at all)."""
+    if kind == "info":
+        return {"type": "info", "message": chunk.info.message}
+    if kind == "error":
+        return {"type": "error", "message": chunk.error.message}
+    return {"type": "error", "message": "the backend sent an empty chunk"}
+
+
 def stop_reason_name(reason: int) -> str:
     return pb.StopReason.Name(reason).removeprefix("STOP_REASON_").lower()
 
 
 def chunk_to_json(chunk: pb.GenerateChunk) -> dict[str, Any]:
     kind = chunk.WhichOneof("chunk")
-    if kind == "info":
-        return {"type": "info", "message": chunk.info.message}
     if kind == "delta":
         return {"type": "delta", "delta": chunk.delta.delta}
     if kind == "stop":
@@ -58,9 +65,7 @@ def chunk_to_json(chunk: pb.GenerateChunk) -> dict[str, Any]:
                 "output_tokens": usage.output_tokens,
             },
         }
-    if kind == "error":
-        return {"type": "error", "message": chunk.error.message}
-    return {"type": "error", "message": "the backend sent an empty chunk"}
+    return _shared(chunk, kind)
 
 
 def model_to_json(model: pb.ModelInfo) -> dict[str, Any]:
@@ -77,8 +82,6 @@ def model_to_json(model: pb.ModelInfo) -> dict[str, Any]:
 
 def train_chunk_to_json(chunk: pb.TrainChunk) -> dict[str, Any]:
     kind = chunk.WhichOneof("chunk")
-    if kind == "info":
-        return {"type": "info", "message": chunk.info.message}
     if kind == "progress":
         p = chunk.progress
         return {
@@ -105,15 +108,11 @@ def train_chunk_to_json(chunk: pb.TrainChunk) -> dict[str, Any]:
                 "steps": u.steps,
             },
         }
-    if kind == "error":
-        return {"type": "error", "message": chunk.error.message}
-    return {"type": "error", "message": "the backend sent an empty chunk"}
+    return _shared(chunk, kind)
 
 
 def import_chunk_to_json(chunk: pb.ImportChunk) -> dict[str, Any]:
     kind = chunk.WhichOneof("chunk")
-    if kind == "info":
-        return {"type": "info", "message": chunk.info.message}
     if kind == "stop":
         return {
             "type": "stop",
@@ -121,6 +120,4 @@ def import_chunk_to_json(chunk: pb.ImportChunk) -> dict[str, Any]:
             "model": chunk.stop.model,
             "usage": {"duration_ms": chunk.stop.duration_ms},
         }
-    if kind == "error":
-        return {"type": "error", "message": chunk.error.message}
-    return {"type": "error", "message": "the backend sent an empty chunk"}
+    return _shared(chunk, kind)
