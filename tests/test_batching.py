@@ -50,7 +50,7 @@ def test_fused_graph_matches_pytorch_in_prefill_and_batched_decode(
 def test_moving_a_slot_keeps_its_sequence(fused_path):
     model = FusedCausalLM(fused_path, Device.CPU, max_batch=2, max_len=64)
     model.prefill(1, PROMPTS[0])
-    model.move(1, 0, len(PROMPTS[0]))
+    model.move(1, 0)
     moved = model.decode([42], [len(PROMPTS[0])])[0]
     fresh = FusedCausalLM(fused_path, Device.CPU, max_batch=1, max_len=64)
     fresh.prefill(0, PROMPTS[0])
@@ -132,7 +132,7 @@ def test_a_prompt_written_in_chunks_and_moved_half_way_matches_pytorch(
     with torch.no_grad():
         expected = torch_model(torch.tensor([ids])).logits[0].numpy()
     np.testing.assert_allclose(model.prefill(2, ids[:128]), expected[127], atol=1e-4)
-    model.move(2, 1, 128)  # a running sequence left: the prompt moves down a slot
+    model.move(2, 1)  # a running sequence left: the prompt moves down a slot
     np.testing.assert_allclose(
         model.prefill(1, ids[:256], 128), expected[255], atol=1e-4
     )

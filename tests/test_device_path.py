@@ -54,7 +54,7 @@ def test_the_cache_grows_on_the_device_and_keeps_every_slot(
         logits[1], torch_logits(torch_model, [*PROMPT, 43])[-1], atol=atol
     )
     # Moving the long sequence into slot 1 carries its whole row.
-    model.move(0, 1, len(long) + 1)
+    model.move(0, 1)
     moved = model.decode([42, 44], [len(PROMPT) + 1, len(long) + 1])[1]
     np.testing.assert_allclose(
         moved, torch_logits(torch_model, [*long, 42, 44])[-1], atol=atol

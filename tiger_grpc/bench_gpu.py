@@ -28,6 +28,7 @@ import numpy as np
 from .config import Device, default_home
 from .prepare import DEFAULT_MODEL_ID, default_precision, ensure_default_model
 from .store import ModelStore
+from .validation import ChatMessage, GenerateParams
 
 # LlamaConfig fields of the shapes the bench can build with random weights.
 SHAPES: dict[str, dict[str, Any]] = {
@@ -207,18 +208,15 @@ def greedy_parity(
 
     from .engine.fused_model import FusedCausalLM
     from .engine.onnx_model import OnnxCausalLM
+    from .models import render_prompt
 
     manifest = ensure_default_model(store, precision)
     directory = store.path(DEFAULT_MODEL_ID)
     tokenizer = AutoTokenizer.from_pretrained(directory / manifest.hf_path)
-    prompt = [
-        int(i)
-        for i in tokenizer.apply_chat_template(
-            [{"role": "user", "content": "Why is the sky blue?"}],
-            add_generation_prompt=True,
-            tokenize=True,
-        )
-    ]
+    question = ChatMessage("user", "Why is the sky blue?")
+    prompt = render_prompt(
+        tokenizer, GenerateParams(model=DEFAULT_MODEL_ID, messages=(question,))
+    )
     fused = FusedCausalLM(directory / manifest.fast_graphs[precision], device, 1)
     logits, ids = fused.prefill(0, prompt), []
     for _ in range(tokens):

@@ -152,7 +152,8 @@ class ModelRegistry:
                 return
             started = time.monotonic()
             yield Info(f"Loading model {manifest.id}")
-            if self.graph_to_build(manifest):
+            build_graph = self.graph_to_build(manifest)
+            if build_graph:
                 yield Info(
                     f"Building the fused {self.options.precision} graph of "
                     f"{manifest.id} for {self.provider} (once; minutes for a "
@@ -160,7 +161,9 @@ class ModelRegistry:
                 )
             task = self._loading.get(manifest.id)
             if task is None or (task.done() and task.exception() is not None):
-                task = asyncio.ensure_future(self._build(manifest, started))
+                task = asyncio.ensure_future(
+                    self._build(manifest, started, build_graph)
+                )
                 self._loading[manifest.id] = task
             model = await asyncio.shield(task)
             yield Info("Loading tokenizer")
@@ -195,8 +198,10 @@ class ModelRegistry:
                 log.warning("no fused graph for %s: %s", manifest.id, exc)
                 return current
 
-    async def _build(self, manifest: ModelManifest, started: float) -> LoadedModel:
-        if self.graph_to_build(manifest):
+    async def _build(
+        self, manifest: ModelManifest, started: float, build_graph: bool
+    ) -> LoadedModel:
+        if build_graph:
             manifest = await asyncio.to_thread(self._add_graph, manifest)
         directory = self.store.path(manifest.id)
         model = await asyncio.to_thread(
@@ -227,23 +232,12 @@ class ModelRegistry:
         tokenizer = await self._tokenizer(manifest)
         prompt_ids = await asyncio.to_thread(render_prompt, tokenizer, params)
         context = min(manifest.context_length, self.options.max_context or 2**31)
-        room = context - len(prompt_ids)
-        if room < 1:
-            raise InvalidArgument(
-                f"the prompt is {len(prompt_ids)} tokens after the chat template; "
-                f"{manifest.id} fits at most {context - 1} prompt tokens "
-                f"(context length {context})"
-            )
+        room = room_after(prompt_ids, manifest.id, context, "context length")
         async for info in self._load(manifest):
             yield info
         model = self._loaded[manifest.id]
-        if len(prompt_ids) >= model.max_len:  # a KV cache budget can be shorter
-            raise InvalidArgument(
-                f"the prompt is {len(prompt_ids)} tokens after the chat template; "
-                f"{manifest.id} fits at most {model.max_len - 1} prompt tokens "
-                f"in its KV cache here"
-            )
-        room = min(room, model.max_len - len(prompt_ids))
+        # A KV cache budget can make the loaded model's limit shorter.
+        room = min(room, room_after(prompt_ids, manifest.id, model.max_len, "KV cache"))
         max_tokens = min(params.max_tokens or self.options.default_max_tokens, room)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
@@ -296,6 +290,18 @@ class ModelRegistry:
         for model in self._loaded.values():
             model.close()
         self._loaded.clear()
+
+
+def room_after(prompt_ids: list[int], model_id: str, limit: int, what: str) -> int:
+    """Tokens left for the output once the prompt is in `limit` (the model's `what`);
+    a prompt that leaves none is an error."""
+    room = limit - len(prompt_ids)
+    if room < 1:
+        raise InvalidArgument(
+            f"the prompt is {len(prompt_ids)} tokens after the chat template; "
+            f"{model_id} fits at most {limit - 1} prompt tokens ({what} {limit})"
+        )
+    return room
 
 
 def render_prompt(tokenizer: Any, params: GenerateParams) -> list[int]:

@@ -10,11 +10,19 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .prepare import quiet_third_party_warnings
 
 Emit = Callable[[Any], None]
+
+
+@dataclass(frozen=True)
+class _Ended:
+    """The job's last event: what it raised, if anything."""
+
+    outcome: BaseException | None
 
 
 class Cancelled(Exception):
@@ -36,7 +44,6 @@ async def stream_job(
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[Any] = asyncio.Queue()
     cancel = threading.Event()
-    end = object()
 
     def emit(event: Any) -> None:
         try:
@@ -45,7 +52,7 @@ async def stream_job(
             pass
 
     def work() -> None:
-        outcome: Any = end
+        outcome: BaseException | None = None
         try:
             with quiet_third_party_warnings():
                 job(emit, cancel)
@@ -53,19 +60,18 @@ async def stream_job(
             outcome = exc
         finally:
             done()
-        emit((end, outcome))
+        emit(_Ended(outcome))
 
     threading.Thread(target=work, name=name, daemon=True).start()
     finished = False
     try:
         while True:
             event = await events.get()
-            if isinstance(event, tuple) and len(event) == 2 and event[0] is end:
+            if isinstance(event, _Ended):
                 finished = True
-                outcome = event[1]
-                if outcome is end or isinstance(outcome, Cancelled):
+                if event.outcome is None or isinstance(event.outcome, Cancelled):
                     return
-                raise outcome
+                raise event.outcome
             yield event
     finally:
         if not finished:  # the caller went away: stop at the next safe point

@@ -183,7 +183,7 @@ class BatchScheduler:
                 continue
             last = len(self._running) - 1
             if i != last:
-                self.model.move(last, i, self._lengths[last])
+                self.model.move(last, i)
                 self._running[i], self._lengths[i] = (
                     self._running[last],
                     self._lengths[last],
@@ -191,6 +191,6 @@ class BatchScheduler:
             self._running.pop()
             self._lengths.pop()
         if self._prefilling is not None and len(self._running) != before:
-            self.model.move(before, len(self._running), self._prefilled)
+            self.model.move(before, len(self._running))
         if not self._running and self._prefilling is None:
             self.model.shrink()  # idle: give a grown cache back

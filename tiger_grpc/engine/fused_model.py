@@ -347,8 +347,9 @@ class FusedCausalLM:
             slice(0, n), np.asarray(tokens)[:, None], np.asarray(lengths)
         ).copy()
 
-    def move(self, src: int, dst: int, length: int) -> None:
-        """Moves a sequence's cache to another slot (to keep the batch contiguous)."""
+    def move(self, src: int, dst: int) -> None:
+        """Moves a slot's cache (its whole row) to another slot, to keep the batch
+        contiguous."""
         row = self._row_bytes()
         shape = (1, self.kv_heads, self.capacity, self.head_dim)
         self._buffers.copy(
