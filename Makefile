@@ -24,7 +24,7 @@ cuda: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[cuda]'
 
 run: $(STAMP)
-	$(PY) -m tiger_grpc.launch
+	$(PY) -m tiger_grpc.server.launch
 
 # The playground test drives Debian's Chromium (browser tools must not download one).
 browser:
@@ -38,23 +38,23 @@ test: $(STAMP) browser
 # Side-by-side throughput: Tiger (HTTP, gRPC, in-process) against optimum and
 # transformers. BENCH_ARGS=--quick for a two-minute run.
 bench: $(STAMP)
-	$(PY) -m tiger_grpc.bench $(BENCH_ARGS)
+	$(PY) -m tiger_grpc.tools.bench $(BENCH_ARGS)
 
 # The CUDA path: Llama-3.1-8B's shape with random fp16 weights and the embedded
 # model, decode at 1/8/32 streams against the bandwidth bound, greedy parity with
 # the CPU. BENCH_GPU_ARGS="--shapes tiny,embedded --device cpu" checks it anywhere.
 bench-gpu: $(STAMP)
-	$(PY) -m tiger_grpc.bench_gpu $(BENCH_GPU_ARGS)
+	$(PY) -m tiger_grpc.tools.bench_gpu $(BENCH_GPU_ARGS)
 
 # Many concurrent streaming clients against a running gateway (make run) for a
 # bounded time; LOAD_ARGS="--concurrency 64 --duration 60".
 load: $(STAMP)
-	$(PY) -m tiger_grpc.loadtest $(LOAD_ARGS)
+	$(PY) -m tiger_grpc.tools.loadtest $(LOAD_ARGS)
 
 # Regenerates the gRPC code from proto/ from scratch, with package-relative imports.
 proto: $(STAMP)
 	rm -rf $(PB_OUT)
-	$(PY) -m tiger_grpc.codegen $(PB_OUT)
+	$(PY) -m tiger_grpc.tools.codegen $(PB_OUT)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
+from aiohttp import web
+from grpc_health.v1 import health_pb2_grpc
 
-from .config import GatewayConfig
+from tiger_grpc.api.wire import MESSAGE_SIZE_OPTIONS, SERVICE_NAME
+from tiger_grpc.pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
 
-BACKEND_SERVICE = "tiger.v1.Tiger"
+from .config import CONFIG, GatewayConfig
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The stubs the routes call (a test can give its own)."""
+
+    tiger: Any  # tiger.v1.Tiger
+    health: Any  # grpc.health.v1.Health
+
+
+BACKEND = web.AppKey("backend", Backend)
 
 
 def service_config() -> str:
@@ -27,8 +44,8 @@ def service_config() -> str:
             "methodConfig": [
                 {
                     "name": [
-                        {"service": BACKEND_SERVICE, "method": "Generate"},
-                        {"service": BACKEND_SERVICE, "method": "ListModels"},
+                        {"service": SERVICE_NAME, "method": "Generate"},
+                        {"service": SERVICE_NAME, "method": "ListModels"},
                         {"service": "grpc.health.v1.Health"},
                     ],
                     "retryPolicy": retry,
@@ -39,7 +56,8 @@ def service_config() -> str:
 
 
 def _target(grpc_target: str) -> str:
-    """`host1:p1,host2:p2` becomes gRPC's `ipv4:`/`ipv6:` list URI; others pass as is."""
+    """`host1:p1,host2:p2` becomes gRPC's `ipv4:`/`ipv6:` list URI; others pass
+    as they are."""
     if (
         "," not in grpc_target
         or "://" in grpc_target
@@ -57,8 +75,7 @@ def open_channel(config: GatewayConfig) -> grpc.aio.Channel:
     options = [
         ("grpc.service_config", service_config()),
         ("grpc.enable_retries", 1),
-        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        *MESSAGE_SIZE_OPTIONS,
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
     ]
@@ -68,3 +85,13 @@ def open_channel(config: GatewayConfig) -> grpc.aio.Channel:
     if config.tls_server_name:
         options.append(("grpc.ssl_target_name_override", config.tls_server_name))
     return grpc.aio.secure_channel(target, config.tls.credentials(), options=options)
+
+
+async def backend_channel(app: web.Application) -> AsyncIterator[None]:
+    """The app's one channel (a cleanup context: open while the app runs)."""
+    channel = open_channel(app[CONFIG])
+    app[BACKEND] = Backend(
+        pb_grpc.TigerStub(channel), health_pb2_grpc.HealthStub(channel)
+    )
+    yield
+    await channel.close()

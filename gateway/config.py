@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from aiohttp import web
 
 
 @dataclass(frozen=True)
@@ -39,3 +40,6 @@ class GatewayConfig:
     unary_timeout_s: float = 10.0
     tls: BackendTls | None = None
     tls_server_name: str | None = None  # expected name in the server certificate
+
+
+CONFIG = web.AppKey("config", GatewayConfig)

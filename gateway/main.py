@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from aiohttp import web
@@ -17,13 +18,39 @@ from tiger_grpc.config import (
     default_home,
     env_int,
 )
-from tiger_grpc.observability import setup_logging
-from tiger_grpc.process import add_process_arguments, until_terminated, write_port_file
+from tiger_grpc.runtime.logs import setup_logging
+from tiger_grpc.runtime.process import (
+    add_process_arguments,
+    until_terminated,
+    write_port_file,
+)
 
 from .app import init
 from .config import BackendTls, GatewayConfig
 
 log = logging.getLogger(__name__)
+
+
+def _tls_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    add = parser.add_argument
+    add(
+        "--grpc-tls-ca",
+        type=Path,
+        default=env.get("TIGER_GRPC_TLS_CA"),
+        help="PEM CA bundle: connect to the gRPC servers with TLS",
+    )
+    add(
+        "--grpc-tls-cert",
+        type=Path,
+        default=env.get("TIGER_GRPC_TLS_CERT"),
+        help="client certificate, for servers that require one",
+    )
+    add("--grpc-tls-key", type=Path, default=env.get("TIGER_GRPC_TLS_KEY"))
+    add(
+        "--grpc-tls-server-name",
+        default=env.get("TIGER_GRPC_TLS_SERVER_NAME"),
+        help="name to expect in the server certificate, if not the target's",
+    )
 
 
 def parse_config(
@@ -37,40 +64,20 @@ def parse_config(
     parser = argparse.ArgumentParser(
         prog="tiger-gateway", description="Tiger HTTP gateway"
     )
-    parser.add_argument(
+    add = parser.add_argument
+    add(
         "--grpc-target",
         default=default_target,
         help="gRPC server address, e.g. dns:///tiger.svc:50051",
     )
-    parser.add_argument("--host", default=env.get("TIGER_HTTP_HOST", "0.0.0.0"))
-    parser.add_argument(
-        "--port", type=int, default=env_int(env, "TIGER_HTTP_PORT", DEFAULT_HTTP_PORT)
-    )
-    parser.add_argument(
+    add("--host", default=env.get("TIGER_HTTP_HOST", "0.0.0.0"))
+    add("--port", type=int, default=env_int(env, "TIGER_HTTP_PORT", DEFAULT_HTTP_PORT))
+    add(
         "--max-body-bytes",
         type=int,
         default=env_int(env, "TIGER_MAX_BODY_BYTES", 4 * 1024 * 1024),
     )
-    parser.add_argument(
-        "--grpc-tls-ca",
-        type=Path,
-        default=env.get("TIGER_GRPC_TLS_CA"),
-        help="PEM CA bundle: connect to the gRPC servers with TLS",
-    )
-    parser.add_argument(
-        "--grpc-tls-cert",
-        type=Path,
-        default=env.get("TIGER_GRPC_TLS_CERT"),
-        help="client certificate, for servers that require one",
-    )
-    parser.add_argument(
-        "--grpc-tls-key", type=Path, default=env.get("TIGER_GRPC_TLS_KEY")
-    )
-    parser.add_argument(
-        "--grpc-tls-server-name",
-        default=env.get("TIGER_GRPC_TLS_SERVER_NAME"),
-        help="name to expect in the server certificate, if not the target's",
-    )
+    _tls_arguments(parser, env)
     add_process_arguments(parser, env)
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)

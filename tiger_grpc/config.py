@@ -1,4 +1,6 @@
-"""Configuration, parsed once at the entry points from flags and TIGER_* variables."""
+"""Configuration, parsed once at the entry points (`server.main`, `server.launch`,
+`gateway.main`, the tools) from flags and TIGER_* variables, and passed down as
+these typed objects: nothing deeper reads the environment."""
 
 from __future__ import annotations
 
@@ -61,7 +63,9 @@ def env_int(env: Mapping[str, str], name: str, default: int) -> int:
 @dataclass(frozen=True)
 class EngineOptions:
     device: Device = Device.AUTO
-    precision: str = "int4"  # which fused graph to serve when the model has several
+    precision: str = (
+        "int4"  # the fused graph to serve (and build); see models.precision
+    )
     # Sequences decoded together (fused graphs); None: 16 on CPU, 32 on CUDA.
     max_batch: int | None = None
     max_queued: int = 64  # waiting for a slot before RESOURCE_EXHAUSTED
@@ -70,6 +74,8 @@ class EngineOptions:
     # memory left once the model is loaded).
     kv_cache_gb: float | None = None
     default_max_tokens: int = 1024
+    # ORT's worker threads spin inside a step (TIGER_ORT_SPIN=0 turns it off).
+    ort_spin: bool = True
 
 
 @dataclass(frozen=True)

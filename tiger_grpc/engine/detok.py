@@ -1,38 +1,29 @@
-"""UTF-8-safe incremental detokenizing.
+"""UTF-8-safe incremental detokenizing, with `tokenizers`' own `DecodeStream`.
 
 A byte-level tokenizer can split one character across tokens; decoding such a
-prefix yields U+FFFD. Text is released only once it decodes cleanly: the window
-`ids[prefix:]` is decoded and compared with `ids[prefix:read]`, the approach of TGI
-and vLLM, so concatenated deltas equal the full decode.
+prefix would yield U+FFFD. `DecodeStream` releases text only once it decodes
+cleanly (the prefix-window approach of TGI and vLLM), so concatenated deltas equal
+the full decode, and special tokens (the end of a turn) are never text.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from tokenizers.decoders import DecodeStream
+
 REPLACEMENT = "\ufffd"
 
 
 class IncrementalDetokenizer:
     def __init__(self, tokenizer: Any) -> None:
-        self._tokenizer = tokenizer
-        self._ids: list[int] = []
-        self._prefix = 0  # start of the decode window
-        self._read = 0  # ids before this are released
-
-    def _decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(
-            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
+        # transformers' fast tokenizers wrap a `tokenizers.Tokenizer`.
+        self._tokenizer = getattr(tokenizer, "backend_tokenizer", tokenizer)
+        self._stream = DecodeStream(skip_special_tokens=True)
 
     def add(self, token_id: int) -> str:
         """Adds one token id; returns the new text that is whole, possibly ''."""
-        self._ids.append(token_id)
-        before = self._decode(self._ids[self._prefix : self._read])
-        after = self._decode(self._ids[self._prefix :])
-        if len(after) <= len(before) or after.endswith(REPLACEMENT):
-            return ""  # an incomplete character (or a special token): wait
-        self._prefix, self._read = self._read, len(self._ids)
-        # A byte sequence that never completed leaves U+FFFD inside; drop it rather
-        # than send a broken character.
-        return after[len(before) :].replace(REPLACEMENT, "")
+        text = self._stream.step(self._tokenizer, token_id)
+        # A byte sequence that never completed leaves U+FFFD inside once later text
+        # is whole: drop it rather than send a broken character.
+        return text.replace(REPLACEMENT, "") if text else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -13,6 +14,11 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0  # 0 is off
     seed: int | None = None
+
+    @classmethod
+    def of(cls, params: Any) -> SamplingParams:
+        """The sampling fields of a request's params."""
+        return cls(params.temperature, params.top_p, params.top_k, params.seed)
 
 
 class Sampler:

@@ -1,181 +1,195 @@
-"""The decode loop: one thread per model steps its running sequences in turn.
+"""The scheduler: continuous batching over the fused graph, one decode step for
+every running sequence.
 
-Each step feeds one sequence's new tokens through the session, samples, detokenizes
-and checks the stop conditions, then moves to the next sequence, so every request
-makes progress and a cancelled one leaves before its next step. Events go back to
-the asyncio side through an `Outbox`: one wakeup of an event loop per step, not one
-per token, which keeps the decode thread and the loop from trading the GIL per token.
+The loop alternates between prefilling one waiting sequence (into the next free
+slot, at most `prefill_chunk` prompt tokens per turn) and one batched decode step for
+all running sequences. So a new request joins the batch once its prompt is in,
+without waiting for the others to finish; a long prompt does not stall the running
+streams for its whole length; a finished or cancelled sequence leaves at once (the
+last slot moves into its place). Admission is bounded: past `max_running +
+max_queued` sequences, `submit` refuses.
 """
 
 from __future__ import annotations
 
-import asyncio
+import collections
 import logging
-import queue
 import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from .detok import IncrementalDetokenizer
-from .onnx_model import KVCache, OnnxCausalLM
-from .sampling import Sampler
-from .stopping import StopSequenceMatcher, TokenStopper
-from .types import Delta, Event, Failure, Stop, StopReason, Usage
+from ..api.errors import OverloadedError
+from ..api.events import Failure
+from .fused import FusedCausalLM
+from .sequence import Outbox, Sequence
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(eq=False)
-class Sequence:
-    """One request's state inside the decode loop."""
-
-    prompt_ids: list[int]
-    sampler: Sampler
-    stopper: TokenStopper
-    stop_matcher: StopSequenceMatcher
-    detokenizer: IncrementalDetokenizer
-    emit: Callable[[Event], None]
-    # When set, `emit` is not thread-safe and runs on this loop (see `Outbox`).
-    loop: asyncio.AbstractEventLoop | None = None
-    received_at: float = field(default_factory=time.monotonic)
-    generated: list[int] = field(default_factory=list)
-    cache: KVCache | None = None
-    cancelled: bool = False
-
-    def usage(self) -> Usage:
-        return Usage(
-            duration_ms=int((time.monotonic() - self.received_at) * 1000),
-            input_tokens=len(self.prompt_ids),
-            output_tokens=len(self.generated),
-        )
+PREFILL_CHUNK = 256  # prompt tokens written per loop turn
 
 
-class Outbox:
-    """Collects a step's events and hands them over in one call per event loop."""
+class BatchScheduler:
+    """Owns a fused model's decode thread; `submit` and `cancel` are thread-safe."""
 
-    def __init__(self) -> None:
-        self._pending: dict[
-            asyncio.AbstractEventLoop, list[tuple[Callable[[Event], None], Event]]
-        ] = {}
-
-    def put(self, s: Sequence, event: Event) -> None:
-        if s.loop is None:
-            s.emit(event)
-        else:
-            self._pending.setdefault(s.loop, []).append((s.emit, event))
-
-    def flush(self) -> None:
-        for loop, items in self._pending.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, items)
-            except RuntimeError:  # the loop has closed: nobody is listening
-                pass
-        self._pending = {}
-
-
-def _deliver(items: list[tuple[Callable[[Event], None], Event]]) -> None:
-    for emit, event in items:
-        emit(event)
-
-
-_CLOSE = object()
-
-
-class Scheduler:
-    """Owns a model's decode thread; `submit` and `cancel` are thread-safe."""
-
-    def __init__(self, model: OnnxCausalLM, name: str) -> None:
+    def __init__(
+        self,
+        model: FusedCausalLM,
+        name: str,
+        max_queued: int = 64,
+        prefill_chunk: int = PREFILL_CHUNK,
+    ) -> None:
         self.model = model
-        self._incoming: queue.SimpleQueue[Sequence | object] = queue.SimpleQueue()
-        self._running: list[Sequence] = []
+        self.max_running = model.max_batch
+        self.max_queued = max_queued
+        self.prefill_chunk = prefill_chunk
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._running: list[Sequence] = []  # index == KV cache slot
+        self._lengths: list[int] = []  # tokens in each slot's cache
+        # The sequence whose prompt is being written, in slot len(_running), and how
+        # many of its tokens are in.
+        self._prefilling: Sequence | None = None
+        self._prefilled = 0
+        self._wake = threading.Condition()
         self._closed = False
         self.tokens_generated = 0
+        self.steps = 0
+        self.prefill_chunks = 0
+        self._out = Outbox()
         self._thread = threading.Thread(
-            target=self._loop, name=f"decode-{name}", daemon=True
+            target=self._loop, name=f"batch-{name}", daemon=True
         )
         self._thread.start()
 
     @property
     def running(self) -> int:
-        """Sequences in the loop now (a cancelled one leaves within one step)."""
-        return len(self._running)
+        return len(self._running) + (self._prefilling is not None)
 
     @property
     def queued(self) -> int:
-        return self._incoming.qsize()
+        return len(self._waiting)
 
     def submit(self, sequence: Sequence) -> None:
-        if self._closed:
-            raise RuntimeError("scheduler is closed")
-        self._incoming.put(sequence)
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("scheduler is closed")
+            if self.queued + self.running >= self.max_running + self.max_queued:
+                raise OverloadedError(
+                    f"the server is at capacity ({self.max_running} running, "
+                    f"{self.max_queued} queued); retry shortly"
+                )
+            self._waiting.append(sequence)
+            self._wake.notify()
 
     def cancel(self, sequence: Sequence) -> None:
-        sequence.cancelled = True
+        with self._wake:
+            sequence.cancelled = True
+            if sequence in self._waiting:
+                self._waiting.remove(sequence)
+            self._wake.notify()
 
     def close(self) -> None:
-        self._closed = True
-        self._incoming.put(_CLOSE)
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
         self._thread.join(timeout=30)
 
-    def _admit(self, block: bool) -> bool:
-        """Moves new sequences into the running set; False once closed."""
-        try:
-            item = self._incoming.get(block=block)
-            while True:
-                if item is _CLOSE:
-                    return False
-                assert isinstance(item, Sequence)
-                self._running.append(item)
-                item = self._incoming.get_nowait()
-        except queue.Empty:
-            return True
-
     def _loop(self) -> None:
-        out = Outbox()
-        while self._admit(block=not self._running):
-            for sequence in list(self._running):
-                if sequence.cancelled:
-                    self._running.remove(sequence)
-                    continue
-                try:
-                    done = self._step(sequence, out)
-                except Exception:
-                    log.exception("decode step failed")
-                    out.put(sequence, Failure("internal error while generating"))
-                    done = True
-                if done:
-                    self._running.remove(sequence)
-                out.flush()
-        for sequence in self._running:
-            out.put(sequence, Failure("the server is shutting down"))
-        out.flush()
-        self._running.clear()
+        while True:
+            with self._wake:
+                self._wake.wait_for(
+                    lambda: (
+                        self._closed
+                        or self._waiting
+                        or self._running
+                        or self._prefilling
+                    )
+                )
+                if self._closed:
+                    break
+                if (
+                    self._prefilling is None
+                    and self._waiting
+                    and len(self._running) < self.max_running
+                ):
+                    self._prefilling, self._prefilled = self._waiting.popleft(), 0
+            try:
+                if self._prefilling is not None:
+                    self._prefill_chunk()
+                    self._out.flush()  # a first token goes out before the next step
+                self._drop_finished()
+                if self._running:
+                    self._decode()
+                    self._drop_finished()
+            except Exception:
+                log.exception("batched decode step failed")
+                for sequence in self._all():
+                    self._out.put(sequence, Failure("internal error while generating"))
+                self._running.clear()
+                self._lengths.clear()
+                self._prefilling = None
+            self._out.flush()
+        for sequence in [*self._all(), *self._waiting]:
+            self._out.put(sequence, Failure("the server is shutting down"))
+        self._out.flush()
 
-    def _step(self, s: Sequence, out: Outbox) -> bool:
-        """Runs one forward pass for `s`; True when it has finished."""
-        if s.cache is None:
-            new_ids, s.cache = s.prompt_ids, self.model.empty_cache()
-        else:
-            new_ids = s.generated[-1:]
-        logits, s.cache = self.model.forward(new_ids, s.cache)
+    def _all(self) -> list[Sequence]:
+        return [*self._running, *([self._prefilling] if self._prefilling else [])]
+
+    def _prefill_chunk(self) -> None:
+        """Writes the next chunk of the prefilling prompt; the last one samples the
+        first token and moves the sequence into the running batch."""
+        s = self._prefilling
+        assert s is not None
+        if s.done:
+            self._prefilling = None
+            return
+        end = min(len(s.prompt_ids), self._prefilled + self.prefill_chunk)
+        slot = len(self._running)
+        try:
+            logits = self.model.prefill(slot, s.prompt_ids[:end], self._prefilled)
+        except Exception:
+            log.exception("prefill failed")
+            self._out.put(s, Failure("internal error while generating"))
+            self._prefilling = None
+            return
+        self.prefill_chunks += 1
+        self._prefilled = end
+        if end < len(s.prompt_ids):
+            return
+        self._running.append(s)  # before the hand-over, so `running` never dips
+        self._lengths.append(len(s.prompt_ids))
+        self._prefilling = None
         self.tokens_generated += 1
-        return advance(s, s.sampler(logits), out)
+        s.advance(s.sampler(logits), self._out)  # a finished one leaves at the drop
 
+    def _decode(self) -> None:
+        tokens = [s.generated[-1] for s in self._running]
+        logits = self.model.decode(tokens, self._lengths)
+        self.steps += 1
+        for i, s in enumerate(self._running):
+            self._lengths[i] += 1
+            if s.done:
+                continue
+            self.tokens_generated += 1
+            s.advance(s.sampler(logits[i]), self._out)
 
-def advance(s: Sequence, token: int, out: Outbox) -> bool:
-    """Adds a sampled token to `s` and emits what it releases; True when `s` is done."""
-    s.generated.append(token)
-    reason = s.stopper(token, len(s.generated))
-    text = "" if reason is StopReason.END_TURN else s.detokenizer.add(token)
-    text, matched = s.stop_matcher.feed(text)
-    if matched:
-        reason = StopReason.STOP_SEQUENCE
-    elif reason is not None:
-        text += s.stop_matcher.flush()
-    if text:
-        out.put(s, Delta(text))
-    if reason is None:
-        return False
-    out.put(s, Stop(reason, s.usage()))
-    return True
+    def _drop_finished(self) -> None:
+        """Removes finished and cancelled sequences, keeping the slots contiguous
+        (a prompt being written stays in the slot right after the running ones)."""
+        before = len(self._running)
+        i = 0
+        while i < len(self._running):
+            if not self._running[i].done:
+                i += 1
+                continue
+            last = len(self._running) - 1
+            if i != last:
+                self.model.move(last, i)
+                self._running[i], self._lengths[i] = (
+                    self._running[last],
+                    self._lengths[last],
+                )
+            self._running.pop()
+            self._lengths.pop()
+        if self._prefilling is not None and len(self._running) != before:
+            self.model.move(before, len(self._running))
+        if not self._running and self._prefilling is None:
+            self.model.shrink()  # idle: give a grown cache back

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .types import StopReason
+from ..api.events import StopReason
 
 
 class TokenStopper:

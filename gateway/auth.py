@@ -1,0 +1,37 @@
+"""The bearer key: checked here when this gateway knows it (so a bad key is a 401
+before anything else), and forwarded to the server with the request id."""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from tiger_grpc.runtime.logs import REQUEST_ID_HEADER
+
+from .config import GatewayConfig
+
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+
+
+class Reject(Exception):
+    """A request refused before it reaches the backend: an HTTP error."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def call_metadata(
+    request: web.Request, config: GatewayConfig
+) -> tuple[tuple[str, str], ...]:
+    """The gRPC metadata of an authenticated request; raises `Reject` (401)."""
+    given = request.headers.get("Authorization", "")
+    if not given:
+        raise Reject(401, "missing bearer token: send `Authorization: Bearer <key>`")
+    expected = config.api_key
+    if expected is not None and not hmac.compare_digest(
+        given.encode(), f"Bearer {expected}".encode()
+    ):
+        raise Reject(401, "invalid API key")
+    return (("authorization", given), (REQUEST_ID_HEADER, request[REQUEST_ID_KEY]))

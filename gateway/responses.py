@@ -1,0 +1,101 @@
+"""Answering HTTP: JSON errors, and a server-streaming gRPC call turned into NDJSON
+chunks or one JSON object."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from tiger_grpc.api.wire import event_from_pb
+
+from .chunks import TERMINAL, error_message, event_to_json, http_status
+
+NDJSON = "application/x-ndjson"
+RETRY_AFTER_S = "1"
+
+
+def error_response(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response(
+        {"type": "error", "message": message}, status=status, headers=headers or None
+    )
+
+
+def rpc_error_response(exc: grpc.aio.AioRpcError) -> web.Response:
+    status = http_status(exc.code())
+    if status == 429:  # at capacity: a slot frees up as soon as any stream ends
+        return error_response(
+            status, error_message(exc), **{"Retry-After": RETRY_AFTER_S}
+        )
+    return error_response(status, error_message(exc))
+
+
+def json_response(obj: dict[str, Any]) -> web.Response:
+    return web.json_response(obj, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return (
+        json.dumps(obj, ensure_ascii=False, separators=(", ", ": ")) + "\n"
+    ).encode()
+
+
+async def respond(
+    request: web.Request,
+    call: Any,
+    stream: bool,
+    collect: Callable[[list[dict[str, Any]]], dict[str, Any]],
+) -> web.StreamResponse:
+    """Answers a server-streaming call: an HTTP error before its first chunk, then
+    NDJSON (`stream`), or the object `collect` makes of the chunks (a 500 if they end
+    with an error); the call is cancelled if we stop early."""
+    try:
+        try:
+            first = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            return rpc_error_response(exc)
+        chunks = _chunks(call, first)
+        if not stream:
+            objs = [obj async for obj in chunks]
+            if objs[-1]["type"] == "error":
+                return error_response(500, objs[-1]["message"])
+            return json_response(collect(objs))
+        response = web.StreamResponse(
+            headers={"Content-Type": NDJSON, "Cache-Control": "no-cache"}
+        )
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        async for obj in chunks:
+            await response.write(_line(obj))
+        await response.write_eof()
+        return response
+    finally:
+        if not call.done():  # the client left, or we stopped early: free the engine
+            call.cancel()
+
+
+async def _chunks(call: Any, first: Any) -> AsyncIterator[dict[str, Any]]:
+    """The JSON chunks of a call, ending with exactly one `stop` or `error`."""
+    chunk = first
+    try:
+        while chunk is not grpc.aio.EOF:
+            obj = event_to_json(event_from_pb(chunk))
+            yield obj
+            if obj["type"] in TERMINAL:
+                # Read the call's end too, so it completes rather than being
+                # cancelled by the cleanup below (the server counts it as OK).
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await call.read()
+                return
+            chunk = await call.read()
+    except grpc.aio.AioRpcError as exc:
+        yield {"type": "error", "message": error_message(exc)}
+        return
+    yield {
+        "type": "error",
+        "message": "the backend ended the stream without a stop chunk",
+    }

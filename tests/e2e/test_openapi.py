@@ -1,0 +1,57 @@
+"""The OpenAPI description stays true: schemathesis against the live gateway."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+
+from tests.helpers import API_KEY
+
+pytestmark = pytest.mark.e2e
+
+
+def test_api_conforms_to_its_openapi(base_url: str) -> None:
+    """Every operation, with generated valid and invalid inputs: never a 5xx, and every
+    status, content type and body is one the document declares."""
+    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    labels = {op.label for op in operations}
+    assert {
+        "POST /v1/generate_response",
+        "POST /v1/train",
+        "GET /v1/models",
+    } <= labels, labels
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(
+            max_examples=25,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def check(case) -> None:
+            case.call_and_validate(
+                base_url=base_url,
+                timeout=120,
+                headers={"Authorization": f"Bearer {API_KEY}"},
+            )
+
+        check()
+
+
+def test_openapi_document_lists_every_route(base_url: str) -> None:
+    paths = requests.get(f"{base_url}/openapi.json", timeout=10).json()["paths"]
+    assert {
+        "/v1/generate_response",
+        "/v1/train",
+        "/v1/models",
+        "/v1/models/import",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/",
+    } == set(paths)

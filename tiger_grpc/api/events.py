@@ -1,0 +1,95 @@
+"""What streams and calls return, free of any protocol: the engine emits these, the
+servicer converts them to protobuf, and the Python client returns them as they are."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class StopReason(enum.StrEnum):
+    """Why a generation ended; compares equal to its name in the HTTP API."""
+
+    END_TURN = "end_turn"
+    MAX_TOKENS = "max_tokens"
+    STOP_SEQUENCE = "stop_sequence"
+
+
+@dataclass(frozen=True)
+class Usage:
+    duration_ms: int
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True)
+class Info:
+    message: str
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    stop_reason: StopReason
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Generation failed after it started; `message` is safe to show the caller."""
+
+    message: str
+
+
+Event = Info | Delta | Stop | Failure
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float
+    learning_rate: float
+    grad_norm: float
+    tokens_per_second: float
+    elapsed_ms: int
+    eta_ms: int
+
+
+@dataclass(frozen=True)
+class Trained:
+    model: str
+    duration_ms: int
+    train_tokens: int
+    steps: int
+
+
+TrainEvent = Info | Progress | Trained
+
+
+@dataclass(frozen=True)
+class Imported:
+    model: str
+    duration_ms: int
+
+
+ImportEvent = Info | Imported
+
+
+@dataclass(frozen=True)
+class Model:
+    """A stored model as `ListModels` reports it."""
+
+    id: str
+    loaded: bool
+    provider: str
+    context_length: int
+    source: str = ""
+    running: int = 0
+    queued: int = 0
+    tokens_generated: int = 0

@@ -1,0 +1,269 @@
+"""Request parameters, declared once: the rules both protocols validate with (the
+gateway a JSON body, the servicer a protobuf request, so every message reads the
+same), and the schemas of the OpenAPI document.
+
+The JSON rules of each field are in `fields`. `null` is the same as absent, and
+unknown fields are ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import InvalidArgumentError
+from .fields import Rule, fail, integer, number, one_of, type_name
+
+ROLES = ("system", "user", "assistant")
+METHODS = ("lora", "full")
+MAX_MODEL_ID_CHARS = 128
+MAX_TOKENS_LIMIT = 1_000_000
+MAX_TEMPERATURE = 100.0
+INT32_MAX = 2**31 - 1
+SEED_MAX = 2**64 - 1
+MAX_STOP_SEQUENCES = 16
+MAX_STOP_SEQUENCE_CHARS = 256
+MAX_EXAMPLES = 10_000
+MODEL_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
+MODEL_ID_RULE = (
+    "1 to 128 characters of letters, digits, '.', '_' or '-', starting with a "
+    "letter or digit"
+)
+# Numbers travel to the server as 32-bit floats: below this, a positive one is 0.
+FLOAT32_TINY = 1e-45
+
+
+NEW_MODEL_ID = Rule(
+    "string",
+    ok=lambda v: MODEL_ID_PATTERN.fullmatch(v.strip().lower()) is not None,
+    message=f"must be {MODEL_ID_RULE}, got {{value}}",
+    schema={"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+)
+MODEL_ID = (
+    Rule(
+        "string",
+        ok=lambda v: bool(v.strip()),
+        message="must be a non-empty model id (see GET /v1/models)",
+    ),
+    Rule(
+        ok=lambda v: len(v) <= MAX_MODEL_ID_CHARS,
+        message=f"must be at most {MAX_MODEL_ID_CHARS} characters",
+        schema={
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_MODEL_ID_CHARS,
+            # Something but whitespace, as Python's `str.strip` sees it (JSON
+            # Schema's own `\S` would let U+001C..U+001F and U+0085 through).
+            "pattern": r"[^\s\u001c-\u001f\u0085]",
+            "description": "Model id, case-insensitive",
+        },
+    ),
+)
+SEED = integer(0, SEED_MAX, "from 0 to 2**64 - 1")
+PROBABILITY = number(lambda v: 0.0 < v <= 1.0, "a number in (0, 1]", FLOAT32_TINY, 1)
+BOOLEAN = Rule("boolean")
+STRING = Rule("string")
+
+
+class _Params(BaseModel):
+    """Frozen, unknown fields ignored, and `null` the same as absent."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    expected: ClassVar[str] = "an object"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _an_object(cls, data: Any) -> Any:
+        if isinstance(data, BaseModel):
+            return data
+        if not isinstance(data, dict):
+            raise fail(
+                "must be {expected}, got {got}",
+                expected=cls.expected,
+                got=type_name(data),
+            )
+        return {k: v for k, v in data.items() if v is not None}
+
+
+class ChatMessage(_Params):
+    expected: ClassVar[str] = "an object with `role` and `content`"
+
+    role: Annotated[str, one_of(ROLES)]
+    content: Annotated[str, STRING]
+
+    def __init__(self, role: str | None = None, content: str | None = None, **kw: Any):
+        """`ChatMessage("user", "hi")` as well as by keyword."""
+        super().__init__(role=role, content=content, **kw)
+
+
+MESSAGES = (
+    Rule(
+        "array",
+        expected="an array of {role, content} objects",
+        ok=bool,
+        message="must contain at least one message",
+    ),
+    Field(json_schema_extra={"minItems": 1}),
+)
+
+
+STOP_SEQUENCE = Rule(
+    ok=lambda v: 1 <= len(v) <= MAX_STOP_SEQUENCE_CHARS,
+    message=f"must be 1 to {MAX_STOP_SEQUENCE_CHARS} characters long",
+)
+STOP_SEQUENCES = Rule(
+    "strings",
+    ok=lambda v: len(v) <= MAX_STOP_SEQUENCES,
+    message=f"may hold at most {MAX_STOP_SEQUENCES} strings, got {{value}}",
+    shown=len,
+    schema={
+        "type": "array",
+        "maxItems": MAX_STOP_SEQUENCES,
+        "items": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_STOP_SEQUENCE_CHARS,
+        },
+    },
+)
+
+
+class GenerateParams(_Params):
+    """A generation request after validation: what the engine is given."""
+
+    expected: ClassVar[str] = "a JSON object"
+
+    model: Annotated[str, *MODEL_ID]
+    messages: Annotated[tuple[ChatMessage, ...], *MESSAGES]
+    stream: Annotated[bool, BOOLEAN] = False
+    max_tokens: (
+        Annotated[int, integer(1, MAX_TOKENS_LIMIT, f"from 1 to {MAX_TOKENS_LIMIT}")]
+        | None
+    ) = None
+    temperature: Annotated[
+        float,
+        number(
+            lambda v: 0.0 <= v <= MAX_TEMPERATURE,
+            f"a number from 0 to {MAX_TEMPERATURE:g} (0 is greedy)",
+            0,
+            MAX_TEMPERATURE,
+        ),
+    ] = 1.0
+    top_p: Annotated[float, PROBABILITY] = 1.0
+    top_k: Annotated[int, integer(0, INT32_MAX, f"from 0 (off) to {INT32_MAX}")] = 0
+    stop_sequences: Annotated[
+        tuple[Annotated[str, STOP_SEQUENCE], ...], STOP_SEQUENCES
+    ] = ()
+    seed: Annotated[int, SEED] | None = None
+
+
+class Hyperparameters(_Params):
+    method: Annotated[str, one_of(METHODS)] = "lora"
+    epochs: Annotated[int, integer(1, 1000, "from 1 to 1000")] = 3
+    max_steps: Annotated[int, integer(1, 1_000_000, "from 1 to 1000000")] | None = None
+    learning_rate: Annotated[float, PROBABILITY] | None = None  # None: the method's
+    batch_size: Annotated[int, integer(1, 256, "from 1 to 256")] = 4
+    lora_rank: Annotated[int, integer(1, 512, "from 1 to 512")] = 16
+    seed: Annotated[int, SEED] = 0
+
+
+class Conversation(_Params):
+    """One training example; the loss is computed on its assistant turns."""
+
+    expected: ClassVar[str] = "an object with `messages`"
+
+    messages: Annotated[
+        tuple[ChatMessage, ...],
+        *MESSAGES,
+        Field(
+            description="The loss covers the assistant turns",
+            json_schema_extra={
+                "minItems": 1,
+                "contains": {
+                    "type": "object",
+                    "properties": {"role": {"const": "assistant"}},
+                },
+            },
+        ),
+    ]
+
+    @model_validator(mode="after")
+    def _has_an_assistant_turn(self) -> Conversation:
+        if not any(m.role == "assistant" for m in self.messages):
+            raise fail(
+                "has no assistant turn: the loss is computed on assistant turns, "
+                "so each example needs at least one"
+            )
+        return self
+
+
+class TrainParams(_Params):
+    """A training request after validation."""
+
+    expected: ClassVar[str] = "a JSON object"
+
+    model: Annotated[str, *MODEL_ID]
+    output_model: Annotated[str, NEW_MODEL_ID]
+    examples: Annotated[
+        tuple[Conversation, ...],
+        Rule(
+            "array",
+            expected="an array of {messages: [...]} objects",
+            ok=bool,
+            message="must contain at least one conversation",
+        ),
+        Rule(
+            ok=lambda v: len(v) <= MAX_EXAMPLES,
+            message=f"may hold at most {MAX_EXAMPLES} conversations",
+        ),
+        Field(json_schema_extra={"minItems": 1}),
+    ]
+    stream: Annotated[bool, BOOLEAN] = False
+    hyperparameters: Hyperparameters = Hyperparameters()
+
+
+class ImportParams(_Params):
+    """An import request: a Hugging Face checkpoint the server reads."""
+
+    expected: ClassVar[str] = "a JSON object"
+
+    path: Annotated[
+        str,
+        Rule(
+            "string",
+            ok=lambda v: v.startswith("/"),
+            message="must be absolute (the server reads it), got {value}",
+            schema={
+                "type": "string",
+                "pattern": "^/",
+                "description": "Absolute, on the server",
+            },
+        ),
+    ]
+    id: Annotated[str, NEW_MODEL_ID]
+    stream: Annotated[bool, BOOLEAN] = False
+
+
+P = TypeVar("P", bound=_Params)
+
+
+def validated(cls: type[P], data: Any) -> P:
+    """`cls` built from `data` (a decoded JSON body, or fields from protobuf);
+    raises `InvalidArgumentError` naming the first field that is wrong."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidArgumentError(_message(exc.errors()[0])) from None
+
+
+def _message(error: Any) -> str:
+    path = "".join(
+        f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
+    ).lstrip(".")
+    if error["type"] == "missing":
+        return f"`{path}` is required"
+    if not path:
+        return f"the request body {error['msg']}"
+    return f"`{path}` {error['msg']}"

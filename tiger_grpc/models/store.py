@@ -1,0 +1,182 @@
+"""The model store: one directory per model, written atomically.
+
+Layout under `<home>/models/<id>/`: `model.json` (the manifest, written last),
+`hf/` (the weights, tokenizer and chat template), `onnx/` (optimum's export: the
+fp32 reference, and what serves a model without a fused graph) and one
+`fused-<precision>/` per fused graph the engine serves. A model is visible only
+once its directory has been renamed into place, so a preparation killed half-way
+leaves nothing that looks like a model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO
+
+from .precision import graph_dir, graph_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Held:
+    """This process's hold on one inter-process lock: threads queue on `rlock`, the
+    first holder takes the file lock, the last one out releases it."""
+
+    rlock: threading.RLock
+    depth: int = 0
+    handle: IO[str] | None = None
+
+
+_LOCKS: dict[Path, _Held] = {}
+_LOCKS_GUARD = threading.Lock()
+
+MANIFEST = "model.json"
+_STAGING_PREFIX = ".staging-"
+
+
+def canonical_id(model_id: str) -> str:
+    """Model ids are case-insensitive; the store keeps them in lower case."""
+    return model_id.strip().lower()
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """What the server needs to know about a stored model."""
+
+    id: str
+    source: str
+    context_length: int
+    eos_token_ids: list[int]
+    onnx_path: str = "onnx/model.onnx"
+    hf_path: str = "hf"
+    # Fused graphs for the batched engine, by precision ("int4", "fp16", ...).
+    fused_graphs: dict[str, str] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def read(cls, directory: Path) -> ModelManifest:
+        data = json.loads((directory / MANIFEST).read_text())
+        if "fast_graphs" in data:  # stores written before the graphs were renamed
+            data.setdefault("fused_graphs", data.pop("fast_graphs"))
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def write(self, directory: Path) -> None:
+        tmp = directory / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        os.replace(tmp, directory / MANIFEST)
+
+
+class ModelStore:
+    """Models on disk under `home`; safe to share between processes."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.models_dir = home / "models"
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, model_id: str) -> Path:
+        return self.models_dir / canonical_id(model_id)
+
+    def get(self, model_id: str) -> ModelManifest | None:
+        directory = self.path(model_id)
+        if not (directory / MANIFEST).is_file():
+            return None
+        try:
+            return ModelManifest.read(directory)
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("ignoring model %s: unreadable manifest (%s)", model_id, exc)
+            return None
+
+    def add_fused_graph(
+        self, model_id: str, precision: str, build: Callable[[Path], None]
+    ) -> ModelManifest:
+        """Adds a fused graph to a stored model, atomically; hold `lock(model_id)`.
+
+        `build(scratch)` writes `model.onnx` into `scratch`, which is renamed to the
+        graph's directory before the manifest (rewritten atomically) points at it.
+        """
+        directory = self.path(model_id)
+        manifest = ModelManifest.read(directory)
+        final = directory / graph_dir(precision)
+        scratch = directory / f"{_STAGING_PREFIX}{final.name}"
+        for leftover in (scratch, final):
+            shutil.rmtree(leftover, ignore_errors=True)
+        try:
+            scratch.mkdir()
+            build(scratch)
+            os.rename(scratch, final)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        graphs = {**manifest.fused_graphs, precision: graph_path(precision)}
+        updated = dataclasses.replace(manifest, fused_graphs=graphs)
+        updated.write(directory)
+        return updated
+
+    def list(self) -> list[ModelManifest]:
+        manifests = []
+        for entry in sorted(self.models_dir.iterdir()):
+            if entry.name.startswith("."):
+                continue
+            manifest = self.get(entry.name)
+            if manifest is not None:
+                manifests.append(manifest)
+        return manifests
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """An exclusive inter-process lock, e.g. while one process prepares a model;
+        re-entrant within a thread (a build inside a preparation takes it again)."""
+        path = self.models_dir / f".{canonical_id(name)}.lock"
+        with _LOCKS_GUARD:
+            held = _LOCKS.setdefault(path, _Held(threading.RLock()))
+        with held.rlock:
+            if held.depth == 0:
+                held.handle = open(path, "w")  # noqa: SIM115 - closed below
+                fcntl.flock(held.handle, fcntl.LOCK_EX)
+            held.depth += 1
+            try:
+                yield
+            finally:
+                held.depth -= 1
+                if held.depth == 0 and held.handle is not None:
+                    fcntl.flock(held.handle, fcntl.LOCK_UN)
+                    held.handle.close()
+                    held.handle = None
+
+    @contextlib.contextmanager
+    def staging(self, model_id: str) -> Iterator[Path]:
+        """A scratch directory that becomes `<id>/` only if the block succeeds.
+
+        Call it with `lock(model_id)` held: leftovers of earlier killed attempts at
+        the same id are removed first.
+        """
+        model_id = canonical_id(model_id)
+        for stale in self.models_dir.glob(f"{_STAGING_PREFIX}{model_id}-*"):
+            log.info("removing unfinished preparation %s", stale.name)
+            shutil.rmtree(stale, ignore_errors=True)
+        scratch = (
+            self.models_dir / f"{_STAGING_PREFIX}{model_id}-{uuid.uuid4().hex[:8]}"
+        )
+        scratch.mkdir()
+        try:
+            yield scratch
+            if not (scratch / MANIFEST).is_file():
+                raise RuntimeError(f"preparation of {model_id} wrote no {MANIFEST}")
+            os.rename(scratch, self.path(model_id))
+        finally:
+            if scratch.exists():
+                shutil.rmtree(scratch, ignore_errors=True)

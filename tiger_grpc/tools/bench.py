@@ -1,0 +1,276 @@
+"""`make bench`: Tiger against the usual ways to run the same model, side by side.
+
+One run, same prompts, same machine: Tiger over HTTP streaming, over gRPC, its
+engine in-process, optimum's `ORTModelForCausalLM.generate` on the fp32 export, and
+transformers' `generate` in PyTorch. Greedy decoding. For each: decode tokens/s per
+stream, time to first token (p50/p95) and aggregate tokens/s at 1, 4, 8 and 16
+concurrent streams (the baselines generate one request at a time). Writes
+bench.json, bench.md and bench.png, and prints the table and the target ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp
+import grpc
+
+from ..api.events import Delta, Stop
+from ..api.params import ChatMessage, GenerateParams
+from ..config import Device, EngineOptions, default_home
+from ..models.embedded import DEFAULT_MODEL_ID, ensure_default_model
+from ..models.precision import resolve_precision
+from ..models.store import ModelStore
+from ..pb.tiger.v1 import tiger_pb2 as pb
+from ..pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
+from ..runtime.process import start_process
+from .bench_peers import hf_baselines
+from .bench_report import chart, markdown, targets
+from .bench_stats import Level, messages, timed
+
+PROMPTS = [
+    "Why is the sky blue?",
+    "Write a short poem about the sea.",
+    "Explain photosynthesis to a child.",
+    "What are the benefits of exercise?",
+    "Describe a busy city market.",
+    "How does a bicycle work?",
+    "Give three tips for learning a language.",
+    "What is the water cycle?",
+    "Tell me a story about a brave mouse.",
+    "Why do leaves change colour in autumn?",
+    "How do airplanes stay in the air?",
+    "What makes a good friend?",
+    "Explain how a rainbow forms.",
+    "Describe your ideal weekend.",
+    "What is the difference between weather and climate?",
+    "How do bees make honey?",
+]
+API_KEY = "bench-key"
+LEVELS = [1, 4, 8, 16]
+LOCAL = ["--port", "0", "--host", "127.0.0.1", "--log-level", "WARNING"]
+
+
+async def _http_stream(
+    session: aiohttp.ClientSession, url: str, prompt: str, max_tokens: int
+):
+    body = {
+        "model": DEFAULT_MODEL_ID,
+        "messages": messages(prompt),
+        "stream": True,
+        "temperature": 0,
+        "max_tokens": max_tokens,
+    }
+    async with session.post(url, json=body) as reply:
+        count = 0
+        async for line in reply.content:
+            chunk = json.loads(line)
+            if chunk["type"] == "delta":
+                count += 1
+                yield count
+            elif chunk["type"] == "stop":
+                yield chunk["usage"]["output_tokens"]
+
+
+async def _grpc_stream(stub: pb_grpc.TigerStub, prompt: str, max_tokens: int):
+    request = pb.GenerateRequest(
+        model=DEFAULT_MODEL_ID,
+        max_tokens=max_tokens,
+        temperature=0.0,
+        messages=[pb.Message(role="user", content=prompt)],
+    )
+    count = 0
+    async for chunk in stub.Generate(
+        request, metadata=(("authorization", f"Bearer {API_KEY}"),)
+    ):
+        if chunk.HasField("delta"):
+            count += 1
+            yield count
+        elif chunk.HasField("stop"):
+            yield chunk.stop.usage.output_tokens
+
+
+async def _engine_stream(registry, prompt: str, max_tokens: int):
+    params = GenerateParams(
+        model=DEFAULT_MODEL_ID,
+        messages=(ChatMessage("user", prompt),),
+        temperature=0.0,
+        max_tokens=max_tokens,
+    )
+    count = 0
+    async for event in registry.generate(params):
+        if isinstance(event, Delta):
+            count += 1
+            yield count
+        elif isinstance(event, Stop):
+            yield event.usage.output_tokens
+
+
+async def _level(
+    name: str, concurrency: int, make: Callable[[str], AsyncIterator[int]], rounds: int
+) -> Level:
+    level = Level(name, concurrency)
+    started = time.perf_counter()
+    for r in range(rounds):
+        prompts = [
+            PROMPTS[(r * concurrency + i) % len(PROMPTS)] for i in range(concurrency)
+        ]
+        level.streams += await asyncio.gather(*(timed(make(p)) for p in prompts))
+    level.wall_s = time.perf_counter() - started
+    return level
+
+
+async def _over_the_network(
+    args: argparse.Namespace, home: Path, rounds: int
+) -> list[Level]:
+    """Tiger over HTTP and over gRPC: the real server and gateway."""
+    workdir = Path(tempfile.mkdtemp(prefix="tiger-bench-"))
+    env = {
+        **os.environ,
+        "TIGER_HOME": str(home),
+        "TIGER_API_KEY": API_KEY,
+        "TIGER_PRECISION": args.precision,
+    }
+    server = start_process(
+        ["tiger_grpc.server", *LOCAL, "--metrics-port", "-1"], workdir, "server", env
+    )
+    target = f"127.0.0.1:{server.port}"
+    gateway = start_process(
+        ["gateway.main", *LOCAL, "--grpc-target", target], workdir, "gateway", env
+    )
+    results = []
+    try:
+        url = f"http://127.0.0.1:{gateway.port}/v1/generate_response"
+        async with (
+            aiohttp.ClientSession(
+                headers={"Authorization": f"Bearer {API_KEY}"},
+                timeout=aiohttp.ClientTimeout(total=None),
+            ) as session,
+            grpc.aio.insecure_channel(target) as channel,
+        ):
+            stub = pb_grpc.TigerStub(channel)
+            await _level("warm-up", 1, lambda p: _http_stream(session, url, p, 4), 1)
+            for c in LEVELS:
+                print(
+                    f"  Tiger HTTP / gRPC, {c} concurrent streams...", file=sys.stderr
+                )
+                results.append(
+                    await _level(
+                        "Tiger HTTP streaming",
+                        c,
+                        lambda p: _http_stream(session, url, p, args.max_tokens),
+                        rounds,
+                    )
+                )
+                results.append(
+                    await _level(
+                        "Tiger gRPC",
+                        c,
+                        lambda p: _grpc_stream(stub, p, args.max_tokens),
+                        rounds,
+                    )
+                )
+    finally:
+        for process in (gateway, server):
+            process.stop(timeout=30)
+    return results
+
+
+async def _in_process(
+    args: argparse.Namespace, store: ModelStore, rounds: int
+) -> list[Level]:
+    """Tiger's engine without the network: the registry the server uses."""
+    from ..models.registry import ModelRegistry
+
+    registry = ModelRegistry(store, EngineOptions(precision=args.precision))
+    results = []
+    try:
+        await _level("warm-up", 1, lambda p: _engine_stream(registry, p, 4), 1)
+        for c in LEVELS:
+            print(f"  engine in-process, {c} concurrent streams...", file=sys.stderr)
+            results.append(
+                await _level(
+                    "Tiger engine in-process",
+                    c,
+                    lambda p: _engine_stream(registry, p, args.max_tokens),
+                    rounds,
+                )
+            )
+    finally:
+        registry.close()
+    return results
+
+
+async def run(args: argparse.Namespace) -> list[dict[str, float]]:
+    home = default_home()
+    store = ModelStore(home)
+    ensure_default_model(store, args.precision)
+    rounds = 1 if args.quick else 2
+    results = await _over_the_network(args, home, rounds)
+    results += await _in_process(args, store, rounds)
+    print("  optimum and transformers baselines...", file=sys.stderr)
+    prompts = PROMPTS[: 2 if args.quick else 4]
+    results += await asyncio.to_thread(
+        hf_baselines, store.path(DEFAULT_MODEL_ID), prompts, args.max_tokens
+    )
+    return [level.summary() for level in results]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="tiger-bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer tokens and rounds (~2 min)"
+    )
+    parser.add_argument("--max-tokens", type=int, default=None)
+    parser.add_argument(
+        "--precision",
+        default=None,
+        help="fused graph (TIGER_PRECISION; default int4 on CPU, fp16 on CUDA)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    args = parser.parse_args()
+    try:
+        args.precision = resolve_precision(
+            args.precision or os.environ.get("TIGER_PRECISION"), Device.AUTO
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    args.max_tokens = args.max_tokens or (48 if args.quick else 128)
+    rows = asyncio.run(run(args))
+    meta = {
+        "model": DEFAULT_MODEL_ID,
+        "precision": args.precision,
+        "max_tokens": args.max_tokens,
+        "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "quick": args.quick,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    met = [
+        {"target": n, "measured": v, "wanted": w, "met": m}
+        for n, v, w, m in targets(rows)
+    ]
+    (args.out / "bench.json").write_text(
+        json.dumps({"meta": meta, "results": rows, "targets": met}, indent=2)
+    )
+    table = markdown(rows, meta)
+    (args.out / "bench.md").write_text(table)
+    chart(rows, args.out / "bench.png")
+    print(table)
+    print(f"wrote {args.out}/bench.json, bench.md, bench.png")
+
+
+if __name__ == "__main__":
+    main()
