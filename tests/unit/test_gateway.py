@@ -1,0 +1,205 @@
+"""The gateway in-process, with aiohttp's test client and a fake gRPC stub: bodies
+validated before the backend, statuses mapped through the one table, chunks
+streamed and collected, and the OpenAPI document in step with the routes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from grpc_health.v1 import health_pb2
+
+from gateway.app import init
+from gateway.backend import Backend
+from gateway.config import GatewayConfig
+from gateway.openapi import openapi
+from tiger_grpc.pb.tiger.v1 import tiger_pb2 as pb
+
+KEY = "gw-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+HELLO = {"model": "M1", "messages": [{"role": "user", "content": "hi"}]}
+STOP = pb.GenerateChunk(
+    stop=pb.StopChunk(
+        stop_reason=pb.STOP_REASON_END_TURN,
+        usage=pb.Usage(duration_ms=5, input_tokens=3, output_tokens=2),
+    )
+)
+
+
+def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
+class FakeCall:
+    """A server-streaming call that plays `chunks`, then `error` if given."""
+
+    def __init__(self, chunks: list, error: grpc.aio.AioRpcError | None = None):
+        self.chunks, self.error, self.cancelled = list(chunks), error, False
+
+    async def read(self) -> Any:
+        if self.chunks:
+            return self.chunks.pop(0)
+        if self.error is not None:
+            raise self.error
+        return grpc.aio.EOF
+
+    def done(self) -> bool:
+        return not self.chunks and self.error is None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeTiger:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any, Any]] = []
+        self.next = FakeCall(
+            [
+                pb.GenerateChunk(info=pb.InfoChunk(message="Loading")),
+                pb.GenerateChunk(delta=pb.DeltaChunk(delta="Hé")),
+                pb.GenerateChunk(delta=pb.DeltaChunk(delta="llo")),
+                STOP,
+            ]
+        )
+
+    def Generate(self, request: Any, metadata: Any) -> FakeCall:  # noqa: N802
+        self.calls.append(("Generate", request, metadata))
+        return self.next
+
+    async def ListModels(self, request: Any, metadata: Any, timeout: float) -> Any:  # noqa: N802
+        self.calls.append(("ListModels", request, metadata))
+        info = pb.ModelInfo(id="m1", loaded=True, provider="CPU", context_length=64)
+        return pb.ListModelsResponse(models=[info])
+
+
+class FakeHealth:
+    status = health_pb2.HealthCheckResponse.SERVING
+
+    async def Check(self, request: Any, timeout: float) -> Any:  # noqa: N802
+        return health_pb2.HealthCheckResponse(status=self.status)
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[tuple[TestClient, FakeTiger, FakeHealth]]:
+    tiger, health = FakeTiger(), FakeHealth()
+    app = init(GatewayConfig(api_key=KEY), Backend(tiger, health))
+    async with TestClient(TestServer(app)) as client:
+        yield client, tiger, health
+
+
+async def test_a_reply_is_collected_and_the_request_forwarded(gateway) -> None:
+    client, tiger, _ = gateway
+    reply = await client.post(
+        "/v1/generate_response",
+        json={**HELLO, "max_tokens": 2},
+        headers={**AUTH, "X-Request-Id": "abc"},
+    )
+    assert reply.status == 200 and reply.headers["x-request-id"] == "abc"
+    assert await reply.json() == {
+        "type": "message",
+        "model": "m1",
+        "content": "Héllo",
+        "stop_reason": "end_turn",
+        "usage": {"duration_ms": 5, "input_tokens": 3, "output_tokens": 2},
+    }
+    _, request, metadata = tiger.calls[-1]
+    assert request.max_tokens == 2 and not request.HasField("seed")
+    assert dict(metadata) == {"authorization": f"Bearer {KEY}", "x-request-id": "abc"}
+
+
+async def test_a_stream_is_ndjson_ending_with_one_stop(gateway) -> None:
+    client, _, _ = gateway
+    reply = await client.post(
+        "/v1/generate_response", json={**HELLO, "stream": True}, headers=AUTH
+    )
+    assert reply.headers["Content-Type"] == "application/x-ndjson"
+    lines = [json.loads(line) for line in (await reply.text()).splitlines()]
+    assert [c["type"] for c in lines] == ["info", "delta", "delta", "stop"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status", "needle"),
+    [
+        ({}, HELLO, 401, "missing bearer token"),
+        ({"Authorization": "Bearer nope"}, HELLO, 401, "invalid API key"),
+        (AUTH, {**HELLO, "top_p": 3}, 400, "`top_p` must be a number in (0, 1]"),
+        (AUTH, {**HELLO, "stream": "yes"}, 400, "`stream` must be a boolean"),
+        (AUTH, [1], 400, "must be a JSON object"),
+    ],
+)
+async def test_refused_before_the_backend(gateway, headers, body, status, needle):
+    client, tiger, _ = gateway
+    reply = await client.post("/v1/generate_response", json=body, headers=headers)
+    assert reply.status == status
+    assert needle in (await reply.json())["message"]
+    assert tiger.calls == []
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "status"),
+    [
+        (grpc.StatusCode.NOT_FOUND, "unknown model", 404),
+        (grpc.StatusCode.INVALID_ARGUMENT, "prompt too long", 400),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "at capacity", 429),
+        (grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses", 503),
+        (grpc.StatusCode.INTERNAL, "internal error", 500),
+    ],
+)
+async def test_backend_statuses_map_through_the_table(gateway, code, details, status):
+    client, tiger, _ = gateway
+    tiger.next = FakeCall([], rpc_error(code, details))
+    reply = await client.post("/v1/generate_response", json=HELLO, headers=AUTH)
+    assert reply.status == status
+    assert (await reply.json())["type"] == "error"
+    assert ("Retry-After" in reply.headers) == (status == 429)
+
+
+async def test_a_failure_after_the_start(gateway) -> None:
+    client, tiger, _ = gateway
+    delta = pb.GenerateChunk(delta=pb.DeltaChunk(delta="x"))
+    tiger.next = FakeCall([delta], rpc_error(grpc.StatusCode.UNAVAILABLE, "gone"))
+    reply = await client.post(
+        "/v1/generate_response", json={**HELLO, "stream": True}, headers=AUTH
+    )
+    lines = [json.loads(line) for line in (await reply.text()).splitlines()]
+    assert lines == [
+        {"type": "delta", "delta": "x"},
+        {"type": "error", "message": "gone"},
+    ]
+    tiger.next = FakeCall([delta])  # the backend ends without a stop
+    reply = await client.post("/v1/generate_response", json=HELLO, headers=AUTH)
+    assert reply.status == 500 and "without a stop" in (await reply.json())["message"]
+
+
+async def test_models_ready_and_json_errors(gateway) -> None:
+    client, _, health = gateway
+    reply = await client.get("/v1/models", headers=AUTH)
+    assert (await reply.json())["models"][0]["id"] == "m1"
+    assert (await client.get("/readyz")).status == 200
+    health.status = health_pb2.HealthCheckResponse.NOT_SERVING
+    assert (await client.get("/readyz")).status == 503
+    reply = await client.get("/v1/generate_response")
+    assert reply.status == 405 and reply.headers["Allow"] == "POST"
+    assert (await reply.json())["type"] == "error"
+
+
+async def test_the_openapi_document_describes_every_route(gateway) -> None:
+    client, _, _ = gateway
+    document = await (await client.get("/openapi.json")).json()
+    routes = {
+        (route.method.lower(), route.resource.canonical)
+        for route in client.app.router.routes()
+        if route.method != "HEAD"
+    }
+    described = {(m, p) for p, ops in document["paths"].items() for m in ops}
+    assert routes == described
+    assert document == openapi()
+    schemas = document["components"]["schemas"]
+    for name in ("GenerateRequest", "TrainRequest", "ImportRequest"):
+        assert schemas[name]["type"] == "object"
+    max_tokens = schemas["GenerateRequest"]["properties"]["max_tokens"]["anyOf"][0]
+    assert max_tokens["minimum"] == 1 and max_tokens["maximum"] == 1_000_000
