@@ -7,6 +7,7 @@ import hmac
 
 from aiohttp import web
 
+from tiger_grpc.api.errors import Status
 from tiger_grpc.runtime.logs import REQUEST_ID_HEADER
 
 from .config import GatewayConfig
@@ -17,7 +18,7 @@ REQUEST_ID_KEY = web.RequestKey("request_id", str)
 class Reject(Exception):
     """A request refused before it reaches the backend: an HTTP error."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: Status, message: str) -> None:
         super().__init__(message)
         self.status, self.message = status, message
 
@@ -28,10 +29,13 @@ def call_metadata(
     """The gRPC metadata of an authenticated request; raises `Reject` (401)."""
     given = request.headers.get("Authorization", "")
     if not given:
-        raise Reject(401, "missing bearer token: send `Authorization: Bearer <key>`")
+        raise Reject(
+            Status.UNAUTHENTICATED,
+            "missing bearer token: send `Authorization: Bearer <key>`",
+        )
     expected = config.api_key
     if expected is not None and not hmac.compare_digest(
         given.encode(), f"Bearer {expected}".encode()
     ):
-        raise Reject(401, "invalid API key")
+        raise Reject(Status.UNAUTHENTICATED, "invalid API key")
     return (("authorization", given), (REQUEST_ID_HEADER, request[REQUEST_ID_KEY]))

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 from aiohttp import web
-from grpc_health.v1 import health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 
 from tiger_grpc.api.wire import MESSAGE_SIZE_OPTIONS, SERVICE_NAME
 from tiger_grpc.pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
@@ -46,7 +46,7 @@ def service_config() -> str:
                     "name": [
                         {"service": SERVICE_NAME, "method": "Generate"},
                         {"service": SERVICE_NAME, "method": "ListModels"},
-                        {"service": "grpc.health.v1.Health"},
+                        {"service": health.SERVICE_NAME},
                     ],
                     "retryPolicy": retry,
                 }

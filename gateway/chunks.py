@@ -7,8 +7,9 @@ from typing import Any
 
 import grpc
 
-from tiger_grpc.api.errors import Status
 from tiger_grpc.api.events import (
+    COMPLETED,
+    MODEL_FIELDS,
     Delta,
     Failure,
     Imported,
@@ -20,19 +21,6 @@ from tiger_grpc.api.events import (
 )
 
 TERMINAL = ("stop", "error")
-_MODEL_FIELDS = (
-    "id",
-    "loaded",
-    "provider",
-    "context_length",
-    "source",
-    "running",
-    "tokens_generated",
-)
-
-
-def http_status(code: grpc.StatusCode) -> int:
-    return Status.of_grpc(code).http_status
 
 
 def error_message(error: grpc.aio.AioRpcError) -> str:
@@ -71,7 +59,7 @@ def event_to_json(event: Any) -> dict[str, Any]:
 
 
 def _completed(model: str, usage: dict[str, int]) -> dict[str, Any]:
-    return {"type": "stop", "stop_reason": "completed", "model": model, "usage": usage}
+    return {"type": "stop", "stop_reason": COMPLETED, "model": model, "usage": usage}
 
 
 def _progress(p: Progress) -> dict[str, Any]:
@@ -90,4 +78,4 @@ def _progress(p: Progress) -> dict[str, Any]:
 
 
 def model_to_json(model: Model) -> dict[str, Any]:
-    return {name: getattr(model, name) for name in _MODEL_FIELDS}
+    return {name: getattr(model, name) for name in MODEL_FIELDS}

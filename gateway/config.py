@@ -8,6 +8,12 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 
+from tiger_grpc.config import (
+    DEFAULT_GRPC_PORT,
+    DEFAULT_HTTP_PORT,
+    DEFAULT_MAX_BODY_BYTES,
+)
+
 
 @dataclass(frozen=True)
 class BackendTls:
@@ -30,13 +36,13 @@ class GatewayConfig:
     # One address, several (comma-separated), or a name that resolves to several
     # (`dns:///tiger.default.svc.cluster.local:50051`): requests are spread over all
     # with gRPC's round_robin policy.
-    grpc_target: str = "localhost:50051"
+    grpc_target: str = f"localhost:{DEFAULT_GRPC_PORT}"
     host: str = "0.0.0.0"
-    port: int = 45678
+    port: int = DEFAULT_HTTP_PORT
     # Checked here as well as by the backend, so a bad key is a 401 before anything
     # else; None leaves the check to the backend alone.
     api_key: str | None = None
-    max_body_bytes: int = 4 * 1024 * 1024
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     unary_timeout_s: float = 10.0
     tls: BackendTls | None = None
     tls_server_name: str | None = None  # expected name in the server certificate

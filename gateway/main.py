@@ -12,11 +12,12 @@ from pathlib import Path
 from aiohttp import web
 
 from tiger_grpc.config import (
-    API_KEY_FILE,
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
+    DEFAULT_MAX_BODY_BYTES,
     default_home,
     env_int,
+    known_api_key,
 )
 from tiger_grpc.runtime.logs import setup_logging
 from tiger_grpc.runtime.process import (
@@ -75,16 +76,13 @@ def parse_config(
     add(
         "--max-body-bytes",
         type=int,
-        default=env_int(env, "TIGER_MAX_BODY_BYTES", 4 * 1024 * 1024),
+        default=env_int(env, "TIGER_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
     )
     _tls_arguments(parser, env)
     add_process_arguments(parser, env)
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
-    api_key = env.get("TIGER_API_KEY") or None
-    key_file = default_home(env) / API_KEY_FILE
-    if api_key is None and key_file.is_file():
-        api_key = key_file.read_text().strip()
+    api_key = known_api_key(default_home(env), env)
     config = GatewayConfig(
         grpc_target=args.grpc_target,
         host=args.host,

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import grpc
 from aiohttp import web
 
-from tiger_grpc.api.errors import InvalidArgumentError
+from tiger_grpc.api.errors import InvalidArgumentError, Status
 from tiger_grpc.api.params import GenerateParams, ImportParams, TrainParams, validated
 from tiger_grpc.api.wire import (
     import_params_to_pb,
@@ -35,11 +35,12 @@ async def _body(request: web.Request, cls: type[P]) -> P:
     try:
         body = await request.json(loads=_strict_loads)
     except ValueError as exc:
-        raise Reject(400, f"the request body is not valid JSON: {exc}") from None
+        message = f"the request body is not valid JSON: {exc}"
+        raise Reject(Status.INVALID_ARGUMENT, message) from None
     try:
         return validated(cls, body)  # type: ignore[type-var]
     except InvalidArgumentError as exc:
-        raise Reject(400, exc.message) from None
+        raise Reject(exc.status, exc.message) from None
 
 
 def _strict_loads(text: str) -> Any:
@@ -61,7 +62,7 @@ def _rejecting(handler: Callable[..., Any]) -> Callable[[web.Request], Any]:
         try:
             return await handler(request)
         except Reject as reject:
-            return error_response(reject.status, reject.message)
+            return error_response(reject.status.http_status, reject.message)
 
     wrapped.__doc__ = handler.__doc__
     return wrapped

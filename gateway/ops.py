@@ -10,6 +10,7 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tiger_grpc.api.errors import Status
 from tiger_grpc.api.wire import SERVICE_NAME
 
 from .backend import BACKEND
@@ -32,10 +33,14 @@ async def readyz(request: web.Request) -> web.Response:
             health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=2.0
         )
     except grpc.aio.AioRpcError as exc:
-        return error_response(503, f"backend not ready: {error_message(exc)}")
+        return error_response(
+            Status.UNAVAILABLE.http_status, f"backend not ready: {error_message(exc)}"
+        )
     if reply.status != health_pb2.HealthCheckResponse.SERVING:
         status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-        return error_response(503, f"backend not ready: {status}")
+        return error_response(
+            Status.UNAVAILABLE.http_status, f"backend not ready: {status}"
+        )
     return web.json_response({"status": "ready"})
 
 

@@ -11,9 +11,10 @@ from typing import Any
 import grpc
 from aiohttp import web
 
+from tiger_grpc.api.errors import Status
 from tiger_grpc.api.wire import event_from_pb
 
-from .chunks import TERMINAL, error_message, event_to_json, http_status
+from .chunks import TERMINAL, error_message, event_to_json
 
 NDJSON = "application/x-ndjson"
 RETRY_AFTER_S = "1"
@@ -26,12 +27,11 @@ def error_response(status: int, message: str, **headers: str) -> web.Response:
 
 
 def rpc_error_response(exc: grpc.aio.AioRpcError) -> web.Response:
-    status = http_status(exc.code())
-    if status == 429:  # at capacity: a slot frees up as soon as any stream ends
-        return error_response(
-            status, error_message(exc), **{"Retry-After": RETRY_AFTER_S}
-        )
-    return error_response(status, error_message(exc))
+    status = Status.of_grpc(exc.code())
+    headers = {}
+    if status is Status.RESOURCE_EXHAUSTED:  # a slot frees up as any stream ends
+        headers["Retry-After"] = RETRY_AFTER_S
+    return error_response(status.http_status, error_message(exc), **headers)
 
 
 def json_response(obj: dict[str, Any]) -> web.Response:
@@ -62,7 +62,8 @@ async def respond(
         if not stream:
             objs = [obj async for obj in chunks]
             if objs[-1]["type"] == "error":
-                return error_response(500, objs[-1]["message"])
+                status = Status.INTERNAL.http_status
+                return error_response(status, objs[-1]["message"])
             return json_response(collect(objs))
         response = web.StreamResponse(
             headers={"Content-Type": NDJSON, "Cache-Control": "no-cache"}

@@ -74,7 +74,10 @@ def backend(
 ) -> Iterator[Process]:
     """The real gRPC server on a free port, serving the embedded and the tiny model."""
     workdir = tmp_path_factory.mktemp("backend")
-    proc = start_server(workdir, "server", process_env(store_home))
+    # The guide's own requests set no max_tokens: 256 rather than 1024 keeps the
+    # suite's time from hanging on how long a sampled answer rambles.
+    flags = ("--default-max-tokens", "256")
+    proc = start_server(workdir, "server", process_env(store_home), *flags)
     yield proc
     proc.stop()
 

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+DEFAULT_MODEL_ID = "smollm2-135m-instruct"  # the embedded model (models.embedded)
 DEFAULT_GRPC_PORT = 50051
 DEFAULT_HTTP_PORT = 45678
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # the largest request body the gateway takes
 API_KEY_FILE = "api_key"
 CPU_MAX_BATCH, CUDA_MAX_BATCH = 16, 32  # default sequences per decode step
 
@@ -33,6 +35,14 @@ def default_home(env: Mapping[str, str] = os.environ) -> Path:
     return Path.home() / ".cache" / "tiger"
 
 
+def known_api_key(home: Path, env: Mapping[str, str] = os.environ) -> str | None:
+    """TIGER_API_KEY when set, else the key kept in the store if there is one."""
+    if env.get("TIGER_API_KEY"):
+        return env["TIGER_API_KEY"]
+    path = home / API_KEY_FILE
+    return path.read_text().strip() if path.is_file() else None
+
+
 def resolve_api_key(home: Path, env: Mapping[str, str] = os.environ) -> str:
     """TIGER_API_KEY when set, otherwise a generated key kept in the store.
 
@@ -48,6 +58,12 @@ def resolve_api_key(home: Path, env: Mapping[str, str] = os.environ) -> str:
         with os.fdopen(fd, "w") as handle:
             handle.write(key + "\n")
     return path.read_text().strip()
+
+
+def ort_spin(env: Mapping[str, str] = os.environ) -> bool:
+    """TIGER_ORT_SPIN: whether ONNX Runtime's threads spin inside a step (the
+    default; 0 turns it off)."""
+    return env.get("TIGER_ORT_SPIN", "1") != "0"
 
 
 def env_int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -116,7 +116,7 @@ def test_the_cuda_branch_of_import_builds_the_fp16_graph(
     run_import(source, "imported-for-cuda", store, Device.CUDA, events.append)
     messages = [e.message for e in events if isinstance(e, Info)]
     assert any("PyTorch here has no CUDA" in m for m in messages)
-    assert any("Building the fused fp16 graph: layer 2/2" in m for m in messages)
+    assert any("fused fp16 graph for the CUDA engine: layer 2/2" in m for m in messages)
     manifest = store.get("imported-for-cuda")
     assert manifest is not None and list(manifest.fused_graphs) == ["fp16"]
     model = FusedCausalLM(

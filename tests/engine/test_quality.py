@@ -4,7 +4,8 @@ Teacher-forced next-token predictions on a fixed English text. Stated tolerances
 fp16 (the CUDA graph, here run by ORT's CPU kernels) keeps top-1 agreement >= 97%
 and perplexity within 1% (measured: 100%, +0.0%); int8 keeps top-1 agreement
 >= 85% and perplexity within 5% of fp32 (measured: 93%, +0.8%); int4, faster
-but re-quantizing the GGUF's Q4_1 weights onto ORT's grid, keeps agreement >= 60% and perplexity within 15% (measured: 73%, +0.3%).
+but re-quantizing the GGUF's Q4_1 weights onto ORT's grid, keeps agreement
+>= 60% and perplexity within 15% (measured: 73%, +0.3%).
 """
 
 from __future__ import annotations

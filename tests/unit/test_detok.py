@@ -13,10 +13,44 @@ TEXTS = [
 ]
 
 
-@pytest.mark.parametrize("text", TEXTS)
-def test_deltas_are_whole_characters_and_add_up(tokenizer, text: str) -> None:
-    ids = tokenizer.encode(text, add_special_tokens=False)
+class SlowTokenizer:
+    """A tokenizer without a `tokenizers` backend: only `decode`."""
+
+    def __init__(self, tokenizer) -> None:
+        self.decode = tokenizer.decode
+
+
+class RefusingStream:
+    """A `DecodeStream` that refuses its third step, as it does on an "Invalid
+    prefix"."""
+
+    def __init__(self) -> None:
+        from tokenizers.decoders import DecodeStream
+
+        self.real, self.steps = DecodeStream(skip_special_tokens=True), 0
+
+    def step(self, backend, token_id):
+        self.steps += 1
+        if self.steps == 3:
+            raise Exception("Invalid prefix encountered while decoding stream")
+        return self.real.step(backend, token_id)
+
+
+def detokenizer(tokenizer, how: str) -> IncrementalDetokenizer:
+    if how == "slow":
+        return IncrementalDetokenizer(SlowTokenizer(tokenizer))
     detok = IncrementalDetokenizer(tokenizer)
+    if how == "refused":
+        detok._stream = RefusingStream()  # type: ignore[assignment]
+    return detok
+
+
+@pytest.mark.parametrize("how", ["stream", "slow", "refused"])
+@pytest.mark.parametrize("text", TEXTS)
+def test_deltas_are_whole_characters_and_add_up(tokenizer, text: str, how) -> None:
+    """With `DecodeStream`, and with the window decode that takes over from it."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    detok = detokenizer(tokenizer, how)
     deltas = [detok.add(i) for i in ids]
     assert all(REPLACEMENT not in d for d in deltas)
     assert "".join(deltas) == tokenizer.decode(ids)

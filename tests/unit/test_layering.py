@@ -42,7 +42,7 @@ ALLOWED = {
         "tiger_grpc.pb",
         "tiger_grpc",
     },
-    "tiger_grpc.client": {"tiger_grpc.api", "tiger_grpc.pb"},
+    "tiger_grpc.client": {"tiger_grpc.api", "tiger_grpc.config", "tiger_grpc.pb"},
     "tiger_grpc.testing": {
         "tiger_grpc.client",
         "tiger_grpc.models",

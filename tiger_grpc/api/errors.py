@@ -12,10 +12,11 @@ from typing import Any
 
 
 class Status(enum.Enum):
-    """What went wrong, independent of the protocol: each member is named after its
-    gRPC status code and holds (that code's number, the HTTP status it answers as)."""
+    """Every gRPC status code, named as gRPC names it, with (its number, the HTTP
+    status the gateway answers with). Codes Tiger does not send answer 500."""
 
-    CANCELLED = (1, 499)  # the caller went away (nginx's "client closed request")
+    OK = (0, 200)
+    CANCELLED = (1, 500)
     UNKNOWN = (2, 500)
     INVALID_ARGUMENT = (3, 400)
     DEADLINE_EXCEEDED = (4, 504)
@@ -23,9 +24,13 @@ class Status(enum.Enum):
     ALREADY_EXISTS = (6, 409)
     PERMISSION_DENIED = (7, 403)
     RESOURCE_EXHAUSTED = (8, 429)
+    FAILED_PRECONDITION = (9, 500)
+    ABORTED = (10, 500)
     OUT_OF_RANGE = (11, 400)
+    UNIMPLEMENTED = (12, 500)
     INTERNAL = (13, 500)
     UNAVAILABLE = (14, 503)
+    DATA_LOSS = (15, 500)
     UNAUTHENTICATED = (16, 401)
 
     @property
@@ -41,15 +46,18 @@ class Status(enum.Enum):
 
     @classmethod
     def of_grpc(cls, code: Any) -> Status:
-        """The status of a `grpc.StatusCode` (UNKNOWN for codes Tiger never sends)."""
+        """The status of a `grpc.StatusCode`."""
         return cls.__members__.get(getattr(code, "name", ""), cls.UNKNOWN)
 
     @classmethod
     def of_http(cls, status: int) -> Status:
-        """What an HTTP answer stands for: 413 (a body over the limit) is a bad
-        argument, and any other status not in the table is UNKNOWN."""
+        """What an HTTP answer stands for: the first status of the table that answers
+        with it (a 500 is INTERNAL), 413 (a body over the limit) a bad argument, and
+        UNKNOWN for the rest."""
         if status == 413:
             return cls.INVALID_ARGUMENT
+        if status == 500:
+            return cls.INTERNAL
         return next((s for s in cls if s.http_status == status), cls.UNKNOWN)
 
 
@@ -58,11 +66,14 @@ class TigerError(Exception):
 
     status: Status = Status.INTERNAL
 
-    def __init__(self, message: str, status: Status | None = None) -> None:
+    def __init__(self, message: str, status: Any = None) -> None:
+        """`status`: a `Status`, or a `grpc.StatusCode`; the class's own if None."""
         super().__init__(message)
         self.message = message
         if status is not None:
-            self.status = status
+            self.status = (
+                status if isinstance(status, Status) else Status.of_grpc(status)
+            )
 
     @property
     def code(self) -> Any:

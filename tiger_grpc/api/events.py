@@ -61,6 +61,9 @@ class Progress:
     eta_ms: int
 
 
+COMPLETED = "completed"  # the stop reason of a training or an import
+
+
 @dataclass(frozen=True)
 class Trained:
     model: str
@@ -81,9 +84,21 @@ class Imported:
 ImportEvent = Info | Imported
 
 
+# What a listing says of each model (the protobuf `ModelInfo` and the JSON entry).
+MODEL_FIELDS = (
+    "id",
+    "loaded",
+    "provider",
+    "context_length",
+    "source",
+    "running",
+    "tokens_generated",
+)
+
+
 @dataclass(frozen=True)
 class Model:
-    """A stored model as `ListModels` reports it."""
+    """A stored model as `ListModels` reports it (`queued` stays in the server)."""
 
     id: str
     loaded: bool

@@ -68,7 +68,8 @@ STRING = Rule("string")
 
 
 class _Params(BaseModel):
-    """Frozen, unknown fields ignored, and `null` the same as absent."""
+    """Frozen, unknown fields ignored, and `null` the same as absent (for fields
+    that have a default)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
     expected: ClassVar[str] = "an object"
@@ -84,7 +85,10 @@ class _Params(BaseModel):
                 expected=cls.expected,
                 got=type_name(data),
             )
-        return {k: v for k, v in data.items() if v is not None}
+        # `null` is absent for a field with a default; a required one says what
+        # it must be ("`model` must be a string, got null").
+        required = {n for n, field in cls.model_fields.items() if field.is_required()}
+        return {k: v for k, v in data.items() if v is not None or k in required}
 
 
 class ChatMessage(_Params):

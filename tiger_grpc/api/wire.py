@@ -10,6 +10,7 @@ from typing import Any
 
 from ..pb.tiger.v1 import tiger_pb2 as pb
 from .events import (
+    MODEL_FIELDS,
     Delta,
     Failure,
     Imported,
@@ -35,7 +36,8 @@ MESSAGE_SIZE_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 ]
-_OPTIONAL_GENERATE = ("max_tokens", "temperature", "top_p", "top_k", "seed")
+# The generation fields a request may leave unset (unset and zero stay apart).
+GENERATION_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed")
 _HYPERPARAMETERS = tuple(Hyperparameters.model_fields)
 
 
@@ -59,7 +61,7 @@ def params_to_pb(params: GenerateParams) -> pb.GenerateRequest:
         stop_sequences=list(params.stop_sequences),
         **{
             name: value
-            for name in _OPTIONAL_GENERATE
+            for name in GENERATION_OPTIONS
             if (value := getattr(params, name)) is not None
         },
     )
@@ -74,7 +76,7 @@ def params_from_pb(request: pb.GenerateRequest) -> GenerateParams:
             "messages": _turns(request.messages),
             "stream": True,
             "stop_sequences": list(request.stop_sequences),
-            **_set_fields(request, _OPTIONAL_GENERATE),
+            **_set_fields(request, GENERATION_OPTIONS),
         },
     )
 
@@ -119,8 +121,10 @@ def stop_reason_to_pb(reason: StopReason) -> Any:
     return pb.StopReason.Value(f"STOP_REASON_{reason.name}")
 
 
-def stop_reason_from_pb(value: int) -> StopReason:
-    return StopReason[pb.StopReason.Name(value).removeprefix("STOP_REASON_")]
+def stop_reason_from_pb(value: int) -> StopReason | None:
+    """The stop reason, or None for one this side does not know (UNSPECIFIED)."""
+    name = pb.StopReason.Name(value).removeprefix("STOP_REASON_")
+    return StopReason.__members__.get(name)
 
 
 def event_to_pb(event: Any, chunk: type = pb.GenerateChunk) -> Any:
@@ -171,31 +175,22 @@ def event_from_pb(chunk: Any) -> Any:
     return Failure("the backend sent an empty chunk")
 
 
-def _stop_from_pb(stop: Any) -> Stop | Trained | Imported:
+def _stop_from_pb(stop: Any) -> Stop | Trained | Imported | Failure:
     if isinstance(stop, pb.StopChunk):
+        reason = stop_reason_from_pb(stop.stop_reason)
+        if reason is None:
+            return Failure("the backend sent a stop chunk without a stop reason")
         u = stop.usage
-        return Stop(
-            stop_reason_from_pb(stop.stop_reason),
-            Usage(u.duration_ms, u.input_tokens, u.output_tokens),
-        )
+        return Stop(reason, Usage(u.duration_ms, u.input_tokens, u.output_tokens))
     if isinstance(stop, pb.TrainStopChunk):
         u = stop.usage
         return Trained(stop.model, u.duration_ms, u.train_tokens, u.steps)
     return Imported(stop.model, stop.duration_ms)
 
 
-_MODEL_FIELDS = ("id", "loaded", "provider", "context_length", "source", "running")
-
-
 def model_to_pb(model: Model) -> pb.ModelInfo:
-    return pb.ModelInfo(
-        tokens_generated=model.tokens_generated,
-        **{name: getattr(model, name) for name in _MODEL_FIELDS},
-    )
+    return pb.ModelInfo(**{name: getattr(model, name) for name in MODEL_FIELDS})
 
 
 def model_from_pb(info: pb.ModelInfo) -> Model:
-    return Model(
-        tokens_generated=info.tokens_generated,
-        **{name: getattr(info, name) for name in _MODEL_FIELDS},
-    )
+    return Model(**{name: getattr(info, name) for name in MODEL_FIELDS})

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from ..api.errors import TigerError
 from ..api.events import Delta, Imported, Info, Progress, Stop, Trained
+from ..api.params import METHODS, Hyperparameters
 from .http import HttpClient
 from .rpc import DEFAULT_MODEL, AsyncTigerClient
 
@@ -133,15 +134,7 @@ COMMANDS = {
     "import": _import,
     "train": _train,
 }
-HYPERPARAMETERS = (
-    "method",
-    "epochs",
-    "max_steps",
-    "learning_rate",
-    "batch_size",
-    "lora_rank",
-    "seed",
-)
+HYPERPARAMETERS = tuple(Hyperparameters.model_fields)
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -214,7 +207,7 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("examples", help='JSONL: one {"messages": [...]} per line')
     train.add_argument("--model", default=DEFAULT_MODEL, help="the base model")
     train.add_argument("--output", required=True, help="the new model's id")
-    train.add_argument("--method", choices=("lora", "full"), default=None)
+    train.add_argument("--method", choices=METHODS, default=None)
     train.add_argument("--epochs", type=int, default=None)
     train.add_argument("--max-steps", type=int, default=None)
     train.add_argument("--learning-rate", type=float, default=None)

@@ -8,13 +8,20 @@ from typing import Any
 
 import aiohttp
 
-from ..api.errors import Status, StreamError, UnavailableError, error_for
+from ..api.errors import (
+    Status,
+    StreamError,
+    TigerError,
+    UnavailableError,
+    error_for,
+)
 from ..api.events import Delta, Info, Model, Progress, Stop, StopReason, Trained, Usage
-from .rpc import DEFAULT_MODEL, turns
+from .rpc import DEFAULT_MODEL, Completion, Messages, completion, turns
 
 
 class HttpClient:
-    """The same calls as `AsyncTigerClient`, through the HTTP gateway."""
+    """`generate`, `complete`, `train` and `models` as `AsyncTigerClient` has them,
+    through the HTTP gateway (imports are gRPC only); an async context manager."""
 
     def __init__(self, url: str, api_key: str | None) -> None:
         self._url = url.rstrip("/")
@@ -23,8 +30,22 @@ class HttpClient:
             headers=headers, timeout=aiohttp.ClientTimeout(total=None)
         )
 
+    async def __aenter__(self) -> HttpClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     async def close(self) -> None:
         await self._session.close()
+
+    async def _error(self, r: aiohttp.ClientResponse) -> TigerError:
+        """The typed error of an HTTP error answer."""
+        try:
+            message = (await r.json())["message"]
+        except (ValueError, KeyError, TypeError, aiohttp.ContentTypeError):
+            message = await r.text()
+        return error_for(Status.of_http(r.status), f"HTTP {r.status}: {message}")
 
     async def _stream(
         self, path: str, body: dict[str, Any]
@@ -34,13 +55,7 @@ class HttpClient:
                 f"{self._url}{path}", json={**body, "stream": True}
             ) as r:
                 if r.status != 200:
-                    try:
-                        message = (await r.json())["message"]
-                    except (ValueError, KeyError, aiohttp.ContentTypeError):
-                        message = await r.text()
-                    raise error_for(
-                        Status.of_http(r.status), f"HTTP {r.status}: {message}"
-                    )
+                    raise await self._error(r)
                 async for line in r.content:
                     if line.strip():
                         chunk = json.loads(line)
@@ -90,13 +105,20 @@ class HttpClient:
             elif c["type"] == "stop":
                 yield Trained(c["model"], **c["usage"])
 
+    async def complete(self, messages: Messages, **kwargs: Any) -> Completion:
+        """The whole answer at once."""
+        return completion([c async for c in self.generate(messages, **kwargs)])
+
     async def models(self) -> list[Model]:
-        async with self._session.get(f"{self._url}/v1/models") as r:
-            body = await r.json()
-            if r.status != 200:
-                raise error_for(
-                    Status.of_http(r.status), body.get("message", str(r.status))
-                )
+        try:
+            async with self._session.get(f"{self._url}/v1/models") as r:
+                if r.status != 200:
+                    raise await self._error(r)
+                body = await r.json()
+        except aiohttp.ClientConnectionError as exc:
+            raise UnavailableError(
+                f"cannot reach the gateway at {self._url}: {exc}"
+            ) from None
         fields = set(Model.__annotations__)
         return [
             Model(**{k: v for k, v in m.items() if k in fields}) for m in body["models"]

@@ -29,14 +29,19 @@ from ..api.events import (
     Trained,
     Usage,
 )
-from ..api.wire import MESSAGE_SIZE_OPTIONS, event_from_pb, model_from_pb
+from ..api.wire import (
+    GENERATION_OPTIONS,
+    MESSAGE_SIZE_OPTIONS,
+    event_from_pb,
+    model_from_pb,
+)
+from ..config import DEFAULT_GRPC_PORT, DEFAULT_MODEL_ID
 from ..pb.tiger.v1 import tiger_pb2 as pb
 from ..pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
 
-DEFAULT_TARGET = "localhost:50051"
-DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_TARGET = f"localhost:{DEFAULT_GRPC_PORT}"
+DEFAULT_MODEL = DEFAULT_MODEL_ID
 Messages = str | Sequence[dict[str, str]]
-_GENERATION = {"max_tokens", "temperature", "top_p", "top_k", "seed"}
 
 
 @dataclass(frozen=True)
@@ -105,16 +110,11 @@ class _Base:
     """What both clients share: settings, the channel options and the requests."""
 
     def __init__(
-        self,
-        target: str | None,
-        api_key: str | None,
-        tls: Tls | None,
-        timeout: float | None,
+        self, target: str | None, api_key: str | None, timeout: float | None
     ) -> None:
         self.target = target or os.environ.get("TIGER_GRPC_TARGET", DEFAULT_TARGET)
         key = api_key if api_key is not None else os.environ.get("TIGER_API_KEY")
         self._metadata = (("authorization", f"Bearer {key}"),) if key else ()
-        self._tls = tls
         self._timeout = timeout
 
     def _channel_args(self) -> dict[str, Any]:
@@ -131,7 +131,7 @@ class _Base:
         stop_sequences: Sequence[str],
         params: dict[str, Any],
     ) -> pb.GenerateRequest:
-        unknown = set(params) - _GENERATION
+        unknown = set(params) - set(GENERATION_OPTIONS)
         if unknown:
             raise TypeError(
                 f"unknown generation parameters: {', '.join(sorted(unknown))}"
@@ -174,7 +174,7 @@ class AsyncTigerClient(_Base):
         tls: Tls | None = None,
         timeout: float | None = None,
     ) -> None:
-        super().__init__(target, api_key, tls, timeout)
+        super().__init__(target, api_key, timeout)
         self._channel = (
             grpc.aio.secure_channel(
                 credentials=tls.credentials(), **self._channel_args()
@@ -266,7 +266,7 @@ class TigerClient(_Base):
         tls: Tls | None = None,
         timeout: float | None = None,
     ) -> None:
-        super().__init__(target, api_key, tls, timeout)
+        super().__init__(target, api_key, timeout)
         self._channel = (
             grpc.secure_channel(credentials=tls.credentials(), **self._channel_args())
             if tls

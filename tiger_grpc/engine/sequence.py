@@ -36,7 +36,7 @@ class Sequence:
     received_at: float = field(default_factory=time.monotonic)
     generated: list[int] = field(default_factory=list)
     cache: Any = None  # the per-sequence KV cache of the serial loop
-    finished: bool = False  # ended by itself: its `Stop` is out
+    finished: bool = False  # ended by itself: its `Stop` (or `Failure`) is out
     cancelled: bool = False  # the caller went away
 
     @property

@@ -121,7 +121,7 @@ def run_import(
         f"imported from {source}",
         copy,
         [precision],
-        Reporting(say=say, tick=say, cancel=cancel),
+        Reporting(say=say, tick=say, cancel=cancel, engine="CUDA" if cuda else "CPU"),
         export_as=(dtype, export_device),
     )
     emit(Imported(out_id, int((time.monotonic() - started) * 1000)))

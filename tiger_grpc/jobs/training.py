@@ -219,7 +219,7 @@ def run_training(
 
     def check(scratch: Path) -> None:
         emit(Info("Validating ONNX logits against PyTorch"))
-        _validate(scratch / "onnx" / "model.onnx", model, tokenizer)
+        _validate(scratch / ModelManifest.onnx_path, model, tokenizer)
 
     say = lambda message: emit(Info(message))  # noqa: E731
     build_model(

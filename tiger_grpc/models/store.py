@@ -36,14 +36,27 @@ class _Held:
     first holder takes the file lock, the last one out releases it."""
 
     rlock: threading.RLock
-    depth: int = 0
+    depth: int = 0  # how deep the holding thread is
+    users: int = 0  # threads holding or waiting
     handle: IO[str] | None = None
+
+
+def _locked_file(path: Path) -> IO[str]:
+    handle = open(path, "w")  # noqa: SIM115 - closed by the lock's last exit
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
 
 
 _LOCKS: dict[Path, _Held] = {}
 _LOCKS_GUARD = threading.Lock()
 
 MANIFEST = "model.json"
+HF_DIR = "hf"  # the checkpoint: weights, tokenizer, chat template
+ONNX_DIR = "onnx"  # optimum's export
 _STAGING_PREFIX = ".staging-"
 
 
@@ -60,8 +73,8 @@ class ModelManifest:
     source: str
     context_length: int
     eos_token_ids: list[int]
-    onnx_path: str = "onnx/model.onnx"
-    hf_path: str = "hf"
+    onnx_path: str = f"{ONNX_DIR}/model.onnx"
+    hf_path: str = HF_DIR
     # Fused graphs for the batched engine, by precision ("int4", "fp16", ...).
     fused_graphs: dict[str, str] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
@@ -139,23 +152,30 @@ class ModelStore:
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
         """An exclusive inter-process lock, e.g. while one process prepares a model;
-        re-entrant within a thread (a build inside a preparation takes it again)."""
-        path = self.models_dir / f".{canonical_id(name)}.lock"
+        re-entrant within a thread (a build inside a preparation takes it again).
+        Take it on worker threads: it blocks until the holder lets go."""
+        path = (self.models_dir / f".{canonical_id(name)}.lock").resolve()
         with _LOCKS_GUARD:
             held = _LOCKS.setdefault(path, _Held(threading.RLock()))
-        with held.rlock:
-            if held.depth == 0:
-                held.handle = open(path, "w")  # noqa: SIM115 - closed below
-                fcntl.flock(held.handle, fcntl.LOCK_EX)
-            held.depth += 1
-            try:
-                yield
-            finally:
-                held.depth -= 1
-                if held.depth == 0 and held.handle is not None:
-                    fcntl.flock(held.handle, fcntl.LOCK_UN)
-                    held.handle.close()
-                    held.handle = None
+            held.users += 1
+        try:
+            with held.rlock:
+                if held.depth == 0:
+                    held.handle = _locked_file(path)
+                held.depth += 1
+                try:
+                    yield
+                finally:
+                    held.depth -= 1
+                    if held.depth == 0 and held.handle is not None:
+                        fcntl.flock(held.handle, fcntl.LOCK_UN)
+                        held.handle.close()
+                        held.handle = None
+        finally:
+            with _LOCKS_GUARD:
+                held.users -= 1
+                if held.users == 0:
+                    del _LOCKS[path]
 
     @contextlib.contextmanager
     def staging(self, model_id: str) -> Iterator[Path]:

@@ -107,6 +107,7 @@ def start_process(
     while not port_file.exists():
         if popen.poll() is not None or time.monotonic() > deadline:
             popen.kill()
+            popen.wait()
             raise RuntimeError(f"{name} did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.05)
     return Process(popen, [int(p) for p in port_file.read_text().split()], log)

@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+from ..api.errors import Status
 from ..api.wire import SERVICE_NAME
 from ..runtime import metrics
 
@@ -49,12 +50,12 @@ def _rejecting_handler(
     handler: grpc.RpcMethodHandler, message: str
 ) -> grpc.RpcMethodHandler:
     async def reject(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort(Status.UNAUTHENTICATED.grpc_code, message)
 
     async def reject_stream(
         request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort(Status.UNAUTHENTICATED.grpc_code, message)
         yield  # pragma: no cover - makes this an async generator
 
     kwargs = {

@@ -20,6 +20,7 @@ from ..config import (
     TlsFiles,
     default_home,
     env_int,
+    ort_spin,
     resolve_api_key,
 )
 from ..models.precision import PRECISIONS, resolve_precision
@@ -70,6 +71,7 @@ def _engine_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -
     )
     add(
         "--precision",
+        choices=PRECISIONS,  # the flag; TIGER_PRECISION is checked in parse_config
         default=env.get("TIGER_PRECISION") or None,
         help="weights of the fused graph to serve (and prepare): "
         f"{', '.join(PRECISIONS)}; "
@@ -170,7 +172,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[ServerConfig, Path | No
         max_queued=args.max_queued,
         max_context=args.max_context,
         default_max_tokens=args.default_max_tokens,
-        ort_spin=env.get("TIGER_ORT_SPIN", "1") != "0",
+        ort_spin=ort_spin(env),
     )
     config = ServerConfig(
         home=args.home,

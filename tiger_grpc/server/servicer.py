@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from ..api.errors import TigerError
+from ..api.errors import Status, TigerError
 from ..api.events import Event, Failure, ImportEvent, Model, TrainEvent
 from ..api.params import GenerateParams, ImportParams, TrainParams
 from ..api.wire import (
@@ -156,7 +156,7 @@ async def _stream(
         if started:
             yield to_pb(Failure(INTERNAL_MESSAGE))
         else:
-            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+            await context.abort(Status.INTERNAL.grpc_code, INTERNAL_MESSAGE)
     finally:
         metrics.REQUESTS.labels(method, model, code).inc()
         log.info(

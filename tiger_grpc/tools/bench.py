@@ -25,7 +25,7 @@ import grpc
 
 from ..api.events import Delta, Stop
 from ..api.params import ChatMessage, GenerateParams
-from ..config import Device, EngineOptions, default_home
+from ..config import Device, EngineOptions, default_home, ort_spin
 from ..models.embedded import DEFAULT_MODEL_ID, ensure_default_model
 from ..models.precision import resolve_precision
 from ..models.store import ModelStore
@@ -142,45 +142,51 @@ async def _over_the_network(
     server = start_process(
         ["tiger_grpc.server", *LOCAL, "--metrics-port", "-1"], workdir, "server", env
     )
-    target = f"127.0.0.1:{server.port}"
-    gateway = start_process(
-        ["gateway.main", *LOCAL, "--grpc-target", target], workdir, "gateway", env
-    )
-    results = []
     try:
-        url = f"http://127.0.0.1:{gateway.port}/v1/generate_response"
-        async with (
-            aiohttp.ClientSession(
-                headers={"Authorization": f"Bearer {API_KEY}"},
-                timeout=aiohttp.ClientTimeout(total=None),
-            ) as session,
-            grpc.aio.insecure_channel(target) as channel,
-        ):
-            stub = pb_grpc.TigerStub(channel)
-            await _level("warm-up", 1, lambda p: _http_stream(session, url, p, 4), 1)
-            for c in LEVELS:
-                print(
-                    f"  Tiger HTTP / gRPC, {c} concurrent streams...", file=sys.stderr
-                )
-                results.append(
-                    await _level(
-                        "Tiger HTTP streaming",
-                        c,
-                        lambda p: _http_stream(session, url, p, args.max_tokens),
-                        rounds,
-                    )
-                )
-                results.append(
-                    await _level(
-                        "Tiger gRPC",
-                        c,
-                        lambda p: _grpc_stream(stub, p, args.max_tokens),
-                        rounds,
-                    )
-                )
+        target = f"127.0.0.1:{server.port}"
+        gateway = start_process(
+            ["gateway.main", *LOCAL, "--grpc-target", target], workdir, "gateway", env
+        )
+        try:
+            return await _network_levels(args, target, gateway.port, rounds)
+        finally:
+            gateway.stop(timeout=30)
     finally:
-        for process in (gateway, server):
-            process.stop(timeout=30)
+        server.stop(timeout=30)
+
+
+async def _network_levels(
+    args: argparse.Namespace, target: str, http_port: int, rounds: int
+) -> list[Level]:
+    results: list[Level] = []
+    url = f"http://127.0.0.1:{http_port}/v1/generate_response"
+    async with (
+        aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=aiohttp.ClientTimeout(total=None),
+        ) as session,
+        grpc.aio.insecure_channel(target) as channel,
+    ):
+        stub = pb_grpc.TigerStub(channel)
+        await _level("warm-up", 1, lambda p: _http_stream(session, url, p, 4), 1)
+        for c in LEVELS:
+            print(f"  Tiger HTTP / gRPC, {c} concurrent streams...", file=sys.stderr)
+            results.append(
+                await _level(
+                    "Tiger HTTP streaming",
+                    c,
+                    lambda p: _http_stream(session, url, p, args.max_tokens),
+                    rounds,
+                )
+            )
+            results.append(
+                await _level(
+                    "Tiger gRPC",
+                    c,
+                    lambda p: _grpc_stream(stub, p, args.max_tokens),
+                    rounds,
+                )
+            )
     return results
 
 
@@ -190,7 +196,8 @@ async def _in_process(
     """Tiger's engine without the network: the registry the server uses."""
     from ..models.registry import ModelRegistry
 
-    registry = ModelRegistry(store, EngineOptions(precision=args.precision))
+    options = EngineOptions(precision=args.precision, ort_spin=ort_spin())
+    registry = ModelRegistry(store, options)
     results = []
     try:
         await _level("warm-up", 1, lambda p: _engine_stream(registry, p, 4), 1)

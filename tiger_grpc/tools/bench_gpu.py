@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -26,10 +27,11 @@ from typing import Any
 import numpy as np
 
 from ..api.params import ChatMessage
-from ..config import Device, default_home
+from ..config import Device, default_home, ort_spin
 from ..models.embedded import DEFAULT_MODEL_ID, ensure_default_model
 from ..models.precision import GRAPH_TYPES, resolve_precision
 from ..models.store import ModelStore
+from .bench_report import gpu_markdown
 
 # LlamaConfig fields of the shapes the bench can build with random weights.
 SHAPES: dict[str, dict[str, Any]] = {
@@ -151,12 +153,12 @@ def measure(
     prompt_tokens: int,
     decode_tokens: int,
     bandwidth_tbs: float | None,
+    spin: bool = True,
 ) -> list[Row]:
     from ..engine.fused import FusedCausalLM
 
-    model = FusedCausalLM(
-        path, device, max(streams), max_len=prompt_tokens + decode_tokens + 8
-    )
+    longest = prompt_tokens + decode_tokens + 8
+    model = FusedCausalLM(path, device, max(streams), longest, spin=spin)
     size = weights_bytes(path)
     bound = bandwidth_tbs * 1e12 / size if bandwidth_tbs else None
     rng = np.random.default_rng(0)
@@ -201,7 +203,7 @@ def measure(
 
 
 def greedy_parity(
-    store: ModelStore, precision: str, device: Device, tokens: int
+    store: ModelStore, precision: str, device: Device, tokens: int, spin: bool = True
 ) -> dict[str, Any]:
     """The embedded model's greedy answer on `device` (fused graph) and on the CPU
     (fp32 optimum export), token for token."""
@@ -216,7 +218,8 @@ def greedy_parity(
     tokenizer = AutoTokenizer.from_pretrained(directory / manifest.hf_path)
     question = ChatMessage("user", "Why is the sky blue?")
     prompt = render_prompt(tokenizer, [question])
-    fused = FusedCausalLM(directory / manifest.fused_graphs[precision], device, 1)
+    graph = directory / manifest.fused_graphs[precision]
+    fused = FusedCausalLM(graph, device, 1, spin=spin)
     logits, ids = fused.prefill(0, prompt), []
     for _ in range(tokens):
         ids.append(int(np.argmax(logits)))
@@ -239,62 +242,6 @@ def greedy_parity(
         "text": tokenizer.decode(ids),
         "cpu_fp32_text": tokenizer.decode(expected),
     }
-
-
-def markdown(rows: list[Row], meta: dict[str, Any], parity: dict | None) -> str:
-    lines = [
-        f"Tiger GPU benchmark ({meta['gpu'] or 'no GPU'}, peak "
-        f"{meta['bandwidth_tbs'] or '?'} TB/s), greedy, {meta['decode_tokens']} tokens "
-        f"after a {meta['prompt_tokens']}-token prompt, engine in-process",
-        "",
-        "| model | provider | weights | streams | prefill ms | ms/step "
-        "| tok/s per stream | aggregate tok/s | batch-1 bound | of bound |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        bound = f"{r.bound_tokens_per_s:.0f}" if r.bound_tokens_per_s else "n/a"
-        share = (
-            f"{r.tokens_per_s_per_stream / r.bound_tokens_per_s:.0%}"
-            if r.bound_tokens_per_s and r.streams == 1
-            else ""
-        )
-        lines.append(
-            f"| {r.model} | {r.provider} | {r.precision} {r.weights_gb} GB "
-            f"| {r.streams} | {r.prefill_ms} | {r.step_ms} "
-            f"| {r.tokens_per_s_per_stream} | {r.aggregate_tokens_per_s} "
-            f"| {bound} | {share} |"
-        )
-    lines.append("")
-    for model in dict.fromkeys(r.model for r in rows):
-        mine = {r.streams: r for r in rows if r.model == model}
-        one = mine.get(1)
-        if one and one.bound_tokens_per_s:
-            share = one.tokens_per_s_per_stream / one.bound_tokens_per_s
-            lines.append(
-                f"- {model}: batch-1 decode {share:.0%} of the bandwidth bound "
-                f"(target >= 70%: {'met' if share >= 0.7 else 'NOT met'})"
-            )
-        top = mine.get(max(mine))
-        if one and top and top is not one:
-            ratio = top.aggregate_tokens_per_s / one.aggregate_tokens_per_s
-            lines.append(
-                f"- {model}: aggregate at {top.streams} streams {ratio:.1f}x batch 1"
-                + (
-                    f" (target >= 10x: {'met' if ratio >= 10 else 'NOT met'})"
-                    if top.streams == 32
-                    else ""
-                )
-            )
-    if parity:
-        lines += [
-            "",
-            f"Greedy parity, embedded model, {parity['precision']} on "
-            f"{parity['provider']} vs fp32 optimum export on CPU: "
-            f"{parity['same_leading_tokens']}/{parity['tokens']} leading tokens equal",
-            f"- {parity['provider']}: {parity['text']!r}",
-            f"- CPU fp32: {parity['cpu_fp32_text']!r}",
-        ]
-    return "\n".join(lines) + "\n"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -348,7 +295,7 @@ def _measure_shapes(
         bound = bandwidth if cuda else args.bandwidth_tbs
         rows += measure(
             shape, path, precision, device, streams, args.prompt_tokens,
-            args.tokens, bound,
+            args.tokens, bound, ort_spin(),
         )  # fmt: skip
     return rows
 
@@ -358,7 +305,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     device = Device(args.device)
     try:
-        precision = resolve_precision(args.precision, device)
+        precision = resolve_precision(
+            args.precision or os.environ.get("TIGER_PRECISION"), device
+        )
     except ValueError as exc:
         parser.error(str(exc))
     gpu, bandwidth = gpu_bandwidth_tbs()
@@ -368,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     parity = (
         None
         if args.no_parity
-        else greedy_parity(store, precision, device, args.parity_tokens)
+        else greedy_parity(store, precision, device, args.parity_tokens, ort_spin())
     )
     meta = {
         "gpu": gpu,
@@ -378,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
         "decode_tokens": args.tokens,
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
-    table = markdown(rows, meta, parity)
+    table = gpu_markdown(rows, meta, parity)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench-gpu.md").write_text(table)
     (args.out / "bench-gpu.json").write_text(

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..models.store import ModelManifest
 from .bench_stats import Level, Stream, messages
 
 
@@ -35,8 +35,10 @@ def hf_baselines(model_dir: Path, prompts: list[str], max_tokens: int) -> list[L
     from optimum.onnxruntime import ORTModelForCausalLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir / "hf")
-    eos = json.loads((model_dir / "model.json").read_text())["eos_token_ids"]
+    manifest = ModelManifest.read(model_dir)
+    hf_dir = model_dir / manifest.hf_path
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    eos = manifest.eos_token_ids
 
     def runner(model):
         def generate(prompt: str, n: int) -> int:
@@ -57,7 +59,9 @@ def hf_baselines(model_dir: Path, prompts: list[str], max_tokens: int) -> list[L
         return generate
 
     optimum_model = ORTModelForCausalLM.from_pretrained(
-        model_dir / "onnx", use_cache=True, provider="CPUExecutionProvider"
+        (model_dir / manifest.onnx_path).parent,
+        use_cache=True,
+        provider="CPUExecutionProvider",
     )
     levels = [
         _baseline(
@@ -68,7 +72,7 @@ def hf_baselines(model_dir: Path, prompts: list[str], max_tokens: int) -> list[L
         )
     ]
     del optimum_model
-    torch_model = AutoModelForCausalLM.from_pretrained(model_dir / "hf").eval()
+    torch_model = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
     levels.append(
         _baseline(
             "transformers generate (PyTorch fp32)",

@@ -1,8 +1,10 @@
-"""`make bench`'s report: the target ratios, the Markdown table and the chart."""
+"""The reports: `make bench`'s target ratios, Markdown table and chart, and `make
+bench-gpu`'s table against the bandwidth bound."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 def targets(rows: list[dict[str, float]]) -> list[tuple[str, float, str, bool]]:
@@ -83,3 +85,60 @@ def chart(rows: list[dict[str, float]], path: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def gpu_markdown(rows: list[Any], meta: dict[str, Any], parity: dict | None) -> str:
+    """`rows`: `bench_gpu.Row`s."""
+    lines = [
+        f"Tiger GPU benchmark ({meta['gpu'] or 'no GPU'}, peak "
+        f"{meta['bandwidth_tbs'] or '?'} TB/s), greedy, {meta['decode_tokens']} tokens "
+        f"after a {meta['prompt_tokens']}-token prompt, engine in-process",
+        "",
+        "| model | provider | weights | streams | prefill ms | ms/step "
+        "| tok/s per stream | aggregate tok/s | batch-1 bound | of bound |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        bound = f"{r.bound_tokens_per_s:.0f}" if r.bound_tokens_per_s else "n/a"
+        share = (
+            f"{r.tokens_per_s_per_stream / r.bound_tokens_per_s:.0%}"
+            if r.bound_tokens_per_s and r.streams == 1
+            else ""
+        )
+        lines.append(
+            f"| {r.model} | {r.provider} | {r.precision} {r.weights_gb} GB "
+            f"| {r.streams} | {r.prefill_ms} | {r.step_ms} "
+            f"| {r.tokens_per_s_per_stream} | {r.aggregate_tokens_per_s} "
+            f"| {bound} | {share} |"
+        )
+    lines.append("")
+    for model in dict.fromkeys(r.model for r in rows):
+        mine = {r.streams: r for r in rows if r.model == model}
+        one = mine.get(1)
+        if one and one.bound_tokens_per_s:
+            share = one.tokens_per_s_per_stream / one.bound_tokens_per_s
+            lines.append(
+                f"- {model}: batch-1 decode {share:.0%} of the bandwidth bound "
+                f"(target >= 70%: {'met' if share >= 0.7 else 'NOT met'})"
+            )
+        top = mine.get(max(mine))
+        if one and top and top is not one:
+            ratio = top.aggregate_tokens_per_s / one.aggregate_tokens_per_s
+            lines.append(
+                f"- {model}: aggregate at {top.streams} streams {ratio:.1f}x batch 1"
+                + (
+                    f" (target >= 10x: {'met' if ratio >= 10 else 'NOT met'})"
+                    if top.streams == 32
+                    else ""
+                )
+            )
+    if parity:
+        lines += [
+            "",
+            f"Greedy parity, embedded model, {parity['precision']} on "
+            f"{parity['provider']} vs fp32 optimum export on CPU: "
+            f"{parity['same_leading_tokens']}/{parity['tokens']} leading tokens equal",
+            f"- {parity['provider']}: {parity['text']!r}",
+            f"- CPU fp32: {parity['cpu_fp32_text']!r}",
+        ]
+    return "\n".join(lines) + "\n"
