@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PB_OUT := tiger_grpc/pb
 
-.PHONY: install cuda browser run test proto bench bench-gpu load clean
+.PHONY: install cuda browser node-clients run test proto bench bench-gpu load clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,14 @@ browser:
 	  echo "installing Debian's chromium for the playground test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: $(STAMP) browser
+# The official `openai` npm package, for the test that runs it under Node.
+NODE_CLIENTS := tests/clients/node_modules/.package-lock.json
+$(NODE_CLIENTS): tests/clients/package.json tests/clients/package-lock.json
+	npm ci --prefix tests/clients --no-audit --no-fund --silent
+
+node-clients: $(NODE_CLIENTS)
+
+test: $(STAMP) browser node-clients
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
 # Side-by-side throughput: Tiger (HTTP, gRPC, in-process) against optimum and

@@ -1,6 +1,7 @@
 """The aiohttp application: `init(config) -> web.Application`.
 
-Routes live in `native` (the guide's API) and `ops` (health, metrics, documents);
+Routes live in `native` (the guide's API), `openai` (OpenAI's API) and `ops`
+(health, metrics, documents);
 every answer passes the two middlewares here: request ids and metrics, and JSON
 bodies for every error, aiohttp's own included.
 """
@@ -14,9 +15,10 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
+from tiger_grpc.api.errors import Status
 from tiger_grpc.runtime.logs import REQUEST_ID, REQUEST_ID_HEADER
 
-from . import native, ops
+from . import native, openai, ops
 from .auth import REQUEST_ID_KEY
 from .backend import BACKEND, Backend, backend_channel
 from .config import CONFIG, GatewayConfig
@@ -61,6 +63,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             for k, v in exc.headers.items()
             if k.lower() in ("allow", "retry-after")
         }
+        if request.path in openai.PATHS:  # OpenAI's shape on OpenAI's routes
+            body = openai.error_object(Status.of_http(exc.status), message)
+            return web.json_response(body, status=exc.status, headers=headers or None)
         return error_response(exc.status, message, **headers)
 
 
@@ -108,5 +113,6 @@ def init(config: GatewayConfig, backend: Backend | None = None) -> web.Applicati
         app[BACKEND] = backend
     app.on_response_prepare.append(_add_request_id)
     native.add_routes(app)
+    openai.add_routes(app)
     ops.add_routes(app)
     return app

@@ -3,15 +3,13 @@ its gRPC call. Bodies are validated here, once, by the shared request models."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
 from aiohttp import web
 
-from tiger_grpc.api.errors import InvalidArgumentError, Status
-from tiger_grpc.api.params import GenerateParams, ImportParams, TrainParams, validated
+from tiger_grpc.api.params import GuideParams, ImportParams, TrainParams
 from tiger_grpc.api.wire import (
     import_params_to_pb,
     model_from_pb,
@@ -22,6 +20,7 @@ from tiger_grpc.pb.tiger.v1 import tiger_pb2 as pb
 
 from .auth import Reject, call_metadata
 from .backend import BACKEND
+from .bodies import read_body
 from .chunks import model_to_json
 from .config import CONFIG
 from .responses import error_response, respond, rpc_error_response
@@ -30,29 +29,9 @@ P = TypeVar("P")
 MODEL_KEY = web.RequestKey("model", str)  # the served model, for the metrics
 
 
-async def _body(request: web.Request, cls: type[P]) -> P:
-    """The request's JSON body, validated as `cls`; raises `Reject` (400)."""
-    try:
-        body = await request.json(loads=_strict_loads)
-    except ValueError as exc:
-        message = f"the request body is not valid JSON: {exc}"
-        raise Reject(Status.INVALID_ARGUMENT, message) from None
-    try:
-        return validated(cls, body)  # type: ignore[type-var]
-    except InvalidArgumentError as exc:
-        raise Reject(exc.status, exc.message) from None
-
-
-def _strict_loads(text: str) -> Any:
-    def reject_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not valid JSON")
-
-    return json.loads(text, parse_constant=reject_constant)
-
-
 async def _accepted(request: web.Request, cls: type[P]) -> tuple[Any, P]:
     metadata = call_metadata(request, request.app[CONFIG])
-    return metadata, await _body(request, cls)
+    return metadata, await read_body(request, cls)
 
 
 def _rejecting(handler: Callable[..., Any]) -> Callable[[web.Request], Any]:
@@ -71,7 +50,7 @@ def _rejecting(handler: Callable[..., Any]) -> Callable[[web.Request], Any]:
 @_rejecting
 async def generate_response(request: web.Request) -> web.StreamResponse:
     """POST /v1/generate_response: NDJSON chunks, or one JSON object."""
-    metadata, params = await _accepted(request, GenerateParams)
+    metadata, params = await _accepted(request, GuideParams)
     model = request[MODEL_KEY] = params.model.strip().lower()
     call = request.app[BACKEND].tiger.Generate(params_to_pb(params), metadata=metadata)
 
@@ -123,7 +102,16 @@ async def list_models(request: web.Request) -> web.Response:
     except grpc.aio.AioRpcError as exc:
         return rpc_error_response(exc)
     models = [model_to_json(model_from_pb(m)) for m in reply.models]
-    return web.json_response({"models": models})
+    # OpenAI's list shape (`object`, `data`) beside the guide's (`models`).
+    data = [{"object": "model", "owned_by": "tiger", **entry} for entry in models]
+    return web.json_response(
+        {
+            "object": "list",
+            "data": data,
+            "models": models,
+            "default_model": reply.default_model,
+        }
+    )
 
 
 def add_routes(app: web.Application) -> None:

@@ -52,6 +52,23 @@ async def test_async_client_streams_completes_and_lists(
     assert TINY_MODEL_ID in [m.id for m in await client.models()]
 
 
+async def test_choices_and_logprobs_through_the_client(
+    client: AsyncTigerClient,
+) -> None:
+    chunks = [
+        c
+        async for c in client.generate(
+            "hi", model=TINY_MODEL_ID, max_tokens=4, n=2, seed=1, logprobs=True
+        )
+    ]
+    stops = [c for c in chunks if isinstance(c, Stop)]
+    assert sorted(s.index for s in stops) == [0, 1]
+    deltas = [c for c in chunks if isinstance(c, Delta)]
+    assert {d.index for d in deltas} == {0, 1}
+    assert all(t.logprob <= 0 for d in deltas for t in d.logprobs)
+    assert sum(len(d.logprobs) for d in deltas) >= 6  # held-back tokens may wait
+
+
 async def test_async_client_errors_are_typed(
     client: AsyncTigerClient, backend: Process
 ) -> None:

@@ -54,6 +54,24 @@ def test_python_client_example(backend: Process, tmp_path: Path) -> None:
     assert "smollm2-135m-instruct" in stdout and "Usage(" in stdout
 
 
+def test_openai_sdk_example(base_url: str, tmp_path: Path) -> None:
+    script = tmp_path / "openai_example.py"
+    script.write_text(
+        example("openai-example").replace("http://localhost:45678", base_url)
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TIGER_API_KEY": API_KEY},
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "CompletionUsage(" in out.stdout and "top_logprobs=" in out.stdout
+    assert "[None, " in out.stdout  # the first prompt token has no log-probability
+
+
 def test_grpc_example(backend: Process, tmp_path: Path) -> None:
     stdout = run_python_example("grpc-example", backend, tmp_path)
     assert "STOP_REASON_" in stdout and "output_tokens" in stdout

@@ -21,6 +21,8 @@ def test_api_conforms_to_its_openapi(base_url: str) -> None:
     assert {
         "POST /v1/generate_response",
         "POST /v1/train",
+        "POST /v1/chat/completions",
+        "POST /v1/completions",
         "GET /v1/models",
     } <= labels, labels
     for operation in operations:
@@ -47,6 +49,8 @@ def test_openapi_document_lists_every_route(base_url: str) -> None:
     assert {
         "/v1/generate_response",
         "/v1/train",
+        "/v1/chat/completions",
+        "/v1/completions",
         "/v1/models",
         "/v1/models/import",
         "/healthz",

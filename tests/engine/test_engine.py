@@ -124,10 +124,10 @@ class ExplodingModel:
     def empty_cache(self):
         return self.real.empty_cache()
 
-    def forward(self, token_ids, cache):
+    def forward(self, token_ids, cache, every_position=False):
         if token_ids and token_ids[0] == self.poison:
             raise RuntimeError("boom")
-        return self.real.forward(token_ids, cache)
+        return self.real.forward(token_ids, cache, every_position)
 
 
 def test_an_engine_exception_ends_that_stream_with_one_error(tiny, tokenizer) -> None:

@@ -5,90 +5,21 @@ streamed and collected, and the OpenAPI document in step with the routes."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from grpc_health.v1 import health_pb2
 
-from gateway.app import init
-from gateway.backend import Backend
-from gateway.config import GatewayConfig
 from gateway.openapi import openapi
+from tests.unit.fakes import (
+    AUTH,
+    KEY,
+    FakeCall,
+    rpc_error,
+)
 from tiger_grpc.pb.tiger.v1 import tiger_pb2 as pb
 
-KEY = "gw-key"
-AUTH = {"Authorization": f"Bearer {KEY}"}
 HELLO = {"model": "M1", "messages": [{"role": "user", "content": "hi"}]}
-STOP = pb.GenerateChunk(
-    stop=pb.StopChunk(
-        stop_reason=pb.STOP_REASON_END_TURN,
-        usage=pb.Usage(duration_ms=5, input_tokens=3, output_tokens=2),
-    )
-)
-
-
-def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
-
-
-class FakeCall:
-    """A server-streaming call that plays `chunks`, then `error` if given."""
-
-    def __init__(self, chunks: list, error: grpc.aio.AioRpcError | None = None):
-        self.chunks, self.error, self.cancelled = list(chunks), error, False
-
-    async def read(self) -> Any:
-        if self.chunks:
-            return self.chunks.pop(0)
-        if self.error is not None:
-            raise self.error
-        return grpc.aio.EOF
-
-    def done(self) -> bool:
-        return not self.chunks and self.error is None
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class FakeTiger:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any, Any]] = []
-        self.next = FakeCall(
-            [
-                pb.GenerateChunk(info=pb.InfoChunk(message="Loading")),
-                pb.GenerateChunk(delta=pb.DeltaChunk(delta="Hé")),
-                pb.GenerateChunk(delta=pb.DeltaChunk(delta="llo")),
-                STOP,
-            ]
-        )
-
-    def Generate(self, request: Any, metadata: Any) -> FakeCall:  # noqa: N802
-        self.calls.append(("Generate", request, metadata))
-        return self.next
-
-    async def ListModels(self, request: Any, metadata: Any, timeout: float) -> Any:  # noqa: N802
-        self.calls.append(("ListModels", request, metadata))
-        info = pb.ModelInfo(id="m1", loaded=True, provider="CPU", context_length=64)
-        return pb.ListModelsResponse(models=[info])
-
-
-class FakeHealth:
-    status = health_pb2.HealthCheckResponse.SERVING
-
-    async def Check(self, request: Any, timeout: float) -> Any:  # noqa: N802
-        return health_pb2.HealthCheckResponse(status=self.status)
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[tuple[TestClient, FakeTiger, FakeHealth]]:
-    tiger, health = FakeTiger(), FakeHealth()
-    app = init(GatewayConfig(api_key=KEY), Backend(tiger, health))
-    async with TestClient(TestServer(app)) as client:
-        yield client, tiger, health
 
 
 async def test_a_reply_is_collected_and_the_request_forwarded(gateway) -> None:

@@ -5,14 +5,14 @@ import re
 import pytest
 
 from tiger_grpc.api.errors import InvalidArgumentError
-from tiger_grpc.api.params import ChatMessage, GenerateParams, validated
+from tiger_grpc.api.params import ChatMessage, GuideParams, validated
 from tiger_grpc.api.wire import params_from_pb, params_to_pb
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 def parse(body):
-    return validated(GenerateParams, body)
+    return validated(GuideParams, body)
 
 
 def body(**fields):
@@ -21,7 +21,7 @@ def body(**fields):
 
 def test_minimal_body_gets_defaults() -> None:
     p = parse(body())
-    assert p == GenerateParams(model="m", messages=(ChatMessage("user", "hi"),))
+    assert p == GuideParams(model="m", messages=(ChatMessage("user", "hi"),))
     assert p.temperature == 1.0 and p.top_p == 1.0 and p.top_k == 0 and not p.stream
 
 

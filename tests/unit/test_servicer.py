@@ -67,6 +67,9 @@ class FakeRegistry:
     def knows(self, model_id: str) -> bool:
         return model_id == "m1"
 
+    def default_model(self) -> str:
+        return "m1"
+
     def close(self) -> None:
         pass
 

@@ -23,6 +23,26 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class TopLogprob:
+    token_id: int
+    token: str  # the token's text (U+FFFD where it holds part of a character)
+    bytes: bytes  # exact
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token's natural-log probability under the model, and the most likely
+    alternatives at its position (most likely first)."""
+
+    token_id: int
+    token: str
+    bytes: bytes
+    logprob: float | None  # None for the first prompt token: nothing predicts it
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
 class Info:
     message: str
 
@@ -30,12 +50,22 @@ class Info:
 @dataclass(frozen=True)
 class Delta:
     text: str
+    index: int = 0  # the choice (0 to n - 1)
+    logprobs: tuple[TokenLogprob, ...] = ()  # the tokens the text came from
 
 
 @dataclass(frozen=True)
 class Stop:
     stop_reason: StopReason
     usage: Usage
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class PromptLogprobs:
+    """The prompt's tokens and their log-probabilities (before any delta)."""
+
+    tokens: tuple[TokenLogprob, ...]
 
 
 @dataclass(frozen=True)
@@ -45,7 +75,7 @@ class Failure:
     message: str
 
 
-Event = Info | Delta | Stop | Failure
+Event = Info | PromptLogprobs | Delta | Stop | Failure
 
 
 @dataclass(frozen=True)
@@ -93,6 +123,7 @@ MODEL_FIELDS = (
     "source",
     "running",
     "tokens_generated",
+    "created",
 )
 
 
@@ -108,3 +139,4 @@ class Model:
     running: int = 0
     queued: int = 0
     tokens_generated: int = 0
+    created: int = 0  # when it entered the store (Unix seconds)

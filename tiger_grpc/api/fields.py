@@ -71,6 +71,12 @@ KINDS: dict[str, tuple[Callable[[Any], bool], str, Callable[[Any], Any]]] = {
         "an array of strings",
         lambda v: v,
     ),
+    "string or strings": (  # one string is an array of one
+        lambda v: isinstance(v, str)
+        or (isinstance(v, list | tuple) and all(isinstance(s, str) for s in v)),
+        "a string or an array of strings",
+        lambda v: [v] if isinstance(v, str) else v,
+    ),
 }
 
 

@@ -12,6 +12,7 @@ import re
 from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from .errors import InvalidArgumentError
 from .fields import Rule, fail, integer, number, one_of, type_name
@@ -26,6 +27,8 @@ SEED_MAX = 2**64 - 1
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_SEQUENCE_CHARS = 256
 MAX_EXAMPLES = 10_000
+MAX_CHOICES = 16  # n: choices of one request, each its own sequence in the batch
+MAX_TOP_LOGPROBS = 20
 MODEL_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 MODEL_ID_RULE = (
     "1 to 128 characters of letters, digits, '.', '_' or '-', starting with a "
@@ -64,12 +67,14 @@ MODEL_ID = (
 SEED = integer(0, SEED_MAX, "from 0 to 2**64 - 1")
 PROBABILITY = number(lambda v: 0.0 < v <= 1.0, "a number in (0, 1]", FLOAT32_TINY, 1)
 BOOLEAN = Rule("boolean")
+PENALTY = number(lambda v: -2.0 <= v <= 2.0, "a number from -2 to 2", -2, 2)
 STRING = Rule("string")
 
 
-class _Params(BaseModel):
-    """Frozen, unknown fields ignored, and `null` the same as absent (for fields
-    that have a default)."""
+class RequestModel(BaseModel):
+    """A request body's model: frozen, unknown fields ignored, and `null` the same
+    as absent (for fields that have a default). `expected` names what the body
+    must be in a message ("must be a JSON object, got array")."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
     expected: ClassVar[str] = "an object"
@@ -91,7 +96,7 @@ class _Params(BaseModel):
         return {k: v for k, v in data.items() if v is not None or k in required}
 
 
-class ChatMessage(_Params):
+class ChatMessage(RequestModel):
     expected: ClassVar[str] = "an object with `role` and `content`"
 
     role: Annotated[str, one_of(ROLES)]
@@ -134,8 +139,8 @@ STOP_SEQUENCES = Rule(
 )
 
 
-class GenerateParams(_Params):
-    """A generation request after validation: what the engine is given."""
+class GuideParams(RequestModel):
+    """A request of the guide's API (`/v1/generate_response`): its fields only."""
 
     expected: ClassVar[str] = "a JSON object"
 
@@ -163,7 +168,44 @@ class GenerateParams(_Params):
     seed: Annotated[int, SEED] | None = None
 
 
-class Hyperparameters(_Params):
+class GenerateParams(GuideParams):
+    """A generation request after validation: what the engine is given. Besides
+    the guide's fields, what the OpenAI routes need: a raw `prompt` instead of
+    `messages`, `n` choices, log-probabilities, prompt scoring, penalties."""
+
+    messages: Annotated[tuple[ChatMessage, ...], *MESSAGES] = ()
+    max_tokens: (
+        Annotated[int, integer(0, MAX_TOKENS_LIMIT, f"from 1 to {MAX_TOKENS_LIMIT}")]
+        | None
+    ) = None
+    prompt: Annotated[str, STRING] | None = None
+    n: Annotated[int, integer(1, MAX_CHOICES, f"from 1 to {MAX_CHOICES}")] = 1
+    logprobs: Annotated[bool, BOOLEAN] = False
+    top_logprobs: Annotated[
+        int, integer(0, MAX_TOP_LOGPROBS, f"from 0 to {MAX_TOP_LOGPROBS}")
+    ] = 0
+    prompt_logprobs: Annotated[bool, BOOLEAN] = False
+    frequency_penalty: Annotated[float, PENALTY] = 0.0
+    presence_penalty: Annotated[float, PENALTY] = 0.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GenerateParams:
+        if self.prompt is None and not self.messages:
+            raise fail_at("messages", "is required (or a `prompt`)")
+        if self.prompt is not None and self.messages:
+            raise fail_at("prompt", "cannot go with `messages`: send one of them")
+        if self.max_tokens == 0 and not self.prompt_logprobs:
+            raise fail_at(
+                "max_tokens",
+                f"must be an integer from 1 to {MAX_TOKENS_LIMIT}, got 0 (0 only "
+                "scores the prompt, with `prompt_logprobs`)",
+            )
+        if self.top_logprobs and not (self.logprobs or self.prompt_logprobs):
+            raise fail_at("top_logprobs", "needs `logprobs`")
+        return self
+
+
+class Hyperparameters(RequestModel):
     method: Annotated[str, one_of(METHODS)] = "lora"
     epochs: Annotated[int, integer(1, 1000, "from 1 to 1000")] = 3
     max_steps: Annotated[int, integer(1, 1_000_000, "from 1 to 1000000")] | None = None
@@ -173,7 +215,7 @@ class Hyperparameters(_Params):
     seed: Annotated[int, SEED] = 0
 
 
-class Conversation(_Params):
+class Conversation(RequestModel):
     """One training example; the loss is computed on its assistant turns."""
 
     expected: ClassVar[str] = "an object with `messages`"
@@ -203,7 +245,7 @@ class Conversation(_Params):
         return self
 
 
-class TrainParams(_Params):
+class TrainParams(RequestModel):
     """A training request after validation."""
 
     expected: ClassVar[str] = "a JSON object"
@@ -228,7 +270,7 @@ class TrainParams(_Params):
     hyperparameters: Hyperparameters = Hyperparameters()
 
 
-class ImportParams(_Params):
+class ImportParams(RequestModel):
     """An import request: a Hugging Face checkpoint the server reads."""
 
     expected: ClassVar[str] = "a JSON object"
@@ -250,7 +292,7 @@ class ImportParams(_Params):
     stream: Annotated[bool, BOOLEAN] = False
 
 
-P = TypeVar("P", bound=_Params)
+P = TypeVar("P", bound=RequestModel)
 
 
 def validated(cls: type[P], data: Any) -> P:
@@ -262,12 +304,19 @@ def validated(cls: type[P], data: Any) -> P:
         raise InvalidArgumentError(_message(exc.errors()[0])) from None
 
 
+def fail_at(field: str, message: str) -> PydanticCustomError:
+    """A model-level error that names one field: "`field` <message>"."""
+    return PydanticCustomError("tiger_at", message, {"at": field})
+
+
 def _message(error: Any) -> str:
     path = "".join(
         f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
     ).lstrip(".")
     if error["type"] == "missing":
         return f"`{path}` is required"
+    if error["type"] == "tiger_at":  # a model's rule about one of its fields
+        path = ".".join(p for p in (path, error["ctx"]["at"]) if p)
     if not path:
         return f"the request body {error['msg']}"
     return f"`{path}` {error['msg']}"

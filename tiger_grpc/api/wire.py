@@ -17,13 +17,17 @@ from .events import (
     Info,
     Model,
     Progress,
+    PromptLogprobs,
     Stop,
     StopReason,
+    TokenLogprob,
+    TopLogprob,
     Trained,
     Usage,
 )
 from .params import (
     GenerateParams,
+    GuideParams,
     Hyperparameters,
     ImportParams,
     TrainParams,
@@ -37,7 +41,19 @@ MESSAGE_SIZE_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 ]
 # The generation fields a request may leave unset (unset and zero stay apart).
-GENERATION_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed")
+GENERATION_OPTIONS = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "prompt",
+    "n",
+    "top_logprobs",
+    "frequency_penalty",
+    "presence_penalty",
+)
+GENERATION_FLAGS = ("logprobs", "prompt_logprobs")  # booleans, false when unset
 _HYPERPARAMETERS = tuple(Hyperparameters.model_fields)
 
 
@@ -54,15 +70,16 @@ def _set_fields(message: Any, names: tuple[str, ...]) -> dict[str, Any]:
     return {name: getattr(message, name) for name in names if message.HasField(name)}
 
 
-def params_to_pb(params: GenerateParams) -> pb.GenerateRequest:
+def params_to_pb(params: GuideParams | GenerateParams) -> pb.GenerateRequest:
+    """The request of params (the guide's fields, or all of them)."""
     return pb.GenerateRequest(
         model=params.model,
         messages=_messages(params.messages),
         stop_sequences=list(params.stop_sequences),
         **{
             name: value
-            for name in GENERATION_OPTIONS
-            if (value := getattr(params, name)) is not None
+            for name in (*GENERATION_OPTIONS, *GENERATION_FLAGS)
+            if (value := getattr(params, name, None)) is not None
         },
     )
 
@@ -73,9 +90,10 @@ def params_from_pb(request: pb.GenerateRequest) -> GenerateParams:
         GenerateParams,
         {
             "model": request.model,
-            "messages": _turns(request.messages),
+            **({"messages": _turns(request.messages)} if request.messages else {}),
             "stream": True,
             "stop_sequences": list(request.stop_sequences),
+            **{name: getattr(request, name) for name in GENERATION_FLAGS},
             **_set_fields(request, GENERATION_OPTIONS),
         },
     )
@@ -134,13 +152,19 @@ def event_to_pb(event: Any, chunk: type = pb.GenerateChunk) -> Any:
             return chunk(info=pb.InfoChunk(message=message))
         case Failure(message):
             return chunk(error=pb.ErrorChunk(message=message))
-        case Delta(text):
-            return chunk(delta=pb.DeltaChunk(delta=text))
-        case Stop(reason, usage):
+        case Delta(text, index, logprobs):
+            tokens = [_logprob_to_pb(t) for t in logprobs]
+            return chunk(delta=pb.DeltaChunk(delta=text, index=index, logprobs=tokens))
+        case Stop(reason, usage, index):
             stop = pb.StopChunk(
-                stop_reason=stop_reason_to_pb(reason), usage=pb.Usage(**asdict(usage))
+                stop_reason=stop_reason_to_pb(reason),
+                usage=pb.Usage(**asdict(usage)),
+                index=index,
             )
             return chunk(stop=stop)
+        case PromptLogprobs(tokens):
+            prompt = pb.PromptChunk(tokens=[_logprob_to_pb(t) for t in tokens])
+            return chunk(prompt=prompt)
         case Progress():
             return chunk(progress=pb.ProgressChunk(**asdict(event)))
         case Trained(model, duration_ms, train_tokens, steps):
@@ -164,7 +188,10 @@ def event_from_pb(chunk: Any) -> Any:
     if kind == "info":
         return Info(chunk.info.message)
     if kind == "delta":
-        return Delta(chunk.delta.delta)
+        d = chunk.delta
+        return Delta(d.delta, d.index, tuple(_logprob_from_pb(t) for t in d.logprobs))
+    if kind == "prompt":
+        return PromptLogprobs(tuple(_logprob_from_pb(t) for t in chunk.prompt.tokens))
     if kind == "progress":
         p = chunk.progress
         return Progress(**{name: getattr(p, name) for name in Progress.__annotations__})
@@ -181,11 +208,28 @@ def _stop_from_pb(stop: Any) -> Stop | Trained | Imported | Failure:
         if reason is None:
             return Failure("the backend sent a stop chunk without a stop reason")
         u = stop.usage
-        return Stop(reason, Usage(u.duration_ms, u.input_tokens, u.output_tokens))
+        usage = Usage(u.duration_ms, u.input_tokens, u.output_tokens)
+        return Stop(reason, usage, stop.index)
     if isinstance(stop, pb.TrainStopChunk):
         u = stop.usage
         return Trained(stop.model, u.duration_ms, u.train_tokens, u.steps)
     return Imported(stop.model, stop.duration_ms)
+
+
+def _logprob_to_pb(t: TokenLogprob) -> pb.TokenLogprob:
+    top = [pb.TopLogprob(**asdict(alternative)) for alternative in t.top]
+    message = pb.TokenLogprob(
+        token_id=t.token_id, token=t.token, bytes=t.bytes, top=top
+    )
+    if t.logprob is not None:
+        message.logprob = t.logprob
+    return message
+
+
+def _logprob_from_pb(t: pb.TokenLogprob) -> TokenLogprob:
+    top = tuple(TopLogprob(a.token_id, a.token, a.bytes, a.logprob) for a in t.top)
+    logprob = t.logprob if t.HasField("logprob") else None
+    return TokenLogprob(t.token_id, t.token, t.bytes, logprob, top)
 
 
 def model_to_pb(model: Model) -> pb.ModelInfo:

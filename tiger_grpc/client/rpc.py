@@ -30,6 +30,7 @@ from ..api.events import (
     Usage,
 )
 from ..api.wire import (
+    GENERATION_FLAGS,
     GENERATION_OPTIONS,
     MESSAGE_SIZE_OPTIONS,
     event_from_pb,
@@ -100,9 +101,9 @@ def event(chunk: Any) -> Any:
 
 
 def completion(chunks: list[Any]) -> Completion:
-    stop = chunks[-1]
-    assert isinstance(stop, Stop)
-    text = "".join(c.text for c in chunks if isinstance(c, Delta))
+    """The answer of a stream's chunks (its first choice, when it has several)."""
+    stop = next(c for c in chunks if isinstance(c, Stop) and c.index == 0)
+    text = "".join(c.text for c in chunks if isinstance(c, Delta) and c.index == 0)
     return Completion(text, stop.stop_reason, stop.usage)
 
 
@@ -131,7 +132,7 @@ class _Base:
         stop_sequences: Sequence[str],
         params: dict[str, Any],
     ) -> pb.GenerateRequest:
-        unknown = set(params) - set(GENERATION_OPTIONS)
+        unknown = set(params) - {*GENERATION_OPTIONS, *GENERATION_FLAGS}
         if unknown:
             raise TypeError(
                 f"unknown generation parameters: {', '.join(sorted(unknown))}"

@@ -59,10 +59,10 @@ class OnnxCausalLM:
         return KVCache([np.zeros(shape, self.kv_dtype) for _ in self._past_names])
 
     def forward(
-        self, token_ids: list[int], cache: KVCache
+        self, token_ids: list[int], cache: KVCache, every_position: bool = False
     ) -> tuple[np.ndarray, KVCache]:
         """Feeds `token_ids` after the cached ones; returns the last position's
-        logits."""
+        logits (every new position's, (len(token_ids), vocab), if asked)."""
         past = cache.length
         total = past + len(token_ids)
         feed: dict[str, np.ndarray] = {
@@ -73,4 +73,5 @@ class OnnxCausalLM:
             feed["position_ids"] = np.arange(past, total, dtype=np.int64)[None, :]
         feed.update(zip(self._past_names, cache.arrays, strict=True))
         logits, *present = self.session.run(self._output_names, feed)
-        return logits[0, -1].astype(np.float32, copy=False), KVCache(present)
+        rows = logits[0] if every_position else logits[0, -1]
+        return rows.astype(np.float32, copy=False), KVCache(present)

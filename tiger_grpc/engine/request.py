@@ -1,6 +1,6 @@
-"""From validated params to an engine `Sequence`, in one place: the prompt through
-the model's chat template, the checks that it fits, the sampler, the stop criteria
-and the detokenizer."""
+"""From validated params to engine `Sequence`s, in one place: the prompt (through
+the model's chat template, or raw), the checks that it fits, and per choice the
+sampler, the stop criteria, the detokenizer and what to report of log-probabilities."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from .detok import IncrementalDetokenizer
 from .sampling import Sampler, SamplingParams
 from .sequence import Sequence
 from .stopping import StopSequenceMatcher, TokenStopper
+from .tokens import TokenTexts
 
 
 def render_prompt(tokenizer: Any, messages: Seq[ChatMessage]) -> list[int]:
@@ -24,6 +25,18 @@ def render_prompt(tokenizer: Any, messages: Seq[ChatMessage]) -> list[int]:
         turns, add_generation_prompt=True, tokenize=True
     )
     return [int(i) for i in ids]
+
+
+def prompt_ids(tokenizer: Any, params: GenerateParams) -> list[int]:
+    """The request's prompt as token ids: its raw `prompt` tokenized as it is (the
+    tokenizer's own special tokens, such as a BOS, included), else its `messages`
+    through the chat template."""
+    if params.prompt is None:
+        return render_prompt(tokenizer, params.messages)
+    ids = [int(i) for i in tokenizer.encode(params.prompt)]
+    if not ids:
+        raise InvalidArgumentError("`prompt` is empty: it gives no tokens")
+    return ids
 
 
 def room_after(prompt_ids: list[int], model_id: str, limit: int, what: str) -> int:
@@ -38,24 +51,37 @@ def room_after(prompt_ids: list[int], model_id: str, limit: int, what: str) -> i
     return room
 
 
-def new_sequence(
+def new_sequences(
     params: GenerateParams,
-    prompt_ids: list[int],
+    prompt: list[int],
     *,
     tokenizer: Any,
     eos_token_ids: Iterable[int],
     room: int,
     default_max_tokens: int,
+    texts: TokenTexts | None = None,
     received_at: float | None = None,
-) -> Sequence:
-    """The engine's form of a request: `max_tokens` (or the server's default) is
-    clamped to the `room` the prompt leaves."""
-    max_tokens = min(params.max_tokens or default_max_tokens, room)
-    return Sequence(
-        prompt_ids=prompt_ids,
-        sampler=Sampler(SamplingParams.of(params)),
-        stopper=TokenStopper(eos_token_ids, max_tokens),
-        stop_matcher=StopSequenceMatcher(params.stop_sequences),
-        detokenizer=IncrementalDetokenizer(tokenizer),
-        received_at=time.monotonic() if received_at is None else received_at,
-    )
+) -> list[Sequence]:
+    """The engine's form of a request: one sequence per choice (choice i samples
+    with seed + i; the first scores the prompt when asked). `max_tokens` (or the
+    server's default) is clamped to the `room` the prompt leaves."""
+    wanted = default_max_tokens if params.max_tokens is None else params.max_tokens
+    max_tokens = min(wanted, room)
+    received = time.monotonic() if received_at is None else received_at
+    eos = frozenset(eos_token_ids)
+    return [
+        Sequence(
+            prompt_ids=prompt,
+            sampler=Sampler(SamplingParams.of(params, choice)),
+            stopper=TokenStopper(eos, max_tokens),
+            stop_matcher=StopSequenceMatcher(params.stop_sequences),
+            detokenizer=IncrementalDetokenizer(tokenizer),
+            received_at=received,
+            index=choice,
+            logprobs=params.top_logprobs if params.logprobs else None,
+            score_prompt=params.prompt_logprobs and choice == 0,
+            prompt_top=params.top_logprobs,
+            texts=texts,
+        )
+        for choice in range(params.n)
+    ]

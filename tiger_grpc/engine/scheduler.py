@@ -66,16 +66,18 @@ class BatchScheduler:
     def queued(self) -> int:
         return len(self._waiting)
 
-    def submit(self, sequence: Sequence) -> None:
+    def submit(self, *sequences: Sequence) -> None:
+        """Queues sequences (a request's choices: all of them, or none)."""
         with self._wake:
             if self._closed:
                 raise RuntimeError("scheduler is closed")
-            if self.queued + self.running >= self.max_running + self.max_queued:
+            taken = self.queued + self.running + len(sequences)
+            if taken > self.max_running + self.max_queued:
                 raise OverloadedError(
                     f"the server is at capacity ({self.max_running} running, "
                     f"{self.max_queued} queued); retry shortly"
                 )
-            self._waiting.append(sequence)
+            self._waiting.extend(sequences)
             self._wake.notify()
 
     def cancel(self, sequence: Sequence) -> None:
@@ -141,7 +143,10 @@ class BatchScheduler:
         if s.done:
             self._prefilling = None
             return
-        end = min(len(s.prompt_ids), self._prefilled + self.prefill_chunk)
+        # A prompt to score goes in a token per turn: each turn's logits (the last
+        # position's) predict the next prompt token.
+        chunk = 1 if s.score_prompt else self.prefill_chunk
+        end = min(len(s.prompt_ids), self._prefilled + chunk)
         slot = len(self._running)
         try:
             logits = self.model.prefill(slot, s.prompt_ids[:end], self._prefilled)
@@ -153,12 +158,16 @@ class BatchScheduler:
         self.prefill_chunks += 1
         self._prefilled = end
         if end < len(s.prompt_ids):
+            if s.score_prompt:
+                s.score(end - 1, logits)
             return
+        self._prefilling = None
+        if s.prompt_done(self._out):
+            return  # nothing to generate: its slot is free again
         self._running.append(s)  # before the hand-over, so `running` never dips
         self._lengths.append(len(s.prompt_ids))
-        self._prefilling = None
         self.tokens_generated += 1
-        s.advance(s.sampler(logits), self._out)  # a finished one leaves at the drop
+        s.step(logits, self._out)  # a finished one leaves at the drop
 
     def _decode(self) -> None:
         tokens = [s.generated[-1] for s in self._running]
@@ -169,7 +178,7 @@ class BatchScheduler:
             if s.done:
                 continue
             self.tokens_generated += 1
-            s.advance(s.sampler(logits[i]), self._out)
+            s.step(logits[i], self._out)
 
     def _drop_finished(self) -> None:
         """Removes finished and cancelled sequences, keeping the slots contiguous

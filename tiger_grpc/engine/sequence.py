@@ -15,10 +15,23 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..api.events import Delta, Event, Failure, Stop, StopReason, Usage
+import numpy as np
+
+from ..api.events import (
+    Delta,
+    Event,
+    Failure,
+    PromptLogprobs,
+    Stop,
+    StopReason,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
 from .detok import IncrementalDetokenizer
-from .sampling import Sampler
+from .sampling import Sampler, token_logprob
 from .stopping import StopSequenceMatcher, TokenStopper
+from .tokens import TokenTexts
 
 
 @dataclass(eq=False)
@@ -38,6 +51,15 @@ class Sequence:
     cache: Any = None  # the per-sequence KV cache of the serial loop
     finished: bool = False  # ended by itself: its `Stop` (or `Failure`) is out
     cancelled: bool = False  # the caller went away
+    index: int = 0  # the choice of its request
+    # Log-probabilities: of each generated token, with this many alternatives
+    # (None: off); of every prompt token (`score_prompt`).
+    logprobs: int | None = None
+    score_prompt: bool = False
+    prompt_top: int = 0  # alternatives reported for each prompt token
+    texts: TokenTexts | None = None  # token ids -> text and bytes, for logprobs
+    _pending: list[TokenLogprob] = field(default_factory=list)
+    _prompt_scores: list[TokenLogprob] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
@@ -51,22 +73,62 @@ class Sequence:
             output_tokens=len(self.generated),
         )
 
+    def step(self, logits: np.ndarray, out: Outbox) -> None:
+        """Samples the next token from `logits` and advances by it."""
+        token = self.sampler(logits)
+        if self.logprobs is not None:
+            self._pending.append(self._logprob(logits, token, self.logprobs))
+        self.advance(token, out)
+
     def advance(self, token: int, out: Outbox) -> None:
-        """Adds a sampled token and emits the text it releases; sets `finished`
-        (and emits the `Stop`) when a stop condition is met."""
+        """Adds a sampled token and emits the text it releases (with the tokens'
+        log-probabilities, when asked); sets `finished` (and emits the `Stop`)
+        when a stop condition is met."""
         self.generated.append(token)
         reason = self.stopper(token, len(self.generated))
-        text = "" if reason is StopReason.END_TURN else self.detokenizer.add(token)
+        if reason is StopReason.END_TURN:
+            text = ""
+            self._pending[-1:] = []  # the end of the turn is not text
+        else:
+            text = self.detokenizer.add(token)
         text, matched = self.stop_matcher.feed(text)
         if matched:
             reason = StopReason.STOP_SEQUENCE
         elif reason is not None:
             text += self.stop_matcher.flush()
         if text:
-            out.put(self, Delta(text))
+            out.put(self, Delta(text, self.index, tuple(self._pending)))
+            self._pending.clear()
         if reason is not None:
-            out.put(self, Stop(reason, self.usage()))
+            out.put(self, Stop(reason, self.usage(), self.index))
             self.finished = True
+
+    def score(self, position: int, logits: np.ndarray) -> None:
+        """Records the log-probability of prompt token `position + 1`, which
+        `logits` (those at `position`) predict."""
+        self._prompt_scores.append(
+            self._logprob(logits, self.prompt_ids[position + 1], self.prompt_top)
+        )
+
+    def prompt_done(self, out: Outbox) -> bool:
+        """Emits the prompt's log-probabilities (when scored); True (and the `Stop`
+        emitted) when nothing is to be generated (`max_tokens` 0)."""
+        if self.score_prompt and self.texts is not None:
+            text, data = self.texts(self.prompt_ids[0])
+            first = TokenLogprob(self.prompt_ids[0], text, data, None)
+            out.put(self, PromptLogprobs((first, *self._prompt_scores)))
+        if self.stopper.max_tokens > 0:
+            return False
+        out.put(self, Stop(StopReason.MAX_TOKENS, self.usage(), self.index))
+        self.finished = True
+        return True
+
+    def _logprob(self, logits: np.ndarray, token: int, top: int) -> TokenLogprob:
+        assert self.texts is not None, "log-probabilities need the token texts"
+        texts = self.texts
+        value, best = token_logprob(logits, token, top)
+        alternatives = tuple(TopLogprob(i, *texts(i), v) for i, v in best)
+        return TokenLogprob(token, *texts(token), value, alternatives)
 
 
 class Outbox:
@@ -108,25 +170,35 @@ class Scheduler(Protocol):
     @property
     def queued(self) -> int: ...
 
-    def submit(self, sequence: Sequence) -> None: ...
+    def submit(self, *sequences: Sequence) -> None: ...
 
     def cancel(self, sequence: Sequence) -> None: ...
 
     def close(self) -> None: ...
 
 
-async def stream(scheduler: Scheduler, sequence: Sequence) -> AsyncGenerator[Event]:
-    """Runs `sequence` on `scheduler` and yields its events, the last a `Stop` or a
-    `Failure`; a caller that stops listening cancels it (its compute is freed)."""
+async def stream(
+    scheduler: Scheduler, sequences: list[Sequence]
+) -> AsyncGenerator[Event]:
+    """Runs `sequences` (the choices of one request) on `scheduler` and yields their
+    events as they come, until each has ended with a `Stop`, or one with a
+    `Failure` (the last event then); a caller that stops listening cancels those
+    still running (their compute is freed)."""
     events: asyncio.Queue[Event] = asyncio.Queue()
-    sequence.emit, sequence.loop = events.put_nowait, asyncio.get_running_loop()
-    scheduler.submit(sequence)
-    finished = False
+    loop = asyncio.get_running_loop()
+    for sequence in sequences:
+        sequence.emit, sequence.loop = events.put_nowait, loop
+    scheduler.submit(*sequences)
+    running = len(sequences)
     try:
-        while not finished:
+        while running:
             event = await events.get()
-            finished = isinstance(event, Stop | Failure)
+            if isinstance(event, Failure):
+                running = 0
+            elif isinstance(event, Stop):
+                running -= 1
             yield event
     finally:
-        if not finished:
-            scheduler.cancel(sequence)
+        for sequence in sequences:
+            if not sequence.done:
+                scheduler.cancel(sequence)

@@ -45,10 +45,11 @@ class SerialScheduler:
     def queued(self) -> int:
         return self._incoming.qsize()
 
-    def submit(self, sequence: Sequence) -> None:
+    def submit(self, *sequences: Sequence) -> None:
         if self._closed:
             raise RuntimeError("scheduler is closed")
-        self._incoming.put(sequence)
+        for sequence in sequences:
+            self._incoming.put(sequence)
 
     def cancel(self, sequence: Sequence) -> None:
         sequence.cancelled = True
@@ -95,9 +96,15 @@ class SerialScheduler:
     def _step(self, s: Sequence, out: Outbox) -> None:
         """Runs one forward pass for `s` and advances it by the token it samples."""
         if s.cache is None:
-            new_ids, s.cache = s.prompt_ids, self.model.empty_cache()
+            rows, s.cache = self.model.forward(
+                s.prompt_ids, self.model.empty_cache(), every_position=s.score_prompt
+            )
+            logits = rows[-1] if s.score_prompt else rows
+            for position in range(len(s.prompt_ids) - 1 if s.score_prompt else 0):
+                s.score(position, rows[position])
+            if s.prompt_done(out):
+                return
         else:
-            new_ids = s.generated[-1:]
-        logits, s.cache = self.model.forward(new_ids, s.cache)
+            logits, s.cache = self.model.forward(s.generated[-1:], s.cache)
         self.tokens_generated += 1
-        s.advance(s.sampler(logits), out)
+        s.step(logits, out)

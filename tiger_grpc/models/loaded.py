@@ -11,6 +11,7 @@ from ..engine.optimum import OnnxCausalLM
 from ..engine.scheduler import BatchScheduler
 from ..engine.sequence import Scheduler
 from ..engine.serial import SerialScheduler
+from ..engine.tokens import TokenTexts
 from ..runtime.ml import IMPORT_LOCK
 from .precision import FIDELITY, default_precision
 from .store import ModelManifest
@@ -32,6 +33,7 @@ class LoadedModel:
     ) -> None:
         self.manifest = manifest
         self.tokenizer: Any = None
+        self._texts: TokenTexts | None = None
         graphs = manifest.fused_graphs
         # The configured precision, else the device's own (fp16 on CUDA), else the
         # closest to the weights the model has.
@@ -58,6 +60,12 @@ class LoadedModel:
             self.max_len = min(manifest.context_length, options.max_context or 2**31)
             self.graph = manifest.onnx_path
             self.scheduler = SerialScheduler(onnx, manifest.id)
+
+    def token_texts(self) -> TokenTexts:
+        """Token ids -> text and bytes (made on first use: log-probabilities)."""
+        if self._texts is None:
+            self._texts = TokenTexts(self.tokenizer)
+        return self._texts
 
     def close(self) -> None:
         self.scheduler.close()

@@ -18,9 +18,9 @@ from typing import Any
 from ..api.errors import NotFoundError, UnavailableError
 from ..api.events import Delta, Event, Info, Model, Stop
 from ..api.params import GenerateParams
-from ..config import EngineOptions
+from ..config import DEFAULT_MODEL_ID, EngineOptions
 from ..engine.providers import CUDA, choose_providers
-from ..engine.request import new_sequence, render_prompt, room_after
+from ..engine.request import new_sequences, prompt_ids, room_after
 from ..engine.sequence import stream
 from ..runtime import metrics
 from .loaded import LoadedModel, load_tokenizer
@@ -55,6 +55,10 @@ class ModelRegistry:
             )
         return manifest
 
+    def default_model(self) -> str:
+        """The embedded default model's id, when the store has it."""
+        return DEFAULT_MODEL_ID if self.knows(DEFAULT_MODEL_ID) else ""
+
     def knows(self, model_id: str) -> bool:
         return self.store.get(canonical_id(model_id)) is not None
 
@@ -74,6 +78,7 @@ class ModelRegistry:
                     running=scheduler.running if scheduler else 0,
                     queued=scheduler.queued if scheduler else 0,
                     tokens_generated=scheduler.tokens_generated if scheduler else 0,
+                    created=int(manifest.created_at),
                 )
             )
         return result
@@ -83,25 +88,29 @@ class ModelRegistry:
         received = time.monotonic()
         manifest = self.resolve(params.model)
         tokenizer = await self._tokenizer(manifest)
-        prompt_ids = await asyncio.to_thread(render_prompt, tokenizer, params.messages)
+        prompt = await asyncio.to_thread(prompt_ids, tokenizer, params)
         context = min(manifest.context_length, self.options.max_context or 2**31)
-        room = room_after(prompt_ids, manifest.id, context, "context length")
+        room = room_after(prompt, manifest.id, context, "context length")
         async for info in self._load(manifest):
             yield info
         model = self._loaded[manifest.id]
         # A KV cache budget can make the loaded model's limit shorter.
-        room = min(room, room_after(prompt_ids, manifest.id, model.max_len, "KV cache"))
-        sequence = new_sequence(
+        room = min(room, room_after(prompt, manifest.id, model.max_len, "KV cache"))
+        wants_logprobs = params.logprobs or params.prompt_logprobs
+        sequences = new_sequences(
             params,
-            prompt_ids,
+            prompt,
             tokenizer=tokenizer,
             eos_token_ids=manifest.eos_token_ids,
             room=room,
             default_max_tokens=self.options.default_max_tokens,
+            texts=await asyncio.to_thread(model.token_texts)
+            if wants_logprobs
+            else None,
             received_at=received,
         )
-        metrics.PROMPT_TOKENS.labels(manifest.id).inc(len(prompt_ids))
-        events = _observed(stream(model.scheduler, sequence), manifest.id, received)
+        metrics.PROMPT_TOKENS.labels(manifest.id).inc(len(prompt))
+        events = _observed(stream(model.scheduler, sequences), manifest.id, received)
         async with contextlib.aclosing(events):
             async for event in events:
                 yield event

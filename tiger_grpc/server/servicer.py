@@ -41,6 +41,8 @@ class Registry(Protocol):
 
     def models(self) -> list[Model]: ...
 
+    def default_model(self) -> str: ...
+
     def knows(self, model_id: str) -> bool: ...
 
 
@@ -111,7 +113,8 @@ class TigerServicer(pb_grpc.TigerServicer):
         _bind_request_id(context)
         metrics.REQUESTS.labels("ListModels", "", "OK").inc()
         return pb.ListModelsResponse(
-            models=[model_to_pb(m) for m in self._registry.models()]
+            models=[model_to_pb(m) for m in self._registry.models()],
+            default_model=self._registry.default_model(),
         )
 
     def _model_label(self, model_id: str) -> str:

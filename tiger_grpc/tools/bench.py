@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import grpc
@@ -59,17 +60,22 @@ LEVELS = [1, 4, 8, 16]
 LOCAL = ["--port", "0", "--host", "127.0.0.1", "--log-level", "WARNING"]
 
 
-async def _http_stream(
-    session: aiohttp.ClientSession, url: str, prompt: str, max_tokens: int
-):
-    body = {
+def _body(prompt: str, max_tokens: int, **more: Any) -> dict[str, Any]:
+    """A greedy streaming chat request, the same for every HTTP route."""
+    return {
         "model": DEFAULT_MODEL_ID,
         "messages": messages(prompt),
         "stream": True,
         "temperature": 0,
         "max_tokens": max_tokens,
+        **more,
     }
-    async with session.post(url, json=body) as reply:
+
+
+async def _http_stream(
+    session: aiohttp.ClientSession, url: str, prompt: str, max_tokens: int
+):
+    async with session.post(url, json=_body(prompt, max_tokens)) as reply:
         count = 0
         async for line in reply.content:
             chunk = json.loads(line)
@@ -78,6 +84,24 @@ async def _http_stream(
                 yield count
             elif chunk["type"] == "stop":
                 yield chunk["usage"]["output_tokens"]
+
+
+async def _sse_stream(
+    session: aiohttp.ClientSession, url: str, prompt: str, max_tokens: int
+):
+    """The same request through OpenAI's chat completions, as Server-Sent Events."""
+    body = _body(prompt, max_tokens, stream_options={"include_usage": True})
+    async with session.post(url, json=body) as reply:
+        count = 0
+        async for line in reply.content:
+            if not line.startswith(b"data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                yield chunk["usage"]["completion_tokens"]
+            elif chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                count += 1
+                yield count
 
 
 async def _grpc_stream(stub: pb_grpc.TigerStub, prompt: str, max_tokens: int):
@@ -159,7 +183,7 @@ async def _network_levels(
     args: argparse.Namespace, target: str, http_port: int, rounds: int
 ) -> list[Level]:
     results: list[Level] = []
-    url = f"http://127.0.0.1:{http_port}/v1/generate_response"
+    base = f"http://127.0.0.1:{http_port}/v1"
     async with (
         aiohttp.ClientSession(
             headers={"Authorization": f"Bearer {API_KEY}"},
@@ -168,25 +192,24 @@ async def _network_levels(
         grpc.aio.insecure_channel(target) as channel,
     ):
         stub = pb_grpc.TigerStub(channel)
-        await _level("warm-up", 1, lambda p: _http_stream(session, url, p, 4), 1)
+        url, sse = f"{base}/generate_response", f"{base}/chat/completions"
+        backends: dict[str, Callable[[str, int], AsyncIterator[int]]] = {
+            "Tiger HTTP streaming": lambda p, n: _http_stream(session, url, p, n),
+            "Tiger OpenAI SSE": lambda p, n: _sse_stream(session, sse, p, n),
+            "Tiger gRPC": lambda p, n: _grpc_stream(stub, p, n),
+        }
+        for name, make in backends.items():
+            await _level(f"warm-up {name}", 1, lambda p, m=make: m(p, 4), 1)
         for c in LEVELS:
-            print(f"  Tiger HTTP / gRPC, {c} concurrent streams...", file=sys.stderr)
-            results.append(
-                await _level(
-                    "Tiger HTTP streaming",
-                    c,
-                    lambda p: _http_stream(session, url, p, args.max_tokens),
-                    rounds,
-                )
+            print(
+                f"  Tiger over the network, {c} concurrent streams...", file=sys.stderr
             )
-            results.append(
-                await _level(
-                    "Tiger gRPC",
-                    c,
-                    lambda p: _grpc_stream(stub, p, args.max_tokens),
-                    rounds,
+            for name, make in backends.items():
+                results.append(
+                    await _level(
+                        name, c, lambda p, m=make: m(p, args.max_tokens), rounds
+                    )
                 )
-            )
     return results
 
 

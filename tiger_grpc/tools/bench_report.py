@@ -15,7 +15,7 @@ def targets(rows: list[dict[str, float]]) -> list[tuple[str, float, str, bool]]:
             if r["backend"].startswith(backend) and r["concurrency"] == c
         )
 
-    http, engine = get("Tiger HTTP"), get("Tiger engine")
+    http, engine, sse = get("Tiger HTTP"), get("Tiger engine"), get("Tiger OpenAI")
     optimum = get("optimum")
     agg8 = get("Tiger HTTP", 8)["aggregate_tok_s"] / http["aggregate_tok_s"]
     return [
@@ -37,6 +37,18 @@ def targets(rows: list[dict[str, float]]) -> list[tuple[str, float, str, bool]]:
             http["ttft_p50_ms"] - engine["ttft_p50_ms"],
             "<= 20",
             http["ttft_p50_ms"] - engine["ttft_p50_ms"] <= 20,
+        ),
+        (
+            "OpenAI SSE 1-stream decode / NDJSON",
+            sse["decode_tok_s"] / http["decode_tok_s"],
+            ">= 0.95",
+            sse["decode_tok_s"] / http["decode_tok_s"] >= 0.95,
+        ),
+        (
+            "OpenAI SSE TTFT p50 - NDJSON TTFT p50 (ms)",
+            sse["ttft_p50_ms"] - http["ttft_p50_ms"],
+            "<= 10",
+            sse["ttft_p50_ms"] - http["ttft_p50_ms"] <= 10,
         ),
     ]
 

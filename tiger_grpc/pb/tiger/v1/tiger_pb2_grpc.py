@@ -72,9 +72,10 @@ class TigerServicer:
     """
 
     def Generate(self, request, context):
-        """Streams the reply: `info` chunks while a model loads, `delta` chunks of text,
-        then exactly one `stop` chunk, or one `error` chunk if generation fails after
-        the stream has started.
+        """Streams the reply: `info` chunks while a model loads, a `prompt` chunk when
+        prompt log-probabilities were asked for, `delta` chunks of text, then exactly
+        one `stop` chunk per choice (`n` of them), or one `error` chunk if generation
+        fails after the stream has started.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
