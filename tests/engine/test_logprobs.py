@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.helpers import PROMPT, Collector, graph
+from tiger_grpc.api.errors import InvalidArgumentError
 from tiger_grpc.api.events import Delta, PromptLogprobs, Stop, StopReason
 from tiger_grpc.api.params import GenerateParams
 from tiger_grpc.config import Device
@@ -122,3 +123,35 @@ def test_penalties_follow_openai(scheduler, tokenizer, torch_model):
             ids.append(int(np.argmax(logits)))
             counts[ids[-1]] = counts.get(ids[-1], 0) + 1
     assert out.text == tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_a_prompt_is_scored_in_the_batch_beside_a_running_stream(
+    store_home, tiny_model, tokenizer, torch_model
+):
+    """Scoring shares the running batch (teacher forcing, a token per step): it
+    ends while a long stream goes on, with the same scores as scored alone; and a
+    request of more choices than the server holds is refused as invalid."""
+    runner = FusedCausalLM(graph(store_home, tiny_model), Device.CPU, 2, 1024)
+    scheduler = BatchScheduler(runner, "tiny", max_queued=1)
+    try:
+        params = GenerateParams(model="tiny", prompt="x", max_tokens=900)
+        (long,) = new_sequences(
+            params,
+            list(PROMPT),
+            tokenizer=tokenizer,
+            eos_token_ids=[],
+            room=1000,
+            default_max_tokens=8,
+            texts=TokenTexts(tokenizer),
+        )
+        long.emit = streaming = Collector()
+        scheduler.submit(long)
+        while not any(isinstance(e, Delta) for e in streaming.events):
+            streaming.done.wait(0.001)
+        test_a_prompt_is_scored_token_by_token(scheduler, tokenizer, torch_model)
+        assert not streaming.done.is_set()
+        scheduler.cancel(long)
+        with pytest.raises(InvalidArgumentError, match="fewer choices"):
+            run(scheduler, tokenizer, n=4)
+    finally:
+        scheduler.close()

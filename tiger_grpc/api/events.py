@@ -6,6 +6,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from .errors import Status
+
 
 class StopReason(enum.StrEnum):
     """Why a generation ended; compares equal to its name in the HTTP API."""
@@ -70,9 +72,11 @@ class PromptLogprobs:
 
 @dataclass(frozen=True)
 class Failure:
-    """Generation failed after it started; `message` is safe to show the caller."""
+    """Generation failed after it started; `message` is safe to show the caller,
+    `status` says what kind of failure it was."""
 
     message: str
+    status: Status = Status.INTERNAL
 
 
 Event = Info | PromptLogprobs | Delta | Stop | Failure

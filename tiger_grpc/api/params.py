@@ -175,9 +175,9 @@ class GenerateParams(GuideParams):
 
     messages: Annotated[tuple[ChatMessage, ...], *MESSAGES] = ()
     max_tokens: (
-        Annotated[int, integer(0, MAX_TOKENS_LIMIT, f"from 1 to {MAX_TOKENS_LIMIT}")]
+        Annotated[int, integer(0, MAX_TOKENS_LIMIT, f"from 0 to {MAX_TOKENS_LIMIT}")]
         | None
-    ) = None
+    ) = None  # 0: generate nothing (to score the prompt, or echo it)
     prompt: Annotated[str, STRING] | None = None
     n: Annotated[int, integer(1, MAX_CHOICES, f"from 1 to {MAX_CHOICES}")] = 1
     logprobs: Annotated[bool, BOOLEAN] = False
@@ -194,12 +194,7 @@ class GenerateParams(GuideParams):
             raise fail_at("messages", "is required (or a `prompt`)")
         if self.prompt is not None and self.messages:
             raise fail_at("prompt", "cannot go with `messages`: send one of them")
-        if self.max_tokens == 0 and not self.prompt_logprobs:
-            raise fail_at(
-                "max_tokens",
-                f"must be an integer from 1 to {MAX_TOKENS_LIMIT}, got 0 (0 only "
-                "scores the prompt, with `prompt_logprobs`)",
-            )
+
         if self.top_logprobs and not (self.logprobs or self.prompt_logprobs):
             raise fail_at("top_logprobs", "needs `logprobs`")
         return self

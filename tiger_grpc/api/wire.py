@@ -9,6 +9,7 @@ from dataclasses import asdict
 from typing import Any
 
 from ..pb.tiger.v1 import tiger_pb2 as pb
+from .errors import Status
 from .events import (
     MODEL_FIELDS,
     Delta,
@@ -150,8 +151,9 @@ def event_to_pb(event: Any, chunk: type = pb.GenerateChunk) -> Any:
     match event:
         case Info(message):
             return chunk(info=pb.InfoChunk(message=message))
-        case Failure(message):
-            return chunk(error=pb.ErrorChunk(message=message))
+        case Failure(message, status):
+            code = 0 if status is Status.INTERNAL else status.value[0]
+            return chunk(error=pb.ErrorChunk(message=message, code=code))
         case Delta(text, index, logprobs):
             tokens = [_logprob_to_pb(t) for t in logprobs]
             return chunk(delta=pb.DeltaChunk(delta=text, index=index, logprobs=tokens))
@@ -198,7 +200,9 @@ def event_from_pb(chunk: Any) -> Any:
     if kind == "stop":
         return _stop_from_pb(chunk.stop)
     if kind == "error":
-        return Failure(chunk.error.message)
+        code = chunk.error.code
+        status = next((s for s in Status if s.value[0] == code), Status.INTERNAL)
+        return Failure(chunk.error.message, Status.INTERNAL if code == 0 else status)
     return Failure("the backend sent an empty chunk")
 
 

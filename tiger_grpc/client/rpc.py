@@ -139,7 +139,10 @@ class _Base:
             )
         return pb.GenerateRequest(
             model=model,
-            messages=_pb_messages(turns(messages, system)),
+            # A raw `prompt` goes without messages (the chat template).
+            messages=[]
+            if params.get("prompt") is not None
+            else _pb_messages(turns(messages, system)),
             stop_sequences=list(stop_sequences),
             **{k: v for k, v in params.items() if v is not None},
         )

@@ -39,14 +39,17 @@ def prompt_ids(tokenizer: Any, params: GenerateParams) -> list[int]:
     return ids
 
 
-def room_after(prompt_ids: list[int], model_id: str, limit: int, what: str) -> int:
+def room_after(
+    prompt_ids: list[int], model_id: str, limit: int, what: str, need: int = 1
+) -> int:
     """Tokens left for the output once the prompt is in `limit` (the model's `what`,
-    e.g. its context length); a prompt that leaves none is an `InvalidArgumentError`."""
+    e.g. its context length); a prompt that leaves fewer than `need` (0 when
+    nothing is to be generated) is an `InvalidArgumentError`."""
     room = limit - len(prompt_ids)
-    if room < 1:
+    if room < need:
         raise InvalidArgumentError(
             f"the prompt is {len(prompt_ids)} tokens after the chat template; "
-            f"{model_id} fits at most {limit - 1} prompt tokens ({what} {limit})"
+            f"{model_id} fits at most {limit - need} prompt tokens ({what} {limit})"
         )
     return room
 

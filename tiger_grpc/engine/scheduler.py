@@ -16,7 +16,7 @@ import collections
 import logging
 import threading
 
-from ..api.errors import OverloadedError
+from ..api.errors import InvalidArgumentError, OverloadedError
 from ..api.events import Failure
 from .fused import FusedCausalLM
 from .sequence import Outbox, Sequence
@@ -71,8 +71,13 @@ class BatchScheduler:
         with self._wake:
             if self._closed:
                 raise RuntimeError("scheduler is closed")
-            taken = self.queued + self.running + len(sequences)
-            if taken > self.max_running + self.max_queued:
+            room = self.max_running + self.max_queued
+            if len(sequences) > room:
+                raise InvalidArgumentError(
+                    f"a request of {len(sequences)} sequences is more than this "
+                    f"server holds at once ({room}); ask for fewer choices"
+                )
+            if self.queued + self.running + len(sequences) > room:
                 raise OverloadedError(
                     f"the server is at capacity ({self.max_running} running, "
                     f"{self.max_queued} queued); retry shortly"
@@ -136,15 +141,17 @@ class BatchScheduler:
         return [*self._running, *([self._prefilling] if self._prefilling else [])]
 
     def _prefill_chunk(self) -> None:
-        """Writes the next chunk of the prefilling prompt; the last one samples the
-        first token and moves the sequence into the running batch."""
+        """Writes the next chunk of the prefilling prompt; the last one moves the
+        sequence into the running batch and samples its first token. A prompt to
+        score moves in after its first token: the rest goes in a token per
+        decode step, in the batch (its logits score each next token)."""
         s = self._prefilling
         assert s is not None
-        if s.done:
+        if s.done or (s.stopper.max_tokens == 0 and not s.score_prompt):
+            if not s.done:  # nothing to generate nor score: no need to run it
+                s.prompt_done(self._out)
             self._prefilling = None
             return
-        # A prompt to score goes in a token per turn: each turn's logits (the last
-        # position's) predict the next prompt token.
         chunk = 1 if s.score_prompt else self.prefill_chunk
         end = min(len(s.prompt_ids), self._prefilled + chunk)
         slot = len(self._running)
@@ -157,28 +164,33 @@ class BatchScheduler:
             return
         self.prefill_chunks += 1
         self._prefilled = end
-        if end < len(s.prompt_ids):
-            if s.score_prompt:
-                s.score(end - 1, logits)
+        if end < len(s.prompt_ids) and not s.score_prompt:
             return
-        self._prefilling = None
-        if s.prompt_done(self._out):
-            return  # nothing to generate: its slot is free again
         self._running.append(s)  # before the hand-over, so `running` never dips
-        self._lengths.append(len(s.prompt_ids))
-        self.tokens_generated += 1
-        s.step(logits, self._out)  # a finished one leaves at the drop
+        self._lengths.append(end)
+        self._prefilling = None
+        s.written = end
+        if s.score_prompt:
+            s.after_prompt_token(logits, self._out)
+        elif not s.prompt_done(self._out):
+            self.tokens_generated += 1
+            s.step(logits, self._out)  # a finished one leaves at the drop
 
     def _decode(self) -> None:
-        tokens = [s.generated[-1] for s in self._running]
+        forcing = [s.forcing for s in self._running]
+        tokens = [s.next_input() for s in self._running]
         logits = self.model.decode(tokens, self._lengths)
         self.steps += 1
         for i, s in enumerate(self._running):
             self._lengths[i] += 1
             if s.done:
                 continue
-            self.tokens_generated += 1
-            s.step(logits[i], self._out)
+            if forcing[i]:
+                s.written += 1
+                s.after_prompt_token(logits[i], self._out)
+            else:
+                self.tokens_generated += 1
+                s.step(logits[i], self._out)
 
     def _drop_finished(self) -> None:
         """Removes finished and cancelled sequences, keeping the slots contiguous

@@ -58,6 +58,9 @@ class Sequence:
     score_prompt: bool = False
     prompt_top: int = 0  # alternatives reported for each prompt token
     texts: TokenTexts | None = None  # token ids -> text and bytes, for logprobs
+    # Prompt tokens in the KV cache: a prompt to score goes in a token per decode
+    # step, in the batch, its logits scoring the next one (teacher forcing).
+    written: int = 0
     _pending: list[TokenLogprob] = field(default_factory=list)
     _prompt_scores: list[TokenLogprob] = field(default_factory=list)
 
@@ -102,6 +105,25 @@ class Sequence:
         if reason is not None:
             out.put(self, Stop(reason, self.usage(), self.index))
             self.finished = True
+
+    @property
+    def forcing(self) -> bool:
+        """Still writing its prompt a token per step (to score it)."""
+        return self.score_prompt and self.written < len(self.prompt_ids)
+
+    def next_input(self) -> int:
+        """The token a decode step feeds it: its next prompt token while forcing,
+        else the token it sampled last."""
+        return self.prompt_ids[self.written] if self.forcing else self.generated[-1]
+
+    def after_prompt_token(self, logits: np.ndarray, out: Outbox) -> None:
+        """Takes the logits after prompt token `written - 1`: they score the next
+        prompt token; after the last one, they give the first generated token
+        (unless nothing is to be generated)."""
+        if self.written < len(self.prompt_ids):
+            self.score(self.written - 1, logits)
+        elif not self.prompt_done(out):
+            self.step(logits, out)
 
     def score(self, position: int, logits: np.ndarray) -> None:
         """Records the log-probability of prompt token `position + 1`, which

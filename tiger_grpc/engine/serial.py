@@ -95,6 +95,9 @@ class SerialScheduler:
 
     def _step(self, s: Sequence, out: Outbox) -> None:
         """Runs one forward pass for `s` and advances it by the token it samples."""
+        if s.cache is None and s.stopper.max_tokens == 0 and not s.score_prompt:
+            s.prompt_done(out)  # nothing to generate nor score: no need to run it
+            return
         if s.cache is None:
             rows, s.cache = self.model.forward(
                 s.prompt_ids, self.model.empty_cache(), every_position=s.score_prompt

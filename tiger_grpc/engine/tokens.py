@@ -58,18 +58,23 @@ class TokenTexts:
         self._cache: dict[int, tuple[str, bytes]] = {}
 
     def __call__(self, token_id: int) -> tuple[str, bytes]:
+        """A special token (BOS, the end of a turn) is its name, and no bytes: it
+        is not text, so text offsets skip it."""
         found = self._cache.get(token_id)
         if found is None:
-            data = self._bytes(token_id)
-            found = self._cache[token_id] = (data.decode("utf-8", "replace"), data)
+            if token_id in self._special:
+                name = self._tokenizer.convert_ids_to_tokens(token_id) or ""
+                found = (name, b"")
+            else:
+                data = self._bytes(token_id)
+                found = (data.decode("utf-8", "replace"), data)
+            self._cache[token_id] = found
         return found
 
     def _bytes(self, token_id: int) -> bytes:
         piece = self._tokenizer.convert_ids_to_tokens(token_id)
         if piece is None:
             return b""
-        if token_id in self._special:
-            return piece.encode()
         if self._byte_level:
             alphabet = _byte_alphabet()
             if all(c in alphabet for c in piece):

@@ -90,12 +90,14 @@ class ModelRegistry:
         tokenizer = await self._tokenizer(manifest)
         prompt = await asyncio.to_thread(prompt_ids, tokenizer, params)
         context = min(manifest.context_length, self.options.max_context or 2**31)
-        room = room_after(prompt, manifest.id, context, "context length")
+        need = 0 if params.max_tokens == 0 else 1  # scoring only: the prompt fits
+        room = room_after(prompt, manifest.id, context, "context length", need)
         async for info in self._load(manifest):
             yield info
         model = self._loaded[manifest.id]
         # A KV cache budget can make the loaded model's limit shorter.
-        room = min(room, room_after(prompt, manifest.id, model.max_len, "KV cache"))
+        kv_room = room_after(prompt, manifest.id, model.max_len, "KV cache", need)
+        room = min(room, kv_room)
         wants_logprobs = params.logprobs or params.prompt_logprobs
         sequences = new_sequences(
             params,
@@ -224,7 +226,7 @@ async def _observed(
     last: float | None = None
     async with contextlib.aclosing(events):
         async for event in events:
-            if isinstance(event, Delta):
+            if isinstance(event, Delta) and event.index == 0:  # one choice's pace
                 now = time.monotonic()
                 if last is None:
                     ttft.observe(now - received)

@@ -147,7 +147,7 @@ async def _stream(
     except TigerError as exc:
         code = exc.status.name
         if started:
-            yield to_pb(Failure(exc.message))
+            yield to_pb(Failure(exc.message, exc.status))
         else:
             await context.abort(exc.status.grpc_code, exc.message)
     except (asyncio.CancelledError, GeneratorExit):
