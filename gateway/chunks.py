@@ -20,8 +20,6 @@ from tiger_grpc.api.events import (
     Trained,
 )
 
-TERMINAL = ("stop", "error")
-
 
 def error_message(error: grpc.aio.AioRpcError) -> str:
     if error.code() == grpc.StatusCode.UNAVAILABLE and not error.details():
@@ -42,7 +40,7 @@ def event_to_json(event: Any) -> dict[str, Any]:
             return {"type": "delta", "delta": text}
         case Stop(reason, usage):
             return {"type": "stop", "stop_reason": str(reason), "usage": vars(usage)}
-        case Failure(message):
+        case Failure(message, _):
             return {"type": "error", "message": message}
         case Progress():
             return _progress(event)

@@ -90,20 +90,30 @@ def _last(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     return chunks[-1]
 
 
+async def models_reply(request: web.Request) -> pb.ListModelsResponse:
+    """The backend's model list (raises `Reject` or the gRPC error)."""
+    config = request.app[CONFIG]
+    metadata = call_metadata(request, config)
+    return await request.app[BACKEND].tiger.ListModels(
+        pb.ListModelsRequest(), metadata=metadata, timeout=config.unary_timeout_s
+    )
+
+
+def openai_model(entry: dict[str, Any]) -> dict[str, Any]:
+    """A model in OpenAI's shape (`object`, `owned_by`) with the guide's fields."""
+    return {"object": "model", "owned_by": "tiger", **entry}
+
+
 @_rejecting
 async def list_models(request: web.Request) -> web.Response:
     """GET /v1/models: ids, whether each is loaded, and the provider."""
-    config = request.app[CONFIG]
-    metadata = call_metadata(request, config)
     try:
-        reply = await request.app[BACKEND].tiger.ListModels(
-            pb.ListModelsRequest(), metadata=metadata, timeout=config.unary_timeout_s
-        )
+        reply = await models_reply(request)
     except grpc.aio.AioRpcError as exc:
         return rpc_error_response(exc)
     models = [model_to_json(model_from_pb(m)) for m in reply.models]
     # OpenAI's list shape (`object`, `data`) beside the guide's (`models`).
-    data = [{"object": "model", "owned_by": "tiger", **entry} for entry in models]
+    data = [openai_model(entry) for entry in models]
     return web.json_response(
         {
             "object": "list",

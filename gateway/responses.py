@@ -12,9 +12,10 @@ import grpc
 from aiohttp import web
 
 from tiger_grpc.api.errors import Status
+from tiger_grpc.api.events import Failure, Imported, Stop, Trained
 from tiger_grpc.api.wire import event_from_pb
 
-from .chunks import TERMINAL, error_message, event_to_json
+from .chunks import error_message, event_to_json
 
 NDJSON = "application/x-ndjson"
 RETRY_AFTER_S = "1"
@@ -51,27 +52,27 @@ async def respond(
     collect: Callable[[list[dict[str, Any]]], dict[str, Any]],
 ) -> web.StreamResponse:
     """Answers a server-streaming call: an HTTP error before its first chunk, then
-    NDJSON (`stream`), or the object `collect` makes of the chunks (a 500 if they end
-    with an error); the call is cancelled if we stop early."""
+    NDJSON (`stream`), or the object `collect` makes of the chunks (an HTTP error
+    of the failure's status if they end with one); the call is cancelled if we stop
+    early."""
     try:
         try:
             first = await call.read()
         except grpc.aio.AioRpcError as exc:
             return rpc_error_response(exc)
-        chunks = _chunks(call, first)
         if not stream:
-            objs = [obj async for obj in chunks]
-            if objs[-1]["type"] == "error":
-                status = Status.INTERNAL.http_status
-                return error_response(status, objs[-1]["message"])
-            return json_response(collect(objs))
+            events = [event async for event in _events(call, first)]
+            if isinstance(failure := events[-1], Failure):
+                return failure_response(failure)
+            return json_response(collect([event_to_json(e) for e in events]))
         response = web.StreamResponse(
             headers={"Content-Type": NDJSON, "Cache-Control": "no-cache"}
         )
         response.enable_chunked_encoding()
         await response.prepare(request)
-        async for obj in chunks:
-            await response.write(_line(obj))
+        async with contextlib.aclosing(_events(call, first)) as events_:
+            async for event in events_:
+                await response.write(_line(event_to_json(event)))
         await response.write_eof()
         return response
     finally:
@@ -79,14 +80,23 @@ async def respond(
             call.cancel()
 
 
-async def _chunks(call: Any, first: Any) -> AsyncIterator[dict[str, Any]]:
-    """The JSON chunks of a call, ending with exactly one `stop` or `error`."""
+def failure_response(failure: Failure) -> web.Response:
+    """A stream that failed before anything was sent: its status as HTTP's."""
+    headers = {}
+    if failure.status is Status.RESOURCE_EXHAUSTED:
+        headers["Retry-After"] = RETRY_AFTER_S
+    return error_response(failure.status.http_status, failure.message, **headers)
+
+
+async def _events(call: Any, first: Any) -> AsyncIterator[Any]:
+    """The events of a call, ending with exactly one `Stop` (or a training's or an
+    import's end) or one `Failure`."""
     chunk = first
     try:
         while chunk is not grpc.aio.EOF:
-            obj = event_to_json(event_from_pb(chunk))
-            yield obj
-            if obj["type"] in TERMINAL:
+            event = event_from_pb(chunk)
+            yield event
+            if isinstance(event, Stop | Trained | Imported | Failure):
                 # Read the call's end too, so it completes rather than being
                 # cancelled by the cleanup below (the server counts it as OK).
                 with contextlib.suppress(grpc.aio.AioRpcError):
@@ -94,9 +104,6 @@ async def _chunks(call: Any, first: Any) -> AsyncIterator[dict[str, Any]]:
                 return
             chunk = await call.read()
     except grpc.aio.AioRpcError as exc:
-        yield {"type": "error", "message": error_message(exc)}
+        yield Failure(error_message(exc), Status.of_grpc(exc.code()))
         return
-    yield {
-        "type": "error",
-        "message": "the backend ended the stream without a stop chunk",
-    }
+    yield Failure("the backend ended the stream without a stop chunk")

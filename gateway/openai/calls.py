@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 
+from tiger_grpc.api.errors import Status
 from tiger_grpc.api.events import Failure
 from tiger_grpc.api.wire import event_from_pb
 
@@ -68,7 +69,8 @@ async def _read(
             await queue.put((position, event_from_pb(chunk)))
             chunk = await call.read()
     except grpc.aio.AioRpcError as exc:
-        await queue.put((position, Failure(error_message(exc))))
+        status = Status.of_grpc(exc.code())
+        await queue.put((position, Failure(error_message(exc), status)))
     finally:
         with contextlib.suppress(RuntimeError):
             queue.put_nowait(_END)

@@ -8,9 +8,10 @@ Supported: chat completions (`messages` with string or text-part content;
 `frequency_penalty`, `presence_penalty`, and `top_k` as an extension) and legacy
 completions (`prompt` as a string or a list of strings, the same sampling fields,
 `echo`, integer `logprobs`). Refused with a 400 naming the field, never ignored:
-tools and tool messages, `response_format` other than text, `logit_bias`,
-`suffix`, `best_of` other than `n`, token-id prompts and non-text content parts.
-Other unknown fields are ignored, as OpenAI does.
+tools (`tool_choice` other than none/auto) and tool messages, `response_format`
+other than text, `logit_bias`, `suffix`, `best_of` other than `n`, token-id
+prompts and non-text content parts. Other unknown fields are ignored, as OpenAI
+does.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from tiger_grpc.api.params import (
     MODEL_ID,
     PENALTY,
     PROBABILITY,
-    SEED,
+    SEED_MAX,
     STOP_SEQUENCES,
     STRING,
     GenerateParams,
@@ -46,6 +47,9 @@ ROLES = {"system": "system", "developer": "system", "user": "user"}
 ROLES["assistant"] = "assistant"
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for legacy completions
 MAX_PROMPTS = 16
+# OpenAI's seed is a signed 64-bit integer; Tiger's is unsigned, so a negative
+# one is taken modulo 2**64 (the same bits).
+SEED = integer(-(2**63), SEED_MAX, "from -2**63 to 2**64 - 1")
 
 
 def _text_of(value: Any) -> Any:
@@ -147,7 +151,7 @@ def _schema(extra: dict[str, Any]) -> Any:
 REFUSED = {
     "tools": {"type": ["array", "null"], "maxItems": 0},
     "functions": {"type": ["array", "null"], "maxItems": 0},
-    "tool_choice": {"enum": ["none", None]},
+    "tool_choice": {"enum": ["none", "auto", None]},
     "logit_bias": {"type": ["object", "null"], "maxProperties": 0},
     "response_format": {
         "anyOf": [
@@ -199,7 +203,7 @@ class _Sampling(RequestModel):
             raise _at("logit_bias", "is not supported")
         if data.get("tools") or data.get("functions"):
             raise _at("tools", "are not supported yet (tool calling)")
-        if data.get("tool_choice") not in (None, "none"):
+        if data.get("tool_choice") not in (None, "none", "auto"):
             raise _at("tool_choice", "is not supported yet (tool calling)")
         response_format = data.get("response_format")
         if response_format not in (None, {"type": "text"}):
@@ -216,7 +220,7 @@ class _Sampling(RequestModel):
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": self.top_k,
-            "seed": self.seed,
+            "seed": None if self.seed is None else self.seed % (SEED_MAX + 1),
             "stop_sequences": list(self.stop),
             "n": self.n,
             "frequency_penalty": self.frequency_penalty,
@@ -348,7 +352,7 @@ class CompletionRequest(_Sampling):
     def params(self, prompt: str) -> GenerateParams:
         """Tiger's params for one of the request's prompts."""
         wants_logprobs = self.logprobs is not None
-        scoring = self.echo and (wants_logprobs or self.max_tokens == 0)
+        scoring = self.echo and wants_logprobs
         return validated(
             GenerateParams,
             {

@@ -5,13 +5,13 @@ model loading, one error event if the stream fails, `data: [DONE]` at the end)."
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any, Protocol
 
 import grpc
 from aiohttp import web
 
-from tiger_grpc.api.errors import Status
 from tiger_grpc.api.events import Failure, Info
 
 from ..responses import json_response
@@ -52,25 +52,27 @@ async def serve(
     except grpc.aio.AioRpcError as exc:
         return rpc_error_response(exc)
     if not stream:
-        async for position, event in events(calls, firsts):
-            if isinstance(event, Failure):
-                return error_response(Status.INTERNAL, event.message)
-            shaper.on_event(position, event)
+        async with contextlib.aclosing(events(calls, firsts)) as answer:
+            async for position, event in answer:
+                if isinstance(event, Failure):
+                    return error_response(event.status, event.message)
+                shaper.on_event(position, event)
         return json_response(shaper.final())
     response = web.StreamResponse(headers=SSE_HEADERS)
     response.enable_chunked_encoding()
     await response.prepare(request)
     for chunk in shaper.start():
         await response.write(data(chunk))
-    async for position, event in events(calls, firsts):
-        if isinstance(event, Failure):
-            await response.write(data(error_object(Status.INTERNAL, event.message)))
-            await response.write_eof()
-            return response
-        if isinstance(event, Info):  # model loading: a comment, which SDKs skip
-            await response.write(f": {event.message}\n\n".encode())
-        for chunk in shaper.on_event(position, event):
-            await response.write(data(chunk))
+    async with contextlib.aclosing(events(calls, firsts)) as answer:
+        async for position, event in answer:
+            if isinstance(event, Failure):
+                await response.write(data(error_object(event.status, event.message)))
+                await response.write_eof()
+                return response
+            if isinstance(event, Info):  # model loading: a comment, SDKs skip it
+                await response.write(f": {event.message}\n\n".encode())
+            for chunk in shaper.on_event(position, event):
+                await response.write(data(chunk))
     if include_usage:
         await response.write(data(shaper.usage_chunk()))
     await response.write(data("[DONE]"))

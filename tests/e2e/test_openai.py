@@ -174,6 +174,9 @@ def test_models_list_in_both_shapes(client, base_url) -> None:
     assert models[DEFAULT_MODEL_ID].object == "model"
     assert models[DEFAULT_MODEL_ID].owned_by == "tiger"
     assert models[DEFAULT_MODEL_ID].created > 0
+    assert client.models.retrieve(TINY_MODEL_ID.upper()).id == TINY_MODEL_ID
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
 
 
 def test_each_error_class(client, base_url) -> None:

@@ -24,6 +24,7 @@ def test_api_conforms_to_its_openapi(base_url: str) -> None:
         "POST /v1/chat/completions",
         "POST /v1/completions",
         "GET /v1/models",
+        "GET /v1/models/{model}",
     } <= labels, labels
     for operation in operations:
 
@@ -52,6 +53,7 @@ def test_openapi_document_lists_every_route(base_url: str) -> None:
         "/v1/chat/completions",
         "/v1/completions",
         "/v1/models",
+        "/v1/models/{model}",
         "/v1/models/import",
         "/healthz",
         "/readyz",

@@ -101,6 +101,13 @@ async def test_a_failure_after_the_start(gateway) -> None:
         {"type": "delta", "delta": "x"},
         {"type": "error", "message": "gone"},
     ]
+    # A failure chunk carries its gRPC code: a whole answer gets its status.
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    full = pb.ErrorChunk(message="full", code=code)
+    tiger.next = FakeCall([pb.GenerateChunk(error=full)])
+    reply = await client.post("/v1/generate_response", json=HELLO, headers=AUTH)
+    assert reply.status == 429 and reply.headers["Retry-After"] == "1"
+    assert (await reply.json()) == {"type": "error", "message": "full"}
     tiger.next = FakeCall([delta])  # the backend ends without a stop
     reply = await client.post("/v1/generate_response", json=HELLO, headers=AUTH)
     assert reply.status == 500 and "without a stop" in (await reply.json())["message"]

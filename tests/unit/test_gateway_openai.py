@@ -123,6 +123,9 @@ async def test_a_failure_mid_stream_is_one_error_event(gateway) -> None:
     [
         ({**CHAT, "top_p": 3}, 400, "top_p"),
         ({**CHAT, "n": 0}, 400, "n"),
+        ({**CHAT, "n": 17}, 400, "n"),
+        ({**CHAT, "tool_choice": "required"}, 400, "tool_choice"),
+        ({**CHAT, "seed": -(2**63) - 1}, 400, "seed"),
         (
             {**CHAT, "messages": [{"role": "tool", "content": "x"}]},
             400,
@@ -195,3 +198,22 @@ async def test_models_answer_in_both_shapes(gateway) -> None:
     assert body["object"] == "list" and body["default_model"] == "m1"
     assert body["data"][0]["object"] == "model" and body["data"][0]["id"] == "m1"
     assert body["models"][0]["id"] == "m1"  # what the CLI and playground read
+    one = await (await client.get("/v1/models/M1", headers=AUTH)).json()
+    assert one == body["data"][0]
+    reply = await client.get("/v1/models/m2", headers=AUTH)
+    error = (await reply.json())["error"]
+    assert reply.status == 404 and error["code"] == "model_not_found"
+    assert error["param"] == "model" and "'m2'" in error["message"]
+    assert (await client.get("/v1/models/m1")).status == 401
+
+
+async def test_what_openai_allows_and_tiger_can_honour_is_accepted(gateway) -> None:
+    """A negative seed (OpenAI's is signed) keeps its bits; `tool_choice: auto`
+    without tools asks for nothing."""
+    client, tiger, _ = gateway
+    tiger.script = [delta("A"), stop(0)]
+    body = {**CHAT, "seed": -1, "tool_choice": "auto"}
+    reply = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+    assert reply.status == 200
+    _, request, _ = tiger.calls[-1]
+    assert request.seed == 2**64 - 1
