@@ -57,6 +57,7 @@ PROMPTS = [
 ]
 API_KEY = "bench-key"
 LEVELS = [1, 4, 8, 16]
+SOLO_ROUNDS = 4  # rounds of a single stream, per round of the other levels
 LOCAL = ["--port", "0", "--host", "127.0.0.1", "--log-level", "WARNING"]
 
 
@@ -138,17 +139,23 @@ async def _engine_stream(registry, prompt: str, max_tokens: int):
             yield event.usage.output_tokens
 
 
+async def _round(
+    level: Level, make: Callable[[str], AsyncIterator[int]], r: int
+) -> None:
+    """Round `r` of a level: `concurrency` streams at once, added to the level."""
+    c = level.concurrency
+    prompts = [PROMPTS[(r * c + i) % len(PROMPTS)] for i in range(c)]
+    started = time.perf_counter()
+    level.streams += await asyncio.gather(*(timed(make(p)) for p in prompts))
+    level.wall_s += time.perf_counter() - started
+
+
 async def _level(
     name: str, concurrency: int, make: Callable[[str], AsyncIterator[int]], rounds: int
 ) -> Level:
     level = Level(name, concurrency)
-    started = time.perf_counter()
     for r in range(rounds):
-        prompts = [
-            PROMPTS[(r * concurrency + i) % len(PROMPTS)] for i in range(concurrency)
-        ]
-        level.streams += await asyncio.gather(*(timed(make(p)) for p in prompts))
-    level.wall_s = time.perf_counter() - started
+        await _round(level, make, r)
     return level
 
 
@@ -200,16 +207,21 @@ async def _network_levels(
         }
         for name, make in backends.items():
             await _level(f"warm-up {name}", 1, lambda p, m=make: m(p, 4), 1)
+        names, tokens = list(backends), args.max_tokens
         for c in LEVELS:
             print(
                 f"  Tiger over the network, {c} concurrent streams...", file=sys.stderr
             )
-            for name, make in backends.items():
-                results.append(
-                    await _level(
-                        name, c, lambda p, m=make: m(p, args.max_tokens), rounds
-                    )
-                )
+            levels = {name: Level(name, c) for name in backends}
+            # Round-robin, the order turning each round, so that the routes are
+            # compared under the same conditions; one stream gets more rounds, as
+            # its time to first token is the noisiest figure.
+            for r in range(rounds * SOLO_ROUNDS if c == 1 else rounds):
+                turn = r % len(names)
+                for name in names[turn:] + names[:turn]:
+                    make = backends[name]
+                    await _round(levels[name], lambda p, m=make: m(p, tokens), r)
+            results += levels.values()
     return results
 
 
@@ -231,7 +243,7 @@ async def _in_process(
                     "Tiger engine in-process",
                     c,
                     lambda p: _engine_stream(registry, p, args.max_tokens),
-                    rounds,
+                    rounds * SOLO_ROUNDS if c == 1 else rounds,
                 )
             )
     finally:
