@@ -33,18 +33,22 @@ def scheduler(request, store_home, tiny_model):
     made.close()
 
 
-def run(scheduler, tokenizer, **fields) -> list[Collector]:
-    """Runs a request's choices to their end; one collector per choice."""
-    params = GenerateParams(model="tiny", prompt="x", **fields)
-    sequences = new_sequences(
-        params,
+def choices(tokenizer, room: int = 400, **fields):
+    """The engine sequences of a request for `PROMPT` (one per choice)."""
+    return new_sequences(
+        GenerateParams(model="tiny", prompt="x", **fields),
         list(PROMPT),
         tokenizer=tokenizer,
         eos_token_ids=[],
-        room=400,
+        room=room,
         default_max_tokens=8,
         texts=TokenTexts(tokenizer),
     )
+
+
+def run(scheduler, tokenizer, **fields) -> list[Collector]:
+    """Runs a request's choices to their end; one collector per choice."""
+    sequences = choices(tokenizer, **fields)
     collectors = []
     for s in sequences:
         s.emit = Collector()
@@ -134,16 +138,7 @@ def test_a_prompt_is_scored_in_the_batch_beside_a_running_stream(
     runner = FusedCausalLM(graph(store_home, tiny_model), Device.CPU, 2, 1024)
     scheduler = BatchScheduler(runner, "tiny", max_queued=1)
     try:
-        params = GenerateParams(model="tiny", prompt="x", max_tokens=900)
-        (long,) = new_sequences(
-            params,
-            list(PROMPT),
-            tokenizer=tokenizer,
-            eos_token_ids=[],
-            room=1000,
-            default_max_tokens=8,
-            texts=TokenTexts(tokenizer),
-        )
+        (long,) = choices(tokenizer, room=1000, max_tokens=900)
         long.emit = streaming = Collector()
         scheduler.submit(long)
         while not any(isinstance(e, Delta) for e in streaming.events):
