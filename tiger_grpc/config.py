@@ -92,6 +92,9 @@ class EngineOptions:
     default_max_tokens: int = 1024
     # ORT's worker threads spin inside a step (TIGER_ORT_SPIN=0 turns it off).
     ort_spin: bool = True
+    # Requests reuse the KV cache of earlier ones that start the same way
+    # (TIGER_PREFIX_CACHE=0 turns it off).
+    prefix_cache: bool = True
 
 
 @dataclass(frozen=True)

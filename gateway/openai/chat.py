@@ -48,7 +48,7 @@ class ChatShaper(ChunkMaker):
         self.texts: list[list[str]] = [[] for _ in range(body.n)]
         self.tokens: list[list[Any]] = [[] for _ in range(body.n)]
         self.finish: list[Finish | None] = [None] * body.n
-        self.prompt_tokens = self.completion_tokens = 0
+        self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
 
     def start(self) -> list[dict[str, Any]]:
         """The first chunk of each choice carries the role."""
@@ -67,6 +67,8 @@ class ChatShaper(ChunkMaker):
             finish = self.finish[event.index] = FINISH[event.stop_reason]
             self.prompt_tokens = event.usage.input_tokens
             self.completion_tokens += event.usage.output_tokens
+            if event.index == 0:  # the prompt is counted once, with its first choice
+                self.cached_tokens = event.usage.cached_tokens
             return [self._chunk(event.index, ChunkDelta(), finish=finish)]
         return []
 
@@ -83,7 +85,7 @@ class ChatShaper(ChunkMaker):
         return self._wrap(choice)
 
     def _usage(self) -> CompletionUsage:
-        return usage(self.prompt_tokens, self.completion_tokens)
+        return usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
 
     def final(self) -> dict[str, Any]:
         choices = [

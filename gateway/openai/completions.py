@@ -54,6 +54,8 @@ class CompletionShaper(ChunkMaker):
         # With echo and logprobs, a prompt's choices wait for its scores.
         self.waiting = {p: [] for p in range(len(self.prompts))} if self._scored else {}
         self.prompt_tokens = [0] * len(self.prompts)
+        self.cached_tokens = [0] * len(self.prompts)
+
         self.completion_tokens = 0
 
     @property
@@ -78,6 +80,8 @@ class CompletionShaper(ChunkMaker):
             choice = position * self.n + event.index
             self.prompt_tokens[position] = event.usage.input_tokens
             self.completion_tokens += event.usage.output_tokens
+            if event.index == 0:  # each prompt is counted once
+                self.cached_tokens[position] = event.usage.cached_tokens
             self.finish[choice] = FINISH[event.stop_reason]
             return [self._text(choice, position, "", [], self.finish[choice])]
         return []
@@ -117,7 +121,9 @@ class CompletionShaper(ChunkMaker):
         return self._wrap(choice)
 
     def _usage(self) -> CompletionUsage:
-        return usage(sum(self.prompt_tokens), self.completion_tokens)
+        return usage(
+            sum(self.prompt_tokens), self.completion_tokens, sum(self.cached_tokens)
+        )
 
     def final(self) -> dict[str, Any]:
         choices = [

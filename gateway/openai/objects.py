@@ -42,10 +42,15 @@ class ChoiceLogprobs(_Object):
     content: list[TokenLogprob]
 
 
+class PromptTokensDetails(_Object):
+    cached_tokens: int  # prompt tokens the prefix cache held (not computed again)
+
+
 class CompletionUsage(_Object):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
 
 
 class AssistantMessage(_Object):

@@ -5,13 +5,13 @@ translation to Tiger's `GenerateParams`.
 Supported: chat completions (`messages` with string or text-part content;
 `max_tokens`/`max_completion_tokens`, `temperature`, `top_p`, `seed`, `stop`, `n`,
 `logprobs` + `top_logprobs`, `stream` + `stream_options.include_usage`, `user`,
-`frequency_penalty`, `presence_penalty`, and `top_k` as an extension) and legacy
-completions (`prompt` as a string or a list of strings, the same sampling fields,
-`echo`, integer `logprobs`). Refused with a 400 naming the field, never ignored:
-tools (`tool_choice` other than none/auto) and tool messages, `response_format`
-other than text, `logit_bias`, `suffix`, `best_of` other than `n`, token-id
-prompts and non-text content parts. Other unknown fields are ignored, as OpenAI
-does.
+`frequency_penalty`, `presence_penalty`, and `top_k` and `cache_salt` as
+extensions) and legacy completions (`prompt` as a string or a list of strings,
+the same sampling fields, `echo`, integer `logprobs`). Refused with a 400 naming
+the field, never ignored: tools (`tool_choice` other than none/auto) and tool
+messages, `response_format` other than text, `logit_bias`, `suffix`, `best_of`
+other than `n`, token-id prompts and non-text content parts. Other unknown fields
+are ignored, as OpenAI does.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pydantic import ConfigDict, model_validator
 from tiger_grpc.api.fields import Rule, fail, integer, number
 from tiger_grpc.api.params import (
     BOOLEAN,
+    CACHE_SALT,
     INT32_MAX,
     MAX_CHOICES,
     MAX_STOP_SEQUENCE_CHARS,
@@ -192,6 +193,7 @@ class _Sampling(RequestModel):
     frequency_penalty: Annotated[float, PENALTY] = 0.0
     presence_penalty: Annotated[float, PENALTY] = 0.0
     user: Annotated[str, STRING] | None = None  # accepted, logged
+    cache_salt: Annotated[str, CACHE_SALT] = ""  # an extension, as vLLM's
 
     @model_validator(mode="before")
     @classmethod
@@ -226,6 +228,7 @@ class _Sampling(RequestModel):
             "frequency_penalty": self.frequency_penalty,
             "presence_penalty": self.presence_penalty,
             "stream": self.stream,
+            "cache_salt": self.cache_salt,
         }
 
 

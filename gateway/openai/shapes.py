@@ -20,6 +20,7 @@ from .objects import (
     CompletionLogprobs,
     CompletionUsage,
     Finish,
+    PromptTokensDetails,
     TextCompletion,
     TokenLogprob,
     TopLogprob,
@@ -48,11 +49,14 @@ class Reply:
         return {"id": self.id, "created": self.created, "model": self.model}
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> CompletionUsage:
+def usage(
+    prompt_tokens: int, completion_tokens: int, cached_tokens: int
+) -> CompletionUsage:
     return CompletionUsage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
     )
 
 

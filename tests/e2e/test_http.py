@@ -77,8 +77,15 @@ async def test_seed_python_client(
     assert result.returncode == 0, result.stderr
     infos, text, usage = parse_seed_output(result.stdout)
     assert text.strip(), result.stdout
-    assert set(usage) == {"duration_ms", "input_tokens", "output_tokens"}
+    # The guide's fields, and the prefix cache's count of the input tokens.
+    assert set(usage) == {
+        "duration_ms",
+        "input_tokens",
+        "output_tokens",
+        "cached_tokens",
+    }
     assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0
+    assert 0 <= usage["cached_tokens"] < usage["input_tokens"]
     assert all("Loading" in i or "ready" in i for i in infos)
 
 

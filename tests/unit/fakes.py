@@ -14,7 +14,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 STOP = pb.GenerateChunk(
     stop=pb.StopChunk(
         stop_reason=pb.STOP_REASON_END_TURN,
-        usage=pb.Usage(duration_ms=5, input_tokens=3, output_tokens=2),
+        usage=pb.Usage(duration_ms=5, input_tokens=3, output_tokens=2, cached_tokens=1),
     )
 )
 

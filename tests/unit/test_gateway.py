@@ -35,7 +35,12 @@ async def test_a_reply_is_collected_and_the_request_forwarded(gateway) -> None:
         "model": "m1",
         "content": "Héllo",
         "stop_reason": "end_turn",
-        "usage": {"duration_ms": 5, "input_tokens": 3, "output_tokens": 2},
+        "usage": {
+            "duration_ms": 5,
+            "input_tokens": 3,
+            "output_tokens": 2,
+            "cached_tokens": 1,
+        },
     }
     _, request, metadata = tiger.calls[-1]
     assert request.max_tokens == 2 and not request.HasField("seed")

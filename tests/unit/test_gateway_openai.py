@@ -20,7 +20,7 @@ def delta(text: str, index: int = 0) -> pb.GenerateChunk:
 
 
 def stop(index: int, reason: int = pb.STOP_REASON_MAX_TOKENS) -> pb.GenerateChunk:
-    usage = pb.Usage(duration_ms=5, input_tokens=4, output_tokens=2)
+    usage = pb.Usage(duration_ms=5, input_tokens=4, output_tokens=2, cached_tokens=3)
     return pb.GenerateChunk(
         stop=pb.StopChunk(stop_reason=reason, usage=usage, index=index)
     )
@@ -51,6 +51,7 @@ async def test_chat_request_becomes_tigers(gateway) -> None:
         "top_logprobs": 4,
         "top_k": 5,
         "user": "u-1",
+        "cache_salt": "tenant-7",
     }
     tiger.script = [delta("A"), delta("B", 1), stop(0), stop(1)]
     reply = await client.post("/v1/chat/completions", json=body, headers=AUTH)
@@ -62,7 +63,8 @@ async def test_chat_request_becomes_tigers(gateway) -> None:
     ]
     assert request.max_tokens == 7 and list(request.stop_sequences) == ["\n"]
     assert request.n == 2 and request.logprobs and request.top_logprobs == 4
-    assert request.top_k == 5
+    assert request.top_k == 5 and request.cache_salt == "tenant-7"
+
     assert answer["object"] == "chat.completion"
     assert answer["choices"][0]["message"] == {"role": "assistant", "content": "A"}
     assert [c["message"]["content"] for c in answer["choices"]] == ["A", "B"]
@@ -71,6 +73,7 @@ async def test_chat_request_becomes_tigers(gateway) -> None:
         "prompt_tokens": 4,
         "completion_tokens": 4,
         "total_tokens": 8,
+        "prompt_tokens_details": {"cached_tokens": 3},  # the prompt's, once
     }
 
 

@@ -22,6 +22,7 @@ class Usage:
     duration_ms: int
     input_tokens: int
     output_tokens: int
+    cached_tokens: int = 0  # of the input tokens, those the prefix cache held
 
 
 @dataclass(frozen=True)

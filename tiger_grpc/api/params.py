@@ -29,6 +29,8 @@ MAX_STOP_SEQUENCE_CHARS = 256
 MAX_EXAMPLES = 10_000
 MAX_CHOICES = 16  # n: choices of one request, each its own sequence in the batch
 MAX_TOP_LOGPROBS = 20
+MAX_CACHE_SALT_CHARS = 256
+
 MODEL_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 MODEL_ID_RULE = (
     "1 to 128 characters of letters, digits, '.', '_' or '-', starting with a "
@@ -69,6 +71,12 @@ PROBABILITY = number(lambda v: 0.0 < v <= 1.0, "a number in (0, 1]", FLOAT32_TIN
 BOOLEAN = Rule("boolean")
 PENALTY = number(lambda v: -2.0 <= v <= 2.0, "a number from -2 to 2", -2, 2)
 STRING = Rule("string")
+CACHE_SALT = Rule(
+    "string",
+    ok=lambda v: len(v) <= MAX_CACHE_SALT_CHARS,
+    message=f"must be at most {MAX_CACHE_SALT_CHARS} characters",
+    schema={"type": "string", "maxLength": MAX_CACHE_SALT_CHARS},
+)
 
 
 class RequestModel(BaseModel):
@@ -166,6 +174,8 @@ class GuideParams(RequestModel):
         tuple[Annotated[str, STOP_SEQUENCE], ...], STOP_SEQUENCES
     ] = ()
     seed: Annotated[int, SEED] | None = None
+    # Prefix caching shares KV only between requests of the same salt.
+    cache_salt: Annotated[str, CACHE_SALT] = ""
 
 
 class GenerateParams(GuideParams):

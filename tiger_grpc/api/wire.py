@@ -54,7 +54,8 @@ GENERATION_OPTIONS = (
     "frequency_penalty",
     "presence_penalty",
 )
-GENERATION_FLAGS = ("logprobs", "prompt_logprobs")  # booleans, false when unset
+# Plain proto3 fields: their zero value (false, "") when unset.
+GENERATION_PLAIN = ("logprobs", "prompt_logprobs", "cache_salt")
 _HYPERPARAMETERS = tuple(Hyperparameters.model_fields)
 
 
@@ -79,7 +80,7 @@ def params_to_pb(params: GuideParams | GenerateParams) -> pb.GenerateRequest:
         stop_sequences=list(params.stop_sequences),
         **{
             name: value
-            for name in (*GENERATION_OPTIONS, *GENERATION_FLAGS)
+            for name in (*GENERATION_OPTIONS, *GENERATION_PLAIN)
             if (value := getattr(params, name, None)) is not None
         },
     )
@@ -94,7 +95,7 @@ def params_from_pb(request: pb.GenerateRequest) -> GenerateParams:
             **({"messages": _turns(request.messages)} if request.messages else {}),
             "stream": True,
             "stop_sequences": list(request.stop_sequences),
-            **{name: getattr(request, name) for name in GENERATION_FLAGS},
+            **{name: getattr(request, name) for name in GENERATION_PLAIN},
             **_set_fields(request, GENERATION_OPTIONS),
         },
     )
@@ -212,7 +213,7 @@ def _stop_from_pb(stop: Any) -> Stop | Trained | Imported | Failure:
         if reason is None:
             return Failure("the backend sent a stop chunk without a stop reason")
         u = stop.usage
-        usage = Usage(u.duration_ms, u.input_tokens, u.output_tokens)
+        usage = Usage(u.duration_ms, u.input_tokens, u.output_tokens, u.cached_tokens)
         return Stop(reason, usage, stop.index)
     if isinstance(stop, pb.TrainStopChunk):
         u = stop.usage

@@ -30,8 +30,8 @@ from ..api.events import (
     Usage,
 )
 from ..api.wire import (
-    GENERATION_FLAGS,
     GENERATION_OPTIONS,
+    GENERATION_PLAIN,
     MESSAGE_SIZE_OPTIONS,
     event_from_pb,
     model_from_pb,
@@ -132,7 +132,7 @@ class _Base:
         stop_sequences: Sequence[str],
         params: dict[str, Any],
     ) -> pb.GenerateRequest:
-        unknown = set(params) - {*GENERATION_OPTIONS, *GENERATION_FLAGS}
+        unknown = set(params) - {*GENERATION_OPTIONS, *GENERATION_PLAIN}
         if unknown:
             raise TypeError(
                 f"unknown generation parameters: {', '.join(sorted(unknown))}"

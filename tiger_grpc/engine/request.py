@@ -85,6 +85,7 @@ def new_sequences(
             score_prompt=params.prompt_logprobs and choice == 0,
             prompt_top=params.top_logprobs,
             texts=texts,
+            salt=params.cache_salt,
         )
         for choice in range(params.n)
     ]

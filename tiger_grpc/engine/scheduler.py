@@ -6,7 +6,8 @@ slot, at most `prefill_chunk` prompt tokens per turn) and one batched decode ste
 all running sequences. So a new request joins the batch once its prompt is in,
 without waiting for the others to finish; a long prompt does not stall the running
 streams for its whole length; a finished or cancelled sequence leaves at once (the
-last slot moves into its place). Admission is bounded: past `max_running +
+last slot moves into its place), its KV kept in a free slot for the requests that
+start the same way (`prefix`). Admission is bounded: past `max_running +
 max_queued` sequences, `submit` refuses.
 """
 
@@ -19,11 +20,13 @@ import threading
 from ..api.errors import InvalidArgumentError, OverloadedError
 from ..api.events import Failure
 from .fused import FusedCausalLM
+from .prefix import CacheStats, PrefixCache, Row, token_array
 from .sequence import Outbox, Sequence
 
 log = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 256  # prompt tokens written per loop turn
+
 
 
 class BatchScheduler:
@@ -35,8 +38,10 @@ class BatchScheduler:
         name: str,
         max_queued: int = 64,
         prefill_chunk: int = PREFILL_CHUNK,
+        prefix_cache: bool = True,
     ) -> None:
         self.model = model
+        self.prefix = PrefixCache(model.max_batch, model.move, enabled=prefix_cache)
         self.max_running = model.max_batch
         self.max_queued = max_queued
         self.prefill_chunk = prefill_chunk
@@ -44,9 +49,9 @@ class BatchScheduler:
         self._running: list[Sequence] = []  # index == KV cache slot
         self._lengths: list[int] = []  # tokens in each slot's cache
         # The sequence whose prompt is being written, in slot len(_running), and how
-        # many of its tokens are in.
+        # many of its tokens are in (None: its slot is not readied yet).
         self._prefilling: Sequence | None = None
-        self._prefilled = 0
+        self._prefilled: int | None = None
         self._wake = threading.Condition()
         self._closed = False
         self.tokens_generated = 0
@@ -65,6 +70,9 @@ class BatchScheduler:
     @property
     def queued(self) -> int:
         return len(self._waiting)
+
+    def cache_stats(self) -> CacheStats:
+        return self.prefix.stats()
 
     def submit(self, *sequences: Sequence) -> None:
         """Queues sequences (a request's choices: all of them, or none)."""
@@ -116,7 +124,7 @@ class BatchScheduler:
                     and self._waiting
                     and len(self._running) < self.max_running
                 ):
-                    self._prefilling, self._prefilled = self._waiting.popleft(), 0
+                    self._prefilling, self._prefilled = self._waiting.popleft(), None
             try:
                 if self._prefilling is not None:
                     self._prefill_chunk()
@@ -132,6 +140,7 @@ class BatchScheduler:
                 self._running.clear()
                 self._lengths.clear()
                 self._prefilling = None
+                self.prefix.clear()  # what the rows hold is unknown now
             self._out.flush()
         for sequence in [*self._all(), *self._waiting]:
             self._out.put(sequence, Failure("the server is shutting down"))
@@ -147,20 +156,27 @@ class BatchScheduler:
         decode step, in the batch (its logits score each next token)."""
         s = self._prefilling
         assert s is not None
+        slot = len(self._running)
         if s.done or (s.stopper.max_tokens == 0 and not s.score_prompt):
             if not s.done:  # nothing to generate nor score: no need to run it
                 s.prompt_done(self._out)
+            elif self._prefilled:  # cancelled half-way: what is in may serve again
+                written = s.prompt_ids[: self._prefilled]
+                self.prefix.keep(slot, written, s.salt, slot + 1, in_place=True)
             self._prefilling = None
             return
+        if self._prefilled is None:
+            self._prefilled = self._claim(slot, s)
         chunk = 1 if s.score_prompt else self.prefill_chunk
         end = min(len(s.prompt_ids), self._prefilled + chunk)
-        slot = len(self._running)
         try:
+            self.model.ensure_capacity(end, self._live_rows())
             logits = self.model.prefill(slot, s.prompt_ids[:end], self._prefilled)
         except Exception:
             log.exception("prefill failed")
             self._out.put(s, Failure("internal error while generating"))
             self._prefilling = None
+            self.prefix.clear()
             return
         self.prefill_chunks += 1
         self._prefilled = end
@@ -176,9 +192,34 @@ class BatchScheduler:
             self.tokens_generated += 1
             s.step(logits, self._out)  # a finished one leaves at the drop
 
+    def _claim(self, slot: int, s: Sequence) -> int:
+        """Readies `slot` for `s`: how many prompt tokens it holds already (a
+        prompt to score is written whole: each of its tokens needs its logits)."""
+        if s.score_prompt:
+            self.prefix.vacate(slot)
+            return 0
+        rows = (
+            Row(i, token_array(self._held(i)), r.salt)
+            for i, r in enumerate(self._running)
+        )
+        s.cached_tokens = self.prefix.claim(slot, s.prompt_ids, s.salt, rows)
+        return s.cached_tokens
+
+    def _held(self, i: int) -> list[int]:
+        """The tokens whose KV running slot `i` holds."""
+        s = self._running[i]
+        return (s.prompt_ids + s.generated)[: self._lengths[i]]
+
+    def _live_rows(self) -> list[int]:
+        """The cache rows whose contents matter: the batch, the prompt being
+        written and the kept prefixes."""
+        rows = len(self._running) + (self._prefilling is not None)
+        return [*range(rows), *self.prefix.entries]
+
     def _decode(self) -> None:
         forcing = [s.forcing for s in self._running]
         tokens = [s.next_input() for s in self._running]
+        self.model.ensure_capacity(max(self._lengths) + 1, self._live_rows())
         logits = self.model.decode(tokens, self._lengths)
         self.steps += 1
         for i, s in enumerate(self._running):
@@ -194,23 +235,33 @@ class BatchScheduler:
 
     def _drop_finished(self) -> None:
         """Removes finished and cancelled sequences, keeping the slots contiguous
-        (a prompt being written stays in the slot right after the running ones)."""
+        (a prompt being written stays in the slot right after the running ones);
+        each one's KV is kept for the prefixes it may serve."""
         before = len(self._running)
+        prefilling = self._prefilling is not None
         i = 0
         while i < len(self._running):
-            if not self._running[i].done:
+            s = self._running[i]
+            if not s.done:
                 i += 1
                 continue
             last = len(self._running) - 1
+            # Rows from `floor` up were free when this turn began: nothing below
+            # writes them. The last row stays as it is when no prompt moves in.
+            floor = before + prefilling
+            in_place = i == last and not prefilling
+            self.prefix.keep(i, self._held(i), s.salt, floor, in_place)
             if i != last:
-                self.model.move(last, i)
+                self.model.move(last, i, self._lengths[last])
                 self._running[i], self._lengths[i] = (
                     self._running[last],
                     self._lengths[last],
                 )
             self._running.pop()
             self._lengths.pop()
-        if self._prefilling is not None and len(self._running) != before:
-            self.model.move(before, len(self._running))
+        moved = len(self._running) != before
+        if self._prefilling is not None and moved and self._prefilled:
+            self.model.move(before, len(self._running), self._prefilled)
         if not self._running and self._prefilling is None:
-            self.model.shrink()  # idle: give a grown cache back
+            # Idle: give a grown cache back, down to what the kept rows need.
+            self.model.shrink(self.prefix.lengths())

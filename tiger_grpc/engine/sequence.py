@@ -29,6 +29,7 @@ from ..api.events import (
     Usage,
 )
 from .detok import IncrementalDetokenizer
+from .prefix import CacheStats
 from .sampling import Sampler, token_logprob
 from .stopping import StopSequenceMatcher, TokenStopper
 from .tokens import TokenTexts
@@ -61,6 +62,10 @@ class Sequence:
     # Prompt tokens in the KV cache: a prompt to score goes in a token per decode
     # step, in the batch, its logits scoring the next one (teacher forcing).
     written: int = 0
+    # Prefix caching: entries are shared only within one salt; how many prompt
+    # tokens came from the cache rather than being computed.
+    salt: str = ""
+    cached_tokens: int = 0
     _pending: list[TokenLogprob] = field(default_factory=list)
     _prompt_scores: list[TokenLogprob] = field(default_factory=list)
 
@@ -74,6 +79,7 @@ class Sequence:
             duration_ms=int((time.monotonic() - self.received_at) * 1000),
             input_tokens=len(self.prompt_ids),
             output_tokens=len(self.generated),
+            cached_tokens=self.cached_tokens,
         )
 
     def step(self, logits: np.ndarray, out: Outbox) -> None:
@@ -195,6 +201,8 @@ class Scheduler(Protocol):
     def submit(self, *sequences: Sequence) -> None: ...
 
     def cancel(self, sequence: Sequence) -> None: ...
+
+    def cache_stats(self) -> CacheStats: ...
 
     def close(self) -> None: ...
 

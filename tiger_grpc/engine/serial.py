@@ -15,6 +15,7 @@ import threading
 
 from ..api.events import Failure
 from .optimum import OnnxCausalLM
+from .prefix import CacheStats
 from .sequence import Outbox, Sequence
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,10 @@ class SerialScheduler:
     @property
     def queued(self) -> int:
         return self._incoming.qsize()
+
+    def cache_stats(self) -> CacheStats:
+        """The serial loop keeps no prefixes."""
+        return CacheStats()
 
     def submit(self, *sequences: Sequence) -> None:
         if self._closed:

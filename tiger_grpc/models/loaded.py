@@ -51,7 +51,12 @@ class LoadedModel:
             )
             self.provider, self.max_len = runner.provider, runner.max_len
             self.graph = fused
-            self.scheduler = BatchScheduler(runner, manifest.id, options.max_queued)
+            self.scheduler = BatchScheduler(
+                runner,
+                manifest.id,
+                options.max_queued,
+                prefix_cache=options.prefix_cache,
+            )
         else:
             onnx = OnnxCausalLM(
                 directory / manifest.onnx_path, options.device, options.ort_spin

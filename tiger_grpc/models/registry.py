@@ -19,6 +19,7 @@ from ..api.errors import NotFoundError, UnavailableError
 from ..api.events import Delta, Event, Info, Model, Stop
 from ..api.params import GenerateParams
 from ..config import DEFAULT_MODEL_ID, EngineOptions
+from ..engine.prefix import CacheStats
 from ..engine.providers import CUDA, choose_providers
 from ..engine.request import new_sequences, prompt_ids, room_after
 from ..engine.sequence import stream
@@ -82,6 +83,11 @@ class ModelRegistry:
                 )
             )
         return result
+
+    def cache_stats(self) -> dict[str, CacheStats]:
+        """Each loaded model's prefix cache."""
+        loaded = dict(self._loaded)
+        return {i: model.scheduler.cache_stats() for i, model in loaded.items()}
 
     async def generate(self, params: GenerateParams) -> AsyncGenerator[Event]:
         """Streams a generation's events; raises `TigerError` before the first one."""

@@ -108,6 +108,13 @@ def _engine_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -
         type=int,
         default=env_int(env, "TIGER_DEFAULT_MAX_TOKENS", 1024),
     )
+    add(
+        "--no-prefix-cache",
+        action="store_true",
+        default=env.get("TIGER_PREFIX_CACHE", "1") == "0",
+        help="compute every prompt whole, never reusing the KV cache of earlier "
+        "requests that start the same way (TIGER_PREFIX_CACHE=0)",
+    )
 
 
 def _serving_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
@@ -173,6 +180,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[ServerConfig, Path | No
         max_context=args.max_context,
         default_max_tokens=args.default_max_tokens,
         ort_spin=ort_spin(env),
+        prefix_cache=not args.no_prefix_cache,
     )
     config = ServerConfig(
         home=args.home,

@@ -1,12 +1,17 @@
-"""The engine's gauges (running and queued sequences per loaded model), read from
-the registry at scrape time."""
+"""The engine's gauges (running and queued sequences per loaded model) and its
+prefix caches' counters, read from the registry at scrape time."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client.core import REGISTRY, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    REGISTRY,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 
@@ -27,6 +32,40 @@ class EngineCollector(Collector):
                 queued.add_metric([model.id], model.queued)
         yield running
         yield queued
+        yield from self._prefix_cache()
+
+    def _prefix_cache(self) -> Iterator[Metric]:
+        counters = {
+            "lookups": CounterMetricFamily(
+                "tiger_prefix_cache_lookups",
+                "New sequences that looked for a cached prefix",
+                labels=["model"],
+            ),
+            "hits": CounterMetricFamily(
+                "tiger_prefix_cache_hits",
+                "New sequences that reused a cached prefix",
+                labels=["model"],
+            ),
+            "hit_tokens": CounterMetricFamily(
+                "tiger_prefix_cache_hit_tokens",
+                "Prompt tokens taken from the prefix cache, not computed",
+                labels=["model"],
+            ),
+            "tokens": GaugeMetricFamily(
+                "tiger_prefix_cache_tokens",
+                "Tokens whose KV the prefix cache keeps in free rows",
+                labels=["model"],
+            ),
+            "rows": GaugeMetricFamily(
+                "tiger_prefix_cache_rows",
+                "KV cache rows the prefix cache keeps",
+                labels=["model"],
+            ),
+        }
+        for model, stats in self._registry.cache_stats().items():
+            for name, family in counters.items():
+                family.add_metric([model], getattr(stats, name))
+        yield from counters.values()
 
 
 def register_engine(registry: Any) -> EngineCollector:

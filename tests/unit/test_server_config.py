@@ -1,0 +1,26 @@
+"""The server's configuration from its flags and TIGER_* variables."""
+
+from __future__ import annotations
+
+import pytest
+
+from tiger_grpc.config import Device
+from tiger_grpc.server.main import parse_config
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path):
+    monkeypatch.setenv("TIGER_HOME", str(tmp_path))
+    monkeypatch.setenv("TIGER_API_KEY", "k")
+    monkeypatch.delenv("TIGER_PREFIX_CACHE", raising=False)
+    return monkeypatch
+
+
+def test_the_prefix_cache_is_on_unless_turned_off(env) -> None:
+    config, _ = parse_config(["--device", "cpu"])
+    assert config.engine.prefix_cache and config.engine.device is Device.CPU
+    assert not parse_config(["--no-prefix-cache"])[0].engine.prefix_cache
+    env.setenv("TIGER_PREFIX_CACHE", "0")
+    assert not parse_config([])[0].engine.prefix_cache
+    env.setenv("TIGER_PREFIX_CACHE", "1")
+    assert parse_config([])[0].engine.prefix_cache
