@@ -4,8 +4,11 @@ One run, same prompts, same machine: Tiger over HTTP streaming, over gRPC, its
 engine in-process, optimum's `ORTModelForCausalLM.generate` on the fp32 export, and
 transformers' `generate` in PyTorch. Greedy decoding. For each: decode tokens/s per
 stream, time to first token (p50/p95) and aggregate tokens/s at 1, 4, 8 and 16
-concurrent streams (the baselines generate one request at a time). Writes
-bench.json, bench.md and bench.png, and prints the table and the target ratios.
+concurrent streams (the baselines generate one request at a time). Then the chat
+scenario (`bench_chat`): a multi-turn conversation's time to first token per turn
+with the prefix cache, without it, and on llama.cpp's server (`--llama-server
+PATH`). Writes bench.json, bench.md and bench.png, and prints the tables and the
+target ratios.
 """
 
 from __future__ import annotations
@@ -33,28 +36,11 @@ from ..models.store import ModelStore
 from ..pb.tiger.v1 import tiger_pb2 as pb
 from ..pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
 from ..runtime.process import start_process
+from .bench_chat import scenario
 from .bench_peers import hf_baselines
-from .bench_report import chart, markdown, targets
-from .bench_stats import Level, messages, timed
+from .bench_report import chart, chat_markdown, chat_targets, markdown, targets
+from .bench_stats import PROMPTS, Level, messages, timed
 
-PROMPTS = [
-    "Why is the sky blue?",
-    "Write a short poem about the sea.",
-    "Explain photosynthesis to a child.",
-    "What are the benefits of exercise?",
-    "Describe a busy city market.",
-    "How does a bicycle work?",
-    "Give three tips for learning a language.",
-    "What is the water cycle?",
-    "Tell me a story about a brave mouse.",
-    "Why do leaves change colour in autumn?",
-    "How do airplanes stay in the air?",
-    "What makes a good friend?",
-    "Explain how a rainbow forms.",
-    "Describe your ideal weekend.",
-    "What is the difference between weather and climate?",
-    "How do bees make honey?",
-]
 API_KEY = "bench-key"
 LEVELS = [1, 4, 8, 16]
 SOLO_ROUNDS = 4  # rounds of a single stream, per round of the other levels
@@ -266,6 +252,12 @@ async def run(args: argparse.Namespace) -> list[dict[str, float]]:
     return [level.summary() for level in results]
 
 
+def chat(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The chat scenario (`bench_chat`), each server alone on the machine."""
+    conversations = 1 if args.quick else 2
+    return scenario(default_home(), conversations, args.llama_server, PROMPTS)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="tiger-bench",
@@ -282,6 +274,12 @@ def main() -> None:
         help="fused graph (TIGER_PRECISION; default int4 on CPU, fp16 on CUDA)",
     )
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument(
+        "--llama-server",
+        type=Path,
+        default=None,
+        help="llama.cpp's llama-server binary: the chat scenario runs it too",
+    )
     args = parser.parse_args()
     try:
         args.precision = resolve_precision(
@@ -291,6 +289,7 @@ def main() -> None:
         parser.error(str(exc))
     args.max_tokens = args.max_tokens or (48 if args.quick else 128)
     rows = asyncio.run(run(args))
+    chat_rows = chat(args)
     meta = {
         "model": DEFAULT_MODEL_ID,
         "precision": args.precision,
@@ -304,10 +303,13 @@ def main() -> None:
         {"target": n, "measured": v, "wanted": w, "met": m}
         for n, v, w, m in targets(rows)
     ]
-    (args.out / "bench.json").write_text(
-        json.dumps({"meta": meta, "results": rows, "targets": met}, indent=2)
-    )
-    table = markdown(rows, meta)
+    met += [
+        {"target": n, "measured": v, "wanted": w, "met": m}
+        for n, v, w, m in chat_targets(chat_rows)
+    ]
+    report = {"meta": meta, "results": rows, "chat": chat_rows, "targets": met}
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2))
+    table = markdown(rows, meta) + "\n" + chat_markdown(chat_rows)
     (args.out / "bench.md").write_text(table)
     chart(rows, args.out / "bench.png")
     print(table)

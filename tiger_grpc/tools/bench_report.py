@@ -74,6 +74,49 @@ def markdown(rows: list[dict[str, float]], meta: dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def chat_targets(rows: list[dict[str, Any]]) -> list[tuple[str, float, str, bool]]:
+    """The chat scenario's targets: turns after the first with the cache against
+    without it, and against llama.cpp's server when it ran."""
+    by = {r["server"].split(",")[-1].strip(): r for r in rows}
+    on, off = by["prefix cache"], by["TIGER_PREFIX_CACHE=0"]
+    speedup = off["later_p50_ms"] / on["later_p50_ms"]
+    name = "chat TTFT p50, turns 2-6: cache off / on"
+    found = [(name, speedup, ">= 20", speedup >= 20)]
+    llama = next((r for r in rows if r["server"].startswith("llama")), None)
+    if llama is not None:
+        compared = (("later_p50_ms", "chat turns 2-6"), ("short_p50_ms", "short"))
+        for key, what in compared:
+            ratio = on[key] / llama[key]
+            found.append(
+                (f"{what} TTFT p50: Tiger / llama.cpp", ratio, "<= 1", ratio <= 1)
+            )
+    return found
+
+
+def chat_markdown(rows: list[dict[str, Any]]) -> str:
+    turns = len(rows[0]["turns_ms"])
+    head = " | ".join(f"turn {i + 1}" for i in range(turns))
+    lines = [
+        f"Chat scenario: a ~2,000-token system prompt, {turns} turns, greedy, "
+        "streaming (OpenAI chat completions); time to first token in ms, median "
+        "over the conversations; short: single questions of ~36 tokens",
+        "",
+        f"| server | {head} | turns 2+ p50 | turns 2+ p95 | short p50 | short p95 |",
+        "|---|" + "---:|" * (turns + 4),
+    ]
+    for r in rows:
+        cells = " | ".join(f"{t:.0f}" for t in r["turns_ms"])
+        lines.append(
+            f"| {r['server']} | {cells} | {r['later_p50_ms']:.0f} | "
+            f"{r['later_p95_ms']:.0f} | {r['short_p50_ms']:.0f} | "
+            f"{r['short_p95_ms']:.0f} |"
+        )
+    lines += ["", "| target | measured | wanted | met |", "|---|---:|---|---|"]
+    for name, value, wanted, met in chat_targets(rows):
+        lines.append(f"| {name} | {value:.2f} | {wanted} | {'yes' if met else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
 def chart(rows: list[dict[str, float]], path: Path) -> None:
     import matplotlib
 

@@ -7,6 +7,26 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+# The questions every scenario asks (about 36 tokens after the chat template).
+PROMPTS = [
+    "Why is the sky blue?",
+    "Write a short poem about the sea.",
+    "Explain photosynthesis to a child.",
+    "What are the benefits of exercise?",
+    "Describe a busy city market.",
+    "How does a bicycle work?",
+    "Give three tips for learning a language.",
+    "What is the water cycle?",
+    "Tell me a story about a brave mouse.",
+    "Why do leaves change colour in autumn?",
+    "How do airplanes stay in the air?",
+    "What makes a good friend?",
+    "Explain how a rainbow forms.",
+    "Describe your ideal weekend.",
+    "What is the difference between weather and climate?",
+    "How do bees make honey?",
+]
+
 
 @dataclass
 class Stream:
