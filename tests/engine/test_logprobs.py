@@ -150,3 +150,25 @@ def test_a_prompt_is_scored_in_the_batch_beside_a_running_stream(
             run(scheduler, tokenizer, n=4)
     finally:
         scheduler.close()
+
+
+def test_a_character_cut_off_at_the_end_keeps_its_logprobs(tokenizer):
+    """Three lead bytes of a three-byte character, then max_tokens: no text comes
+    out (a broken character is never sent), but each token's logprob does."""
+    (s,) = choices(tokenizer, temperature=0.0, logprobs=True, max_tokens=3)
+    lead = tokenizer.convert_tokens_to_ids("â")  # the byte 0xE2
+    logits = np.zeros(len(tokenizer), np.float32)
+    logits[lead] = 10.0
+    events: list = []
+
+    class Out:
+        def put(self, sequence, event) -> None:
+            events.append(event)
+
+    for _ in range(3):
+        s.step(logits, Out())
+    deltas = [e for e in events if isinstance(e, Delta)]
+    assert "".join(d.text for d in deltas) == ""
+    assert [t.token_id for d in deltas for t in d.logprobs] == [lead] * 3
+    (stop,) = [e for e in events if isinstance(e, Stop)]
+    assert stop.stop_reason is StopReason.MAX_TOKENS and stop.usage.output_tokens == 3

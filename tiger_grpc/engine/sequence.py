@@ -105,7 +105,9 @@ class Sequence:
             reason = StopReason.STOP_SEQUENCE
         elif reason is not None:
             text += self.stop_matcher.flush()
-        if text:
+        if text or (reason is not None and self._pending):
+            # At the end, tokens of a character never completed are no text, but
+            # their log-probabilities are still owed.
             out.put(self, Delta(text, self.index, tuple(self._pending)))
             self._pending.clear()
         if reason is not None:
