@@ -28,7 +28,7 @@ this code, and the CPU tests exercise the CUDA path's logic.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -182,34 +182,72 @@ class FusedCausalLM:
         else:
             self.reset()
 
-    def ensure_capacity(self, length: int, rows: Iterable[int] | None = None) -> None:
-        """Makes room for sequences of `length` tokens; the rows in `rows` (all of
-        them when None) keep their contents, the others are left undefined."""
+    def ensure_capacity(
+        self, length: int, rows: Mapping[int, int] | None = None
+    ) -> None:
+        """Makes room for sequences of `length` tokens. `rows` says which rows keep
+        their contents and how many positions of each (the others are left
+        undefined); None: all of every row."""
         if length > self.max_len:
             raise ValueError(f"{length} tokens exceed the cache of {self.max_len}")
         if length <= self.capacity:
             return
         capacity = min(self.max_len, max(length, 2 * self.capacity))
-        self._resize(capacity, range(self.max_batch) if rows is None else rows)
+        if rows is not None:
+            self._resize(capacity, rows)
+            return
+        grown = self._buffers.allocate(self._shape(capacity), zero=False)
+        self._buffers.copy(
+            self._block.addresses,
+            self._shape(self.capacity),
+            grown.addresses,
+            self._shape(capacity),
+            [0, 0, 0, 0, 0, 0, capacity - self.capacity, 0],
+        )
+        self._cache, self.capacity, self._bindings = grown, capacity, {}
 
-    def _resize(self, capacity: int, rows: Iterable[int]) -> None:
-        """A new cache `capacity` positions long, with the contents of `rows`
-        (cut or zero-padded to the new length). Only the rows copied are touched:
-        on CPU the others' pages are not even faulted in until a sequence uses
-        them."""
+    def _resize(self, capacity: int, rows: Mapping[int, int]) -> None:
+        """A new cache `capacity` positions long, with the first positions of the
+        rows in `rows` (row: how many). Only what is copied is touched: on CPU the
+        rest is not even faulted in until a sequence writes it."""
         resized = self._buffers.allocate(self._shape(capacity), zero=False)
-        old_row, new_row = self._row_bytes(), self._row_bytes(capacity)
-        source = (1, self.kv_heads, self.capacity, self.head_dim)
-        target = (1, self.kv_heads, capacity, self.head_dim)
-        for row in sorted(set(rows)):
-            self._buffers.copy(
-                [start + row * old_row for start in self._block.addresses],
-                source,
-                [start + row * new_row for start in resized.addresses],
-                target,
-                [0, 0, 0, 0, 0, 0, capacity - self.capacity, 0],
+        for row, length in sorted(rows.items()):
+            self._copy(
+                (self._block, self.capacity, row),
+                (resized, capacity, row),
+                min(length, self.capacity, capacity),
             )
         self._cache, self.capacity, self._bindings = resized, capacity, {}
+
+    def _copy(
+        self,
+        source: tuple[Block, int, int],
+        target: tuple[Block, int, int],
+        length: int,
+    ) -> None:
+        """Copies the first `length` positions of a row to a row: each given as
+        (block, its capacity, row). A row's KV heads each hold their positions
+        contiguously, so this is a copy per head (or one of the whole row, when it
+        is all of it), and it costs what it holds, not the capacity."""
+        (src, src_capacity, src_row), (dst, dst_capacity, dst_row) = source, target
+        if length <= 0:
+            return
+        item = self._buffers.itemsize
+        if length == src_capacity == dst_capacity:
+            heads, shape = 1, (1, self.kv_heads, length, self.head_dim)
+        else:
+            heads, shape = self.kv_heads, (1, 1, length, self.head_dim)
+        for h in range(heads):
+            src_at = self._row_bytes(src_capacity) * src_row
+            dst_at = self._row_bytes(dst_capacity) * dst_row
+            src_at += h * src_capacity * self.head_dim * item
+            dst_at += h * dst_capacity * self.head_dim * item
+            self._buffers.copy(
+                [start + src_at for start in src.addresses],
+                shape,
+                [start + dst_at for start in dst.addresses],
+                shape,
+            )
 
     def _binding(self, rows: slice) -> tuple[ort.IOBinding, np.ndarray]:
         """The binding of cache rows `rows` (made once per batch shape and capacity):
@@ -280,23 +318,10 @@ class FusedCausalLM:
 
     def move(self, src: int, dst: int, length: int | None = None) -> None:
         """Copies a slot's cache to another slot (to keep the batch contiguous, or
-        to share a prefix): its first `length` positions, or its whole row. Each
-        KV head's positions are contiguous, so a part is a copy per head, and it
-        costs what it holds, not the cache's capacity."""
-        row = self._row_bytes()
-        if length is None or length >= self.capacity:
-            parts, shape = [0], (1, self.kv_heads, self.capacity, self.head_dim)
-        else:
-            head = self.capacity * self.head_dim * self._buffers.itemsize
-            parts = [h * head for h in range(self.kv_heads)]
-            shape = (1, 1, length, self.head_dim)
-        for offset in parts:
-            self._buffers.copy(
-                [start + src * row + offset for start in self._block.addresses],
-                shape,
-                [start + dst * row + offset for start in self._block.addresses],
-                shape,
-            )
+        to share a prefix): its first `length` positions, or its whole row."""
+        cache = (self._block, self.capacity)
+        length = self.capacity if length is None else min(length, self.capacity)
+        self._copy((*cache, src), (*cache, dst), length)
 
     def cache_bytes(self) -> int:
         """Device memory the KV cache holds now."""

@@ -2,22 +2,29 @@
 
 The cache has one row (slot) per sequence: the running batch holds rows [0, n),
 the prompt being written the next one. The other rows are free, and here they keep
-the KV of sequences that ended (their prompt and the tokens they generated, which
-is what a chat's next turn starts with), keyed by those token ids and the request's
-cache salt. A new sequence whose prompt starts the same way reuses the longest such
-prefix (from a kept row, or from a running sequence's row: one system prompt in
-several chats at once, or the other choices of a request) and is written from
-where it ends; its last two prompt tokens are always computed (`RECOMPUTE`), so
-that its answer is the one it gets without the cache. A hit in the very row the new sequence gets costs nothing;
-elsewhere it costs one device-side row copy (the slot moves' copy), which is why a
-short hit elsewhere is not taken.
+the KV of the prompts of sequences that ended, keyed by their token ids and the
+request's cache salt. A new sequence whose prompt starts the same way reuses the
+longest such prefix (from a kept row, or from a running sequence's row: one
+system prompt in several chats at once, or the other choices of a request) and is
+written from where it ends.
+
+Reuse is exact: the answer is the one the request gets without the cache, token
+for token. Only what a prefill wrote is shared (decode steps compute a token's KV
+along another path: the tokens a sequence generated are not shared, and a chat's
+next turn writes the previous answer again), and the last two prompt tokens are
+always computed (`RECOMPUTE`). A hit in the very row the new sequence gets costs
+nothing; elsewhere it costs a device-side copy of the shared positions, which is
+why a short hit elsewhere is not taken.
 
 Kept rows never keep a request out: the row a new sequence needs is vacated first
 (its entry moved to an empty row, or the least recently used entry dropped), and
 they live only in rows no sequence uses. An entry that a newer one extends (the
 previous turn of the same chat) is dropped. Matching is exact on token ids within
 one salt; a cache belongs to one model (one graph, one precision; a trained
-adapter is a model of its own), so nothing is shared across them.
+adapter is a model of its own), so nothing is shared across them. Without a salt,
+a request can tell (from `cached_tokens`, or from its timing) how much of its
+prompt others sent recently: tenants who must not learn that need salts of their
+own.
 """
 
 from __future__ import annotations
@@ -128,7 +135,7 @@ class PrefixCache:
         self.lookups += 1
         wanted = token_array(prompt)
         source, length = self._best(slot, wanted, salt, running)
-        if length == 0 or (source != slot and length < self.min_copy):
+        if length == 0:
             self._vacate(slot, floor=slot + 1)
             return 0
         if source != slot:
@@ -200,6 +207,8 @@ class PrefixCache:
             if row.salt != salt:
                 continue
             length = min(common_prefix(row.tokens, wanted), limit)
+            if row.slot != slot and length < self.min_copy:
+                continue  # not worth a copy: a shorter one in place may be
             if length > best_length:
                 best, best_length = row.slot, length
         if best == slot and slot not in self.entries:

@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 PREFILL_CHUNK = 256  # prompt tokens written per loop turn
 
 
-
 class BatchScheduler:
     """Owns a fused model's decode thread; `submit` and `cancel` are thread-safe."""
 
@@ -167,8 +166,7 @@ class BatchScheduler:
             return
         if self._prefilled is None:
             self._prefilled = self._claim(slot, s)
-        chunk = 1 if s.score_prompt else self.prefill_chunk
-        end = min(len(s.prompt_ids), self._prefilled + chunk)
+        end = self._chunk_end(s)
         try:
             self.model.ensure_capacity(end, self._live_rows())
             logits = self.model.prefill(slot, s.prompt_ids[:end], self._prefilled)
@@ -192,6 +190,17 @@ class BatchScheduler:
             self.tokens_generated += 1
             s.step(logits, self._out)  # a finished one leaves at the drop
 
+    def _chunk_end(self, s: Sequence) -> int:
+        """Where the next chunk of the prompt ends. A prompt to score goes in a
+        token at a time; any other never leaves a single token for a last chunk
+        (that one joins this chunk): ORT's int4 matmul takes another path for one
+        row, and the answer would depend on where the chunks fall."""
+        assert self._prefilled is not None
+        if s.score_prompt:
+            return min(len(s.prompt_ids), self._prefilled + 1)
+        end = min(len(s.prompt_ids), self._prefilled + self.prefill_chunk)
+        return end + 1 if len(s.prompt_ids) - end == 1 else end
+
     def _claim(self, slot: int, s: Sequence) -> int:
         """Readies `slot` for `s`: how many prompt tokens it holds already (a
         prompt to score is written whole: each of its tokens needs its logits)."""
@@ -199,22 +208,28 @@ class BatchScheduler:
             self.prefix.vacate(slot)
             return 0
         rows = (
-            Row(i, token_array(self._held(i)), r.salt)
+            Row(i, token_array(self._shareable(i)), r.salt)
             for i, r in enumerate(self._running)
         )
         s.cached_tokens = self.prefix.claim(slot, s.prompt_ids, s.salt, rows)
         return s.cached_tokens
 
-    def _held(self, i: int) -> list[int]:
-        """The tokens whose KV running slot `i` holds."""
+    def _shareable(self, i: int) -> list[int]:
+        """The tokens of running slot `i` whose KV a prefill wrote: its prompt
+        (a prompt to score goes in by decode steps: none). The KV of generated
+        tokens is not shared: decode steps compute it along another path than a
+        prefill does (on int4, logits differed by up to 0.5), and a chat's next
+        turn would answer otherwise than without the cache."""
         s = self._running[i]
-        return (s.prompt_ids + s.generated)[: self._lengths[i]]
+        return [] if s.score_prompt else s.prompt_ids[: self._lengths[i]]
 
-    def _live_rows(self) -> list[int]:
-        """The cache rows whose contents matter: the batch, the prompt being
-        written and the kept prefixes."""
-        rows = len(self._running) + (self._prefilling is not None)
-        return [*range(rows), *self.prefix.entries]
+    def _live_rows(self) -> dict[int, int]:
+        """The cache rows whose contents matter, and how many positions of each:
+        the batch, the prompt being written and the kept prefixes."""
+        rows = dict(enumerate(self._lengths))
+        if self._prefilling is not None and self._prefilled:
+            rows[len(self._running)] = self._prefilled
+        return {**rows, **self.prefix.lengths()}
 
     def _decode(self) -> None:
         forcing = [s.forcing for s in self._running]
@@ -250,7 +265,7 @@ class BatchScheduler:
             # writes them. The last row stays as it is when no prompt moves in.
             floor = before + prefilling
             in_place = i == last and not prefilling
-            self.prefix.keep(i, self._held(i), s.salt, floor, in_place)
+            self.prefix.keep(i, self._shareable(i), s.salt, floor, in_place)
             if i != last:
                 self.model.move(last, i, self._lengths[last])
                 self._running[i], self._lengths[i] = (
