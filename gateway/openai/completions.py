@@ -52,7 +52,9 @@ class CompletionShaper(ChunkMaker):
         self.finish: list[Finish | None] = [None] * count
         self.prompt_logprobs: dict[int, tuple[TokenLogprob, ...]] = {}
         # With echo and logprobs, a prompt's choices wait for its scores.
-        self.waiting = {p: [] for p in range(len(self.prompts))} if self._scored else {}
+        self.waiting: dict[int, list[Any]] = (
+            {p: [] for p in range(len(self.prompts))} if self._scored else {}
+        )
         self.prompt_tokens = [0] * len(self.prompts)
         self.cached_tokens = [0] * len(self.prompts)
 
@@ -92,7 +94,7 @@ class CompletionShaper(ChunkMaker):
         position: int,
         text: str,
         tokens: list[TokenLogprob],
-        finish: str | None = None,
+        finish: Finish | None = None,
     ) -> dict[str, Any]:
         if not self.started[choice]:
             self.started[choice] = True

@@ -35,7 +35,7 @@ class EngineCollector(Collector):
         yield from self._prefix_cache()
 
     def _prefix_cache(self) -> Iterator[Metric]:
-        counters = {
+        counters: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
             "lookups": CounterMetricFamily(
                 "tiger_prefix_cache_lookups",
                 "New sequences that looked for a cached prefix",

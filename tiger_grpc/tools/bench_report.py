@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 
-def targets(rows: list[dict[str, float]]) -> list[tuple[str, float, str, bool]]:
-    def get(backend: str, c: int = 1) -> dict[str, float]:
+def targets(rows: list[dict[str, Any]]) -> list[tuple[str, float, str, bool]]:
+    def get(backend: str, c: int = 1) -> dict[str, Any]:
         return next(
             r
             for r in rows

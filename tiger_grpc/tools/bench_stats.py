@@ -6,6 +6,7 @@ import statistics
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 # The questions every scenario asks (about 36 tokens after the chat template).
 PROMPTS = [
@@ -42,7 +43,7 @@ class Level:
     streams: list[Stream] = field(default_factory=list)
     wall_s: float = 0.0
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, Any]:
         ttfts = sorted(s.ttft_s * 1000 for s in self.streams)
         decode = [
             (s.tokens - 1) / s.decode_s
