@@ -126,6 +126,7 @@ class ServerConfig:
     port: int = DEFAULT_GRPC_PORT
     engine: EngineOptions = EngineOptions()
     prepare_default_model: bool = True
+    preload: tuple[str, ...] = ()  # models loaded at start (NOT_SERVING meanwhile)
     shutdown_grace_s: float = 30.0
     metrics_port: int | None = None  # None: no metrics endpoint
     metrics_host: str = "0.0.0.0"

@@ -221,6 +221,51 @@ async def test_health_is_not_serving_while_the_default_model_prepares(
         await tiger.stop(0)
 
 
+async def test_preloaded_models_are_loaded_before_the_server_is_ready(
+    store_home, tiny_model, caplog
+):
+    """The real server in-process: `--preload` loads the model before SERVING, so
+    its first request has no loading to report; a model it cannot load is logged
+    and does not keep the server from serving."""
+    from tiger_grpc.config import ServerConfig
+    from tiger_grpc.server.app import create_server
+
+    config = ServerConfig(
+        home=store_home,
+        api_key=API_KEY,
+        host="127.0.0.1",
+        port=0,
+        prepare_default_model=False,
+        preload=("no-such-model", tiny_model.id),
+    )
+    tiger = await create_server(config)
+    try:
+        await tiger.get_ready()
+        assert "could not preload no-such-model" in caplog.text
+        loaded = {m.id: m.loaded for m in tiger.registry.models()}
+        assert loaded[tiny_model.id]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{tiger.port}") as channel:
+            request = health_pb2.HealthCheckRequest(service="tiger.v1.Tiger")
+            health = health_pb2_grpc.HealthStub(channel)
+            assert (
+                await health.Check(request)
+            ).status == health_pb2.HealthCheckResponse.SERVING
+            chunks = [
+                chunk.WhichOneof("chunk")
+                async for chunk in pb_grpc.TigerStub(channel).Generate(
+                    pb.GenerateRequest(
+                        model=tiny_model.id,
+                        messages=[pb.Message(role="user", content="x")],
+                        max_tokens=2,
+                    ),
+                    metadata=AUTH,
+                )
+            ]
+            assert "info" not in chunks and chunks[-1] == "stop"
+    finally:
+        await tiger.stop(0)
+
+
 async def test_deadline_exceeded_frees_the_sequence(backend: Process) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{backend.port}") as channel:
         stub = pb_grpc.TigerStub(channel)

@@ -13,6 +13,7 @@ def env(monkeypatch, tmp_path):
     monkeypatch.setenv("TIGER_HOME", str(tmp_path))
     monkeypatch.setenv("TIGER_API_KEY", "k")
     monkeypatch.delenv("TIGER_PREFIX_CACHE", raising=False)
+    monkeypatch.delenv("TIGER_PRELOAD", raising=False)
     return monkeypatch
 
 
@@ -24,3 +25,10 @@ def test_the_prefix_cache_is_on_unless_turned_off(env) -> None:
     assert not parse_config([])[0].engine.prefix_cache
     env.setenv("TIGER_PREFIX_CACHE", "1")
     assert parse_config([])[0].engine.prefix_cache
+
+
+def test_models_to_preload_come_from_flags_or_the_environment(env) -> None:
+    assert parse_config([])[0].preload == ()
+    assert parse_config(["--preload", "a", "--preload", "b"])[0].preload == ("a", "b")
+    env.setenv("TIGER_PRELOAD", "a, b,")
+    assert parse_config([])[0].preload == ("a", "b")

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..api.errors import NotFoundError, UnavailableError
 from ..api.events import Delta, Event, Info, Model, Stop
-from ..api.params import GenerateParams
+from ..api.params import ChatMessage, GenerateParams
 from ..config import DEFAULT_MODEL_ID, EngineOptions
 from ..engine.prefix import CacheStats
 from ..engine.providers import CUDA, choose_providers
@@ -122,6 +122,18 @@ class ModelRegistry:
         async with contextlib.aclosing(events):
             async for event in events:
                 yield event
+
+    async def preload(self, model_id: str) -> None:
+        """Loads a model and its tokenizer now, not on its first request (whose
+        time to first token would pay for the ML imports and the session)."""
+        manifest = self.resolve(model_id)
+        tokenizer = await self._tokenizer(manifest)
+        async for _ in self._load(manifest):
+            pass
+        # The chat template compiles on first use.
+        hello = (ChatMessage(role="user", content="Hello"),)
+        warm = GenerateParams(model=manifest.id, messages=hello)
+        await asyncio.to_thread(prompt_ids, tokenizer, warm)
 
     async def _tokenizer(self, manifest: ModelManifest) -> Any:
         """The model's tokenizer, loaded once; needed before any chunk is sent.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,8 @@ from ..models.store import ModelStore
 from ..pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
 from .auth import AuthInterceptor
 from .servicer import TigerServicer
+
+log = logging.getLogger(__name__)
 
 SERVER_OPTIONS = [
     *MESSAGE_SIZE_OPTIONS,
@@ -50,8 +54,28 @@ class TigerServer:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
 
-    async def prepare_default_model(self) -> None:
-        """Prepares the embedded model if missing; NOT_SERVING meanwhile."""
+    async def get_ready(self) -> None:
+        """Prepares the embedded model (when configured to), then loads the models
+        to preload; NOT_SERVING meanwhile. A model that fails to load is logged
+        and left to load on demand."""
+        if self.config.preload:
+            await self.set_serving(False)
+        if self.config.prepare_default_model:
+            await self.prepare_default_model(serving_after=not self.config.preload)
+        for model_id in self.config.preload:
+            started = time.monotonic()
+            try:
+                await self.registry.preload(model_id)
+            except Exception as exc:  # noqa: BLE001 - it loads on demand then
+                log.error("could not preload %s: %s", model_id, exc)
+                continue
+            log.info("preloaded %s in %.1fs", model_id, time.monotonic() - started)
+        if self.config.preload:
+            await self.set_serving(True)
+
+    async def prepare_default_model(self, serving_after: bool = True) -> None:
+        """Prepares the embedded model if missing; NOT_SERVING meanwhile (and
+        after, unless `serving_after`)."""
         store = self.registry.store
         manifest = store.get(DEFAULT_MODEL_ID)
         if (
@@ -69,7 +93,8 @@ class TigerServer:
             )
         finally:
             self.registry.unavailable.pop(DEFAULT_MODEL_ID, None)
-        await self.set_serving(True)
+        if serving_after:
+            await self.set_serving(True)
 
     async def stop(self, grace: float | None = None) -> None:
         await self.set_serving(False)

@@ -93,6 +93,8 @@ def main() -> int:
         raise SystemExit(str(exc)) from None
     ensure_default_model(ModelStore(home), precision)
     env.update(TIGER_HOME=str(home), TIGER_API_KEY=api_key, PYTHONUNBUFFERED="1")
+    # Loaded before `ready`, so that the first request does not pay for it.
+    env.setdefault("TIGER_PRELOAD", DEFAULT_MODEL_ID)
     grpc_port = env_int(env, "TIGER_GRPC_PORT", DEFAULT_GRPC_PORT)
     http_port = env_int(env, "TIGER_HTTP_PORT", DEFAULT_HTTP_PORT)
     gateway = ["gateway.main", "--grpc-target", f"localhost:{grpc_port}"]

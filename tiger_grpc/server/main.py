@@ -52,8 +52,8 @@ async def serve(config: ServerConfig, port_file: Path | None = None) -> None:
     )
     write_port_file(port_file, tiger.port, metrics_port)
     preparing = None
-    if config.prepare_default_model:
-        preparing = asyncio.create_task(tiger.prepare_default_model())
+    if config.prepare_default_model or config.preload:
+        preparing = asyncio.create_task(tiger.get_ready())
     await until_terminated()
     log.info("shutting down (grace %.0fs)", config.shutdown_grace_s)
     if preparing is not None and not preparing.done():
@@ -128,6 +128,15 @@ def _serving_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) 
         help="do not prepare the embedded default model at start-up",
     )
     add(
+        "--preload",
+        action="append",
+        default=[m for m in env.get("TIGER_PRELOAD", "").split(",") if m.strip()],
+        metavar="MODEL",
+        help="load MODEL at start-up, not on its first request (repeatable; "
+        "TIGER_PRELOAD, comma-separated); the health check says NOT_SERVING "
+        "until it is loaded",
+    )
+    add(
         "--metrics-port",
         type=int,
         default=env_int(env, "TIGER_METRICS_PORT", DEFAULT_METRICS_PORT),
@@ -189,6 +198,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[ServerConfig, Path | No
         port=args.port,
         engine=engine,
         prepare_default_model=not args.no_prepare,
+        preload=tuple(m.strip() for m in args.preload),
         shutdown_grace_s=args.shutdown_grace,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         reflection=not args.no_reflection,
