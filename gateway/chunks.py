@@ -76,4 +76,7 @@ def _progress(p: Progress) -> dict[str, Any]:
 
 
 def model_to_json(model: Model) -> dict[str, Any]:
-    return {name: getattr(model, name) for name in MODEL_FIELDS}
+    entry = {name: getattr(model, name) for name in MODEL_FIELDS}
+    # float32 on the wire: 0.2 arrives as 0.20000000298...; JSON says 0.2.
+    entry["sampling"] = {k: round(v, 6) for k, v in model.sampling.items()}
+    return entry

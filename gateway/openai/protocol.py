@@ -20,15 +20,13 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import ConfigDict, model_validator
 
-from tiger_grpc.api.fields import Rule, fail, integer, number
+from tiger_grpc.api.fields import Rule, fail, integer
 from tiger_grpc.api.params import (
     BOOLEAN,
     CACHE_SALT,
-    INT32_MAX,
     MAX_CHOICES,
     MAX_STOP_SEQUENCE_CHARS,
     MAX_STOP_SEQUENCES,
-    MAX_TEMPERATURE,
     MAX_TOKENS_LIMIT,
     MAX_TOP_LOGPROBS,
     MESSAGES,
@@ -38,6 +36,8 @@ from tiger_grpc.api.params import (
     SEED_MAX,
     STOP_SEQUENCES,
     STRING,
+    TEMPERATURE,
+    TOP_K,
     GenerateParams,
     RequestModel,
     fail_at,
@@ -101,12 +101,6 @@ STOP = Rule(
     schema={"anyOf": [STOP_SEQUENCES.schema["items"], STOP_SEQUENCES.schema]},
 )
 TOKENS = integer(1, MAX_TOKENS_LIMIT, f"from 1 to {MAX_TOKENS_LIMIT}")
-TEMPERATURE = number(
-    lambda v: 0.0 <= v <= MAX_TEMPERATURE,
-    f"a number from 0 to {MAX_TEMPERATURE:g} (0 is greedy)",
-    0,
-    MAX_TEMPERATURE,
-)
 
 
 class OpenAIMessage(RequestModel):
@@ -182,9 +176,10 @@ class _Sampling(RequestModel):
     expected: ClassVar[str] = "a JSON object"
 
     model: Annotated[str, *MODEL_ID]
-    temperature: Annotated[float, TEMPERATURE] = 1.0
-    top_p: Annotated[float, PROBABILITY] = 1.0
-    top_k: Annotated[int, integer(0, INT32_MAX, f"from 0 (off) to {INT32_MAX}")] = 0
+    # Unset or null: the model's defaults (`/v1/models` shows them).
+    temperature: Annotated[float, TEMPERATURE] | None = None
+    top_p: Annotated[float, PROBABILITY] | None = None
+    top_k: Annotated[int, TOP_K] | None = None
     seed: Annotated[int, SEED] | None = None
     stop: Annotated[tuple[str, ...], STOP] = ()
     n: Annotated[int, integer(1, MAX_CHOICES, f"from 1 to {MAX_CHOICES}")] = 1

@@ -174,9 +174,44 @@ def test_models_list_in_both_shapes(client, base_url) -> None:
     assert models[DEFAULT_MODEL_ID].object == "model"
     assert models[DEFAULT_MODEL_ID].owned_by == "tiger"
     assert models[DEFAULT_MODEL_ID].created > 0
+    # The model card's sampling, for requests that leave it unset; none for tiny.
+    assert models[DEFAULT_MODEL_ID].sampling == {"temperature": 0.2, "top_p": 0.9}
+    assert models[TINY_MODEL_ID].sampling == {}
     assert client.models.retrieve(TINY_MODEL_ID.upper()).id == TINY_MODEL_ID
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("no-such-model")
+
+
+def test_a_request_without_sampling_fields_takes_the_models(
+    client, store_home, tiny_model
+) -> None:
+    """A copy of the tiny model whose generation config says temperature 0: asked
+    without a temperature, it answers greedily whatever the seed; asked with one,
+    it samples."""
+    import dataclasses
+
+    from tiger_grpc.models.store import ModelManifest, ModelStore
+
+    store = ModelStore(store_home)
+    greedy = store.path("tiny-greedy")
+    if not greedy.exists():
+        shutil.copytree(store.path(tiny_model.id), greedy)
+        manifest = ModelManifest.read(greedy)
+        dataclasses.replace(
+            manifest, id="tiny-greedy", sampling={"temperature": 0.0}
+        ).write(greedy)
+
+    def answer(**fields) -> str:
+        reply = client.completions.create(
+            model="tiny-greedy", prompt="The sea", max_tokens=8, **fields
+        )
+        return reply.choices[0].text
+
+    reference = answer(temperature=0)
+    assert answer(seed=1) == answer(seed=2) == reference
+    assert {answer(seed=s, temperature=1.0) for s in (1, 2, 3)} != {reference}
+    listed = {m.id: m for m in client.models.list()}
+    assert listed["tiny-greedy"].sampling == {"temperature": 0.0}
 
 
 def test_each_error_class(client, base_url) -> None:

@@ -22,7 +22,9 @@ def body(**fields):
 def test_minimal_body_gets_defaults() -> None:
     p = parse(body())
     assert p == GuideParams(model="m", messages=(ChatMessage("user", "hi"),))
-    assert p.temperature == 1.0 and p.top_p == 1.0 and p.top_k == 0 and not p.stream
+    # Sampling left unset: the model's defaults apply (SamplingParams.of).
+    assert p.temperature is None and p.top_p is None and p.top_k is None
+    assert not p.stream
 
 
 def test_integers_follow_json_schema() -> None:
@@ -96,7 +98,8 @@ def test_protobuf_round_trip_keeps_unset_and_zero_apart() -> None:
     assert back.temperature == 0.0 and back.seed == 0 and back.max_tokens == 5
     assert back.stop_sequences == ("\n",)
     unset = params_from_pb(params_to_pb(parse(body())))
-    assert unset.seed is None and unset.max_tokens is None and unset.temperature == 1.0
+    assert unset.seed is None and unset.max_tokens is None
+    assert unset.temperature is None and unset.top_p is None and unset.top_k is None
 
 
 def test_protobuf_requests_get_the_same_range_messages() -> None:

@@ -83,3 +83,33 @@ def test_possible_stop_prefix_is_held_back_until_known() -> None:
 def test_first_occurrence_wins_among_several() -> None:
     out, matched = feed_all(StopSequenceMatcher(["c", "ab"]), ["xab c"])
     assert matched and "".join(out) == "x"
+
+
+def test_unset_sampling_fields_take_the_model_defaults() -> None:
+    from tiger_grpc.api.params import ChatMessage, GenerateParams
+
+    asked = GenerateParams(model="m", messages=(ChatMessage("user", "hi"),))
+    defaults = {"temperature": 0.2, "top_p": 0.9}
+    assert SamplingParams.of(asked, 0, defaults) == SamplingParams(0.2, 0.9, 0)
+    assert SamplingParams.of(asked) == SamplingParams(1.0, 1.0, 0)
+    # What a request sets wins, zero included.
+    set_ = asked.model_copy(update={"temperature": 0.0, "top_k": 5})
+    assert SamplingParams.of(set_, 0, defaults) == SamplingParams(0.0, 0.9, 5)
+
+
+def test_generation_config_gives_the_sampling_defaults(tmp_path) -> None:
+    import json
+
+    from tiger_grpc.models.export import sampling_defaults
+
+    assert sampling_defaults(tmp_path) == {}
+    config = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20}
+    (tmp_path / "generation_config.json").write_text(json.dumps(config))
+    assert sampling_defaults(tmp_path) == {
+        "temperature": 0.6,
+        "top_p": 0.95,
+        "top_k": 20,
+    }
+    bad = {"temperature": -1, "top_p": 2, "top_k": True, "eos_token_id": 2}
+    (tmp_path / "generation_config.json").write_text(json.dumps(bad))
+    assert sampling_defaults(tmp_path) == {}

@@ -116,7 +116,7 @@ async def test_events_become_chunks_and_params_arrive_validated(served) -> None:
     assert got[-1].stop.stop_reason == pb.STOP_REASON_MAX_TOKENS
     assert got[-1].stop.usage.output_tokens == 2
     params = registry.seen[-1]
-    assert params.max_tokens == 2 and params.temperature == 0.0 and params.top_p == 1.0
+    assert params.max_tokens == 2 and params.temperature == 0.0 and params.top_p is None
 
 
 @pytest.mark.parametrize(

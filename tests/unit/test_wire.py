@@ -57,6 +57,8 @@ def test_every_stop_reason_of_the_proto_is_known() -> None:
 def test_a_listing_goes_to_protobuf_and_back() -> None:
     model = Model("m", True, "CPUExecutionProvider", 8192, "here", 3, 0, 99)
     assert model_from_pb(model_to_pb(model)) == model
+    advised = Model("m", False, "CPU", 8192, sampling={"temperature": 0.5, "top_k": 0})
+    assert model_from_pb(model_to_pb(advised)) == advised  # top_k 0 stays set
 
 
 def test_the_status_table_covers_every_grpc_code() -> None:

@@ -4,7 +4,8 @@ servicer converts them to protobuf, and the Python client returns them as they a
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from .errors import Status
 
@@ -145,3 +146,5 @@ class Model:
     queued: int = 0
     tokens_generated: int = 0
     created: int = 0  # when it entered the store (Unix seconds)
+    # Sampling for requests that leave it unset: temperature, top_p, top_k.
+    sampling: Mapping[str, float] = field(default_factory=dict)

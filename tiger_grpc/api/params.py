@@ -147,6 +147,15 @@ STOP_SEQUENCES = Rule(
 )
 
 
+TEMPERATURE = number(
+    lambda v: 0.0 <= v <= MAX_TEMPERATURE,
+    f"a number from 0 to {MAX_TEMPERATURE:g} (0 is greedy)",
+    0,
+    MAX_TEMPERATURE,
+)
+TOP_K = integer(0, INT32_MAX, f"from 0 (off) to {INT32_MAX}")
+
+
 class GuideParams(RequestModel):
     """A request of the guide's API (`/v1/generate_response`): its fields only."""
 
@@ -159,17 +168,11 @@ class GuideParams(RequestModel):
         Annotated[int, integer(1, MAX_TOKENS_LIMIT, f"from 1 to {MAX_TOKENS_LIMIT}")]
         | None
     ) = None
-    temperature: Annotated[
-        float,
-        number(
-            lambda v: 0.0 <= v <= MAX_TEMPERATURE,
-            f"a number from 0 to {MAX_TEMPERATURE:g} (0 is greedy)",
-            0,
-            MAX_TEMPERATURE,
-        ),
-    ] = 1.0
-    top_p: Annotated[float, PROBABILITY] = 1.0
-    top_k: Annotated[int, integer(0, INT32_MAX, f"from 0 (off) to {INT32_MAX}")] = 0
+    # Unset (or null): the model's default (its generation config's), else 1.0,
+    # 1.0 and 0 (off).
+    temperature: Annotated[float, TEMPERATURE] | None = None
+    top_p: Annotated[float, PROBABILITY] | None = None
+    top_k: Annotated[int, TOP_K] | None = None
     stop_sequences: Annotated[
         tuple[Annotated[str, STOP_SEQUENCE], ...], STOP_SEQUENCES
     ] = ()

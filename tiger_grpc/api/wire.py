@@ -57,6 +57,7 @@ GENERATION_OPTIONS = (
 # Plain proto3 fields: their zero value (false, "") when unset.
 GENERATION_PLAIN = ("logprobs", "prompt_logprobs", "cache_salt")
 _HYPERPARAMETERS = tuple(Hyperparameters.model_fields)
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k")
 
 
 def _messages(messages: Any) -> list[pb.Message]:
@@ -238,8 +239,14 @@ def _logprob_from_pb(t: pb.TokenLogprob) -> TokenLogprob:
 
 
 def model_to_pb(model: Model) -> pb.ModelInfo:
-    return pb.ModelInfo(**{name: getattr(model, name) for name in MODEL_FIELDS})
+    return pb.ModelInfo(
+        **{name: getattr(model, name) for name in MODEL_FIELDS},
+        sampling=pb.SamplingDefaults(**model.sampling),
+    )
 
 
 def model_from_pb(info: pb.ModelInfo) -> Model:
-    return Model(**{name: getattr(info, name) for name in MODEL_FIELDS})
+    return Model(
+        **{name: getattr(info, name) for name in MODEL_FIELDS},
+        sampling=_set_fields(info.sampling, SAMPLING_FIELDS),
+    )

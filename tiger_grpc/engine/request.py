@@ -5,7 +5,7 @@ sampler, the stop criteria, the detokenizer and what to report of log-probabilit
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from collections.abc import Sequence as Seq
 from typing import Any
 
@@ -64,10 +64,12 @@ def new_sequences(
     default_max_tokens: int,
     texts: TokenTexts | None = None,
     received_at: float | None = None,
+    sampling: Mapping[str, float] | None = None,
 ) -> list[Sequence]:
     """The engine's form of a request: one sequence per choice (choice i samples
     with seed + i; the first scores the prompt when asked). `max_tokens` (or the
-    server's default) is clamped to the `room` the prompt leaves."""
+    server's default) is clamped to the `room` the prompt leaves; sampling fields
+    it leaves unset are the model's defaults (`sampling`)."""
     wanted = default_max_tokens if params.max_tokens is None else params.max_tokens
     max_tokens = min(wanted, room)
     received = time.monotonic() if received_at is None else received_at
@@ -75,7 +77,7 @@ def new_sequences(
     return [
         Sequence(
             prompt_ids=prompt,
-            sampler=Sampler(SamplingParams.of(params, choice)),
+            sampler=Sampler(SamplingParams.of(params, choice, sampling)),
             stopper=TokenStopper(eos, max_tokens),
             stop_matcher=StopSequenceMatcher(params.stop_sequences),
             detokenizer=IncrementalDetokenizer(tokenizer),

@@ -3,6 +3,7 @@ frequency and presence penalties), and the log-probabilities of tokens."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,14 +20,23 @@ class SamplingParams:
     presence_penalty: float = 0.0
 
     @classmethod
-    def of(cls, params: Any, choice: int = 0) -> SamplingParams:
+    def of(
+        cls, params: Any, choice: int = 0, defaults: Mapping[str, float] | None = None
+    ) -> SamplingParams:
         """The sampling fields of a request's params, for its choice `choice`
-        (which samples with seed + choice)."""
+        (which samples with seed + choice); those it leaves unset (None) are the
+        model's `defaults`, else the usual 1.0, 1.0 and 0 (off)."""
         seed = params.seed
+        given = defaults or {}
+
+        def pick(name: str, usual: float) -> Any:
+            value = getattr(params, name)
+            return given.get(name, usual) if value is None else value
+
         return cls(
-            params.temperature,
-            params.top_p,
-            params.top_k,
+            float(pick("temperature", 1.0)),
+            float(pick("top_p", 1.0)),
+            int(pick("top_k", 0)),
             None if seed is None else (seed + choice) % 2**64,
             getattr(params, "frequency_penalty", 0.0),
             getattr(params, "presence_penalty", 0.0),

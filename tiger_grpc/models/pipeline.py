@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..runtime.ml import stop_if_cancelled
-from .export import checkpoint_facts, export_onnx
+from .export import checkpoint_facts, export_onnx, sampling_defaults
 from .precision import GRAPH_TYPES, graph_dir, graph_path
 from .store import HF_DIR, ONNX_DIR, ModelManifest, ModelStore
 
@@ -43,9 +43,15 @@ QUIET = Reporting()
 
 
 def build_graph(
-    hf_dir: Path, out_dir: Path, precision: str, report: Reporting = QUIET
-) -> None:
-    """Writes the fused graph of a Llama checkpoint to `out_dir/model.onnx`."""
+    hf_dir: Path,
+    out_dir: Path,
+    precision: str,
+    report: Reporting = QUIET,
+    gguf: Path | None = None,
+) -> str:
+    """Writes the fused graph of a Llama checkpoint to `out_dir/model.onnx` (an int4
+    one from the quantized blocks of `gguf`, the file the checkpoint came from,
+    where it has them); returns how its weights were quantized."""
     from .graph import build_fused_llama
 
     what = f"Building the fused {precision} graph"
@@ -53,13 +59,15 @@ def build_graph(
         what += f" for the {report.engine} engine"
     report.say(what)
     bits, dtype = GRAPH_TYPES[precision]
-    build_fused_llama(
+    facts = build_fused_llama(
         hf_dir,
         out_dir / "model.onnx",
         dtype,
+        gguf=gguf,
         progress=_layer_progress(what, report),
         bits=bits,
     )
+    return str(facts["quantization"])
 
 
 def _layer_progress(what: str, report: Reporting) -> Callable[[int, int], None]:
@@ -119,18 +127,22 @@ def build_model(
     report: Reporting = QUIET,
     export_as: tuple[str, str] = ("fp32", "cpu"),
     check: Callable[[Path], None] | None = None,
+    gguf: Path | None = None,
 ) -> ModelManifest:
     """Builds `model_id` into the store: `write_hf(dir)` writes the checkpoint, then
-    the export (`export_as`: its dtype and device), a fused graph per precision,
-    `check(scratch)` if given, and the manifest; renamed into place at the end."""
+    the export (`export_as`: its dtype and device), a fused graph per precision
+    (from `gguf`'s own blocks where they fit: see `build_graph`), `check(scratch)`
+    if given, and the manifest; renamed into place at the end."""
     with store.lock(model_id), store.staging(model_id) as scratch:
         hf_dir = scratch / HF_DIR
         write_hf(hf_dir)
         stop_if_cancelled(report.cancel)
         export(hf_dir, scratch / ONNX_DIR, *export_as, report)
+        quantization = {}
         for precision in precisions:
             stop_if_cancelled(report.cancel)
-            build_graph(hf_dir, scratch / graph_dir(precision), precision, report)
+            out = scratch / graph_dir(precision)
+            quantization[precision] = build_graph(hf_dir, out, precision, report, gguf)
         stop_if_cancelled(report.cancel)
         if check is not None:
             check(scratch)
@@ -142,16 +154,26 @@ def build_model(
             context_length=context_length,
             eos_token_ids=eos_ids,
             fused_graphs={p: graph_path(p) for p in precisions},
+            quantization=quantization,
+            sampling=sampling_defaults(hf_dir),
         )
         manifest.write(scratch)
         stop_if_cancelled(report.cancel)
     return manifest
 
 
-def add_graph(store: ModelStore, model_id: str, precision: str) -> ModelManifest:
-    """Builds a stored model's missing fused graph from its HF weights (hold
-    `store.lock(model_id)`)."""
+def add_graph(
+    store: ModelStore,
+    model_id: str,
+    precision: str,
+    report: Reporting = QUIET,
+    gguf: Path | None = None,
+) -> ModelManifest:
+    """Builds a stored model's fused graph of `precision` from its HF weights (and
+    `gguf`: see `build_graph`), replacing one it has; hold `store.lock(model_id)`."""
     hf_dir = store.path(model_id) / HF_DIR
     return store.add_fused_graph(
-        model_id, precision, lambda scratch: build_graph(hf_dir, scratch, precision)
+        model_id,
+        precision,
+        lambda scratch: build_graph(hf_dir, scratch, precision, report, gguf),
     )

@@ -80,6 +80,7 @@ class ModelRegistry:
                     queued=scheduler.queued if scheduler else 0,
                     tokens_generated=scheduler.tokens_generated if scheduler else 0,
                     created=int(manifest.created_at),
+                    sampling=manifest.sampling,
                 )
             )
         return result
@@ -116,6 +117,7 @@ class ModelRegistry:
             if wants_logprobs
             else None,
             received_at=received,
+            sampling=manifest.sampling,
         )
         metrics.PROMPT_TOKENS.labels(manifest.id).inc(len(prompt))
         events = _observed(stream(model.scheduler, sequences), manifest.id, received)

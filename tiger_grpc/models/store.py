@@ -77,6 +77,13 @@ class ModelManifest:
     hf_path: str = HF_DIR
     # Fused graphs for the batched engine, by precision ("int4", "fp16", ...).
     fused_graphs: dict[str, str] = field(default_factory=dict)
+    # How each fused graph's weights were quantized ("source blocks": a GGUF
+    # file's own; "ORT blockwise int4": ORT's quantizer; "none"). Stores written
+    # before it was recorded have none.
+    quantization: dict[str, str] = field(default_factory=dict)
+    # Sampling for requests that leave it unset: `temperature`, `top_p`, `top_k`
+    # (from the checkpoint's generation config, or the model card's advice).
+    sampling: dict[str, float] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
 
     @classmethod
@@ -115,27 +122,37 @@ class ModelStore:
             return None
 
     def add_fused_graph(
-        self, model_id: str, precision: str, build: Callable[[Path], None]
+        self, model_id: str, precision: str, build: Callable[[Path], str]
     ) -> ModelManifest:
-        """Adds a fused graph to a stored model, atomically; hold `lock(model_id)`.
+        """Adds (or replaces) a fused graph of a stored model, atomically; hold
+        `lock(model_id)`.
 
-        `build(scratch)` writes `model.onnx` into `scratch`, which is renamed to the
-        graph's directory before the manifest (rewritten atomically) points at it.
+        `build(scratch)` writes `model.onnx` into `scratch` and says how it was
+        quantized; `scratch` then takes the place of the graph's directory (an old
+        one is removed only after) before the manifest (rewritten atomically)
+        points at it. A failed build leaves the model as it was.
         """
         directory = self.path(model_id)
         manifest = ModelManifest.read(directory)
         final = directory / graph_dir(precision)
         scratch = directory / f"{_STAGING_PREFIX}{final.name}"
-        for leftover in (scratch, final):
+        old = directory / f"{_STAGING_PREFIX}{final.name}.old"
+        for leftover in (scratch, old):
             shutil.rmtree(leftover, ignore_errors=True)
         try:
             scratch.mkdir()
-            build(scratch)
+            quantization = build(scratch)
+            if final.exists():
+                os.rename(final, old)
             os.rename(scratch, final)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        graphs = {**manifest.fused_graphs, precision: graph_path(precision)}
-        updated = dataclasses.replace(manifest, fused_graphs=graphs)
+            shutil.rmtree(old, ignore_errors=True)
+        updated = dataclasses.replace(
+            manifest,
+            fused_graphs={**manifest.fused_graphs, precision: graph_path(precision)},
+            quantization={**manifest.quantization, precision: quantization},
+        )
         updated.write(directory)
         return updated
 

@@ -7,8 +7,9 @@ stream, time to first token (p50/p95) and aggregate tokens/s at 1, 4, 8 and 16
 concurrent streams (the baselines generate one request at a time). Then the chat
 scenario (`bench_chat`): a multi-turn conversation's time to first token per turn
 with the prefix cache, without it, and on llama.cpp's server (`--llama-server
-PATH`). Writes bench.json, bench.md and bench.png, and prints the tables and the
-target ratios.
+PATH`). Then quality (`bench_quality`): every precision's top-1 agreement, KL
+divergence and perplexity against the fp32 export on a held-out text. Writes
+bench.json, bench.md and bench.png, and prints the tables and the target ratios.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ from ..pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
 from ..runtime.process import start_process
 from .bench_chat import scenario
 from .bench_peers import hf_baselines
+from .bench_quality import markdown as quality_markdown
+from .bench_quality import measure as measure_quality
+from .bench_quality import targets as quality_targets
 from .bench_report import chart, chat_markdown, chat_targets, markdown, targets
 from .bench_stats import PROMPTS, Level, messages, timed
 
@@ -290,6 +294,18 @@ def main() -> None:
     args.max_tokens = args.max_tokens or (48 if args.quick else 128)
     rows = asyncio.run(run(args))
     chat_rows = chat(args)
+    print("  quality of every precision against fp32...", file=sys.stderr)
+    quality_rows = measure_quality(default_home(), 512 if args.quick else None)
+    _write(args, rows, chat_rows, quality_rows)
+
+
+def _write(
+    args: argparse.Namespace,
+    rows: list[dict[str, Any]],
+    chat_rows: list[dict[str, Any]],
+    quality_rows: list[dict[str, Any]],
+) -> None:
+    """bench.json, bench.md and bench.png under `args.out`; the tables printed."""
     meta = {
         "model": DEFAULT_MODEL_ID,
         "precision": args.precision,
@@ -305,11 +321,19 @@ def main() -> None:
     ]
     met += [
         {"target": n, "measured": v, "wanted": w, "met": m}
-        for n, v, w, m in chat_targets(chat_rows)
+        for n, v, w, m in [*chat_targets(chat_rows), *quality_targets(quality_rows)]
     ]
-    report = {"meta": meta, "results": rows, "chat": chat_rows, "targets": met}
+    report = {
+        "meta": meta,
+        "results": rows,
+        "chat": chat_rows,
+        "quality": quality_rows,
+        "targets": met,
+    }
     (args.out / "bench.json").write_text(json.dumps(report, indent=2))
-    table = markdown(rows, meta) + "\n" + chat_markdown(chat_rows)
+    table = "\n".join(
+        [markdown(rows, meta), chat_markdown(chat_rows), quality_markdown(quality_rows)]
+    )
     (args.out / "bench.md").write_text(table)
     chart(rows, args.out / "bench.png")
     print(table)

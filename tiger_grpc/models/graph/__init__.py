@@ -6,8 +6,9 @@ updated in place in a fixed-size buffer, so no step copies the cache), packed QK
 and gate/up projections, `SkipSimplifiedLayerNormalization`, and logits for the last
 position only. For the CPU graphs the projections and the LM head are `MatMulNBits`
 with int8 or int4 blocks, quantized by ORT's own kernels (what its `MatMulNBits`
-quantizer does); fp16 is the CUDA graph, where weights, activations and the KV cache
-are fp16. This is the graph shape of onnxruntime-genai's builder.
+quantizer does), or, for int4 from a GGUF file, that file's own Q4_0/Q4_1/Q8_0
+blocks as they are (`gguf`); fp16 is the CUDA graph, where weights, activations
+and the KV cache are fp16. This is the graph shape of onnxruntime-genai's builder.
 
 `llama` writes the decoder (its inputs and outputs are described there), `writer`
 the ONNX file, `tensors` reads the weights, `shape` the config.

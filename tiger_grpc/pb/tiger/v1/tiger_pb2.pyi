@@ -159,7 +159,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("id", "loaded", "provider", "context_length", "source", "running", "tokens_generated", "created")
+    __slots__ = ("id", "loaded", "provider", "context_length", "source", "running", "tokens_generated", "created", "sampling")
     ID_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +168,7 @@ class ModelInfo(_message.Message):
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     TOKENS_GENERATED_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
     id: str
     loaded: bool
     provider: str
@@ -176,7 +177,18 @@ class ModelInfo(_message.Message):
     running: int
     tokens_generated: int
     created: int
-    def __init__(self, id: _Optional[str] = ..., loaded: _Optional[bool] = ..., provider: _Optional[str] = ..., context_length: _Optional[int] = ..., source: _Optional[str] = ..., running: _Optional[int] = ..., tokens_generated: _Optional[int] = ..., created: _Optional[int] = ...) -> None: ...
+    sampling: SamplingDefaults
+    def __init__(self, id: _Optional[str] = ..., loaded: _Optional[bool] = ..., provider: _Optional[str] = ..., context_length: _Optional[int] = ..., source: _Optional[str] = ..., running: _Optional[int] = ..., tokens_generated: _Optional[int] = ..., created: _Optional[int] = ..., sampling: _Optional[_Union[SamplingDefaults, _Mapping]] = ...) -> None: ...
+
+class SamplingDefaults(_message.Message):
+    __slots__ = ("temperature", "top_p", "top_k")
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    temperature: float
+    top_p: float
+    top_k: int
+    def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models", "default_model")

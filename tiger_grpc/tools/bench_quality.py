@@ -1,0 +1,130 @@
+"""`make bench`'s quality table: every precision of the embedded model's fused
+graph against its fp32 optimum export, on the held-out text
+(`tiger_grpc.models.quality`): top-1 agreement, KL divergence, perplexity ratio,
+and the single-stream decode step. int4 is measured both ways: from the GGUF's
+own blocks (the default) and quantized again by ORT from the dequantized weights
+(what the int4 graph was before). The graphs are built into a scratch directory
+from the store's weights; the store is not touched.
+
+`python -m tiger_grpc.tools.bench_quality [--tokens N]` runs it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import Device, default_home
+from ..engine.fused import FusedCausalLM
+from ..engine.optimum import OnnxCausalLM
+from ..models import quality
+from ..models.embedded import DEFAULT_MODEL_ID, ensure_default_model, find_gguf
+from ..models.loaded import load_tokenizer
+from ..models.pipeline import build_graph
+from ..models.store import HF_DIR, ModelStore
+
+# (row name, precision, from the GGUF's blocks)
+GRAPHS = [
+    ("fp32", "fp32", False),
+    ("fp16", "fp16", False),
+    ("int8 (ORT, from dequantized weights)", "int8", False),
+    ("int4 (ORT, from dequantized weights: before)", "int4", False),
+    ("int4 (the GGUF's own blocks: default)", "int4", True),
+]
+STEPS = 100  # decode steps timed per graph
+
+
+def measure(home: Path, tokens: int | None = None) -> list[dict[str, Any]]:
+    """The table's rows; `tokens` limits the text (the whole of it by default)."""
+    store = ModelStore(home)
+    ensure_default_model(store, "int4")
+    model_dir = store.path(DEFAULT_MODEL_ID)
+    manifest = store.get(DEFAULT_MODEL_ID)
+    assert manifest is not None
+    ids = quality.held_out_ids(load_tokenizer(str(model_dir / HF_DIR)), tokens)
+    reference = quality.reference_logits(
+        OnnxCausalLM(model_dir / manifest.onnx_path, Device.CPU), ids
+    )
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tiger-quality-") as scratch:
+        for name, precision, exact in GRAPHS:
+            out = Path(scratch) / name.split()[0] / ("gguf" if exact else "ort")
+            how = build_graph(
+                model_dir / HF_DIR, out, precision, gguf=find_gguf() if exact else None
+            )
+            model = FusedCausalLM(out / "model.onnx", Device.CPU, 1, len(ids) + 1)
+            measured = quality.compare(reference, quality.fused_logits(model, ids), ids)
+            rows.append(
+                {
+                    "graph": name,
+                    "quantization": how,
+                    "tokens": measured.tokens,
+                    "top1": measured.top1,
+                    "kl": measured.kl,
+                    "perplexity": measured.perplexity,
+                    "perplexity_ratio": measured.perplexity_ratio,
+                    "decode_step_ms": _step_ms(model, ids),
+                }
+            )
+    return rows
+
+
+def _step_ms(model: FusedCausalLM, ids: list[int]) -> float:
+    """The median of three runs of `STEPS` single-sequence decode steps."""
+    runs = []
+    for _ in range(3):
+        model.prefill(0, ids[:32])
+        started = time.perf_counter()
+        for i in range(STEPS):
+            model.decode([ids[32 + i]], [32 + i])
+        runs.append((time.perf_counter() - started) * 1000 / STEPS)
+    return float(np.median(runs))
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    tokens = rows[0]["tokens"] if rows else 0
+    lines = [
+        f"Quality against the fp32 optimum export, teacher-forced on {tokens} "
+        "held-out tokens; decode step: one sequence, in-process",
+        "",
+        "| graph | top-1 agreement | KL (nats/token) | perplexity | ratio | "
+        "decode step ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['graph']} | {r['top1']:.1%} | {r['kl']:.4f} | "
+            f"{r['perplexity']:.2f} | {r['perplexity_ratio']:.4f} | "
+            f"{r['decode_step_ms']:.2f} |"
+        )
+    lines += ["", "| target | measured | wanted | met |", "|---|---:|---|---|"]
+    for name, value, wanted, met in targets(rows):
+        lines.append(f"| {name} | {value:.4f} | {wanted} | {'yes' if met else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+def targets(rows: list[dict[str, Any]]) -> list[tuple[str, float, str, bool]]:
+    """The default int4 graph's quality targets."""
+    default = next(r for r in rows if "default" in r["graph"])
+    top1, ratio = default["top1"], default["perplexity_ratio"]
+    return [
+        ("int4 top-1 agreement with fp32", top1, ">= 0.97", top1 >= 0.97),
+        ("int4 perplexity / fp32", ratio, "<= 1.01", ratio <= 1.01),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="tiger-bench-quality", description=__doc__)
+    parser.add_argument("--tokens", type=int, default=None)
+    args = parser.parse_args()
+    rows = measure(default_home(), args.tokens)
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
