@@ -354,3 +354,27 @@ async def test_a_caller_that_leaves_while_its_model_loads(
             assert chunks[-1].HasField("stop")
         metrics = await get_text(f"http://127.0.0.1:{server.metrics_port}/metrics")
         assert 'tiger_model_loads_total{model="tiny-llama"} 1.0' in metrics
+
+
+async def test_serving_loads_no_pytorch(store_home, tiny_model, tmp_path) -> None:
+    """A fresh server that loads a model and generates maps no PyTorch library:
+    the tokenizer and chat template come from `tokenizers` and Jinja."""
+    server = start_server(tmp_path, "light", process_env(store_home), "--no-prepare")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            request = pb.GenerateRequest(
+                model=tiny_model.id,
+                messages=[pb.Message(role="user", content="hi")],
+                max_tokens=3,
+            )
+            chunks = [
+                c.WhichOneof("chunk")
+                async for c in pb_grpc.TigerStub(channel).Generate(
+                    request, metadata=AUTH
+                )
+            ]
+        assert chunks[-1] == "stop"
+        maps = Path(f"/proc/{server.popen.pid}/maps").read_text()
+        assert "torch" not in maps and "onnxruntime" in maps
+    finally:
+        server.stop()

@@ -9,8 +9,11 @@ from collections.abc import Iterable, Mapping
 from collections.abc import Sequence as Seq
 from typing import Any
 
+import jinja2
+
 from ..api.errors import InvalidArgumentError
 from ..api.params import ChatMessage, GenerateParams
+from .chat import TemplateError
 from .detok import IncrementalDetokenizer
 from .sampling import Sampler, SamplingParams
 from .sequence import Sequence
@@ -21,9 +24,14 @@ from .tokens import TokenTexts
 def render_prompt(tokenizer: Any, messages: Seq[ChatMessage]) -> list[int]:
     """The prompt's token ids, through the model's own chat template."""
     turns = [{"role": m.role, "content": m.content} for m in messages]
-    ids = tokenizer.apply_chat_template(
-        turns, add_generation_prompt=True, tokenize=True
-    )
+    try:
+        ids = tokenizer.apply_chat_template(
+            turns, add_generation_prompt=True, tokenize=True
+        )
+    except (TemplateError, jinja2.TemplateError) as exc:
+        raise InvalidArgumentError(
+            f"the model's chat template refused the messages: {exc}"
+        ) from None
     return [int(i) for i in ids]
 
 

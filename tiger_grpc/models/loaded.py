@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from ..config import EngineOptions
+from ..engine.chat import load_chat_tokenizer
 from ..engine.fused import FusedCausalLM
 from ..engine.optimum import OnnxCausalLM
 from ..engine.scheduler import BatchScheduler
 from ..engine.sequence import Scheduler
 from ..engine.serial import SerialScheduler
 from ..engine.tokens import TokenTexts
-from ..runtime.ml import IMPORT_LOCK
 from .precision import FIDELITY, default_precision
 from .store import ModelManifest
 
@@ -77,6 +77,5 @@ class LoadedModel:
 
 
 def load_tokenizer(path: str) -> Any:
-    with IMPORT_LOCK:
-        from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(path)
+    """The serving path's tokenizer (no ML stack: see `engine.chat`)."""
+    return load_chat_tokenizer(Path(path))

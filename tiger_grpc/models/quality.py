@@ -34,7 +34,7 @@ class Quality:
 
 def held_out_ids(tokenizer: Any, limit: int | None = None) -> list[int]:
     """The held-out text's token ids (the first `limit` of them)."""
-    ids = list(tokenizer(HELD_OUT.read_text())["input_ids"])
+    ids = [int(i) for i in tokenizer.encode(HELD_OUT.read_text())]
     return ids[:limit] if limit else ids
 
 
