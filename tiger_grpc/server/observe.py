@@ -35,37 +35,44 @@ class EngineCollector(Collector):
         yield from self._prefix_cache()
 
     def _prefix_cache(self) -> Iterator[Metric]:
-        counters: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
-            "lookups": CounterMetricFamily(
-                "tiger_prefix_cache_lookups",
-                "New sequences that looked for a cached prefix",
-                labels=["model"],
-            ),
-            "hits": CounterMetricFamily(
-                "tiger_prefix_cache_hits",
-                "New sequences that reused a cached prefix",
-                labels=["model"],
-            ),
-            "hit_tokens": CounterMetricFamily(
-                "tiger_prefix_cache_hit_tokens",
-                "Prompt tokens taken from the prefix cache, not computed",
-                labels=["model"],
-            ),
-            "tokens": GaugeMetricFamily(
-                "tiger_prefix_cache_tokens",
-                "Tokens whose KV the prefix cache keeps in free rows",
-                labels=["model"],
-            ),
-            "rows": GaugeMetricFamily(
-                "tiger_prefix_cache_rows",
-                "KV cache rows the prefix cache keeps",
-                labels=["model"],
-            ),
+        families = {
+            name: kind(metric, doc, labels=["model"])
+            for name, kind, metric, doc in _CACHE_METRICS
         }
         for model, stats in self._registry.cache_stats().items():
-            for name, family in counters.items():
+            for name, family in families.items():
                 family.add_metric([model], getattr(stats, name))
-        yield from counters.values()
+        yield from families.values()
+
+
+# Each model's prefix cache: `CacheStats` field, kind, metric, help.
+_CACHE_METRICS: tuple[tuple[str, Any, str, str], ...] = (
+    (
+        "lookups",
+        CounterMetricFamily,
+        "tiger_prefix_cache_lookups",
+        "New sequences that looked for a cached prefix",
+    ),
+    (
+        "hits",
+        CounterMetricFamily,
+        "tiger_prefix_cache_hits",
+        "New sequences that reused a cached prefix",
+    ),
+    (
+        "hit_tokens",
+        CounterMetricFamily,
+        "tiger_prefix_cache_hit_tokens",
+        "Prompt tokens taken from the prefix cache, not computed",
+    ),
+    (
+        "tokens",
+        GaugeMetricFamily,
+        "tiger_prefix_cache_tokens",
+        "Tokens whose KV the prefix cache keeps in free rows",
+    ),
+    ("rows", GaugeMetricFamily, "tiger_prefix_cache_rows", "KV cache rows kept"),
+)
 
 
 def register_engine(registry: Any) -> EngineCollector:

@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -36,8 +35,7 @@ from ..models.precision import resolve_precision
 from ..models.store import ModelStore
 from ..pb.tiger.v1 import tiger_pb2 as pb
 from ..pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
-from ..runtime.process import start_process
-from .bench_chat import scenario
+from .bench_chat import API_KEY, scenario, served
 from .bench_peers import hf_baselines
 from .bench_quality import markdown as quality_markdown
 from .bench_quality import measure as measure_quality
@@ -45,10 +43,8 @@ from .bench_quality import targets as quality_targets
 from .bench_report import chart, chat_markdown, chat_targets, markdown, targets
 from .bench_stats import PROMPTS, Level, messages, timed
 
-API_KEY = "bench-key"
 LEVELS = [1, 4, 8, 16]
 SOLO_ROUNDS = 4  # rounds of a single stream, per round of the other levels
-LOCAL = ["--port", "0", "--host", "127.0.0.1", "--log-level", "WARNING"]
 
 
 def _body(prompt: str, max_tokens: int, **more: Any) -> dict[str, Any]:
@@ -153,27 +149,8 @@ async def _over_the_network(
     args: argparse.Namespace, home: Path, rounds: int
 ) -> list[Level]:
     """Tiger over HTTP and over gRPC: the real server and gateway."""
-    workdir = Path(tempfile.mkdtemp(prefix="tiger-bench-"))
-    env = {
-        **os.environ,
-        "TIGER_HOME": str(home),
-        "TIGER_API_KEY": API_KEY,
-        "TIGER_PRECISION": args.precision,
-    }
-    server = start_process(
-        ["tiger_grpc.server", *LOCAL, "--metrics-port", "-1"], workdir, "server", env
-    )
-    try:
-        target = f"127.0.0.1:{server.port}"
-        gateway = start_process(
-            ["gateway.main", *LOCAL, "--grpc-target", target], workdir, "gateway", env
-        )
-        try:
-            return await _network_levels(args, target, gateway.port, rounds)
-        finally:
-            gateway.stop(timeout=30)
-    finally:
-        server.stop(timeout=30)
+    with served(home, TIGER_PRECISION=args.precision) as (target, http_port):
+        return await _network_levels(args, target, http_port, rounds)
 
 
 async def _network_levels(

@@ -168,9 +168,16 @@ async def measure(name: str, base: str, systems: list[str], shorts: list[str]) -
 @contextlib.contextmanager
 def tiger(home: Path, prefix_cache: bool) -> Iterator[str]:
     """Tiger's server and gateway on free ports; yields the gateway's URL."""
-    workdir = Path(tempfile.mkdtemp(prefix="tiger-bench-chat-"))
-    env = {**os.environ, "TIGER_HOME": str(home), "TIGER_API_KEY": API_KEY}
-    env["TIGER_PREFIX_CACHE"] = "1" if prefix_cache else "0"
+    with served(home, TIGER_PREFIX_CACHE="1" if prefix_cache else "0") as (_, port):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def served(home: Path, **env: str) -> Iterator[tuple[str, int]]:
+    """Tiger's server and gateway on free local ports, with the bench's key (and
+    `env` set): yields the server's gRPC target and the gateway's port."""
+    workdir = Path(tempfile.mkdtemp(prefix="tiger-bench-"))
+    env = {**os.environ, "TIGER_HOME": str(home), "TIGER_API_KEY": API_KEY, **env}
     local = ["--port", "0", "--host", "127.0.0.1", "--log-level", "WARNING"]
     server = start_process(
         ["tiger_grpc.server", *local, "--metrics-port", "-1"], workdir, "server", env
@@ -181,7 +188,7 @@ def tiger(home: Path, prefix_cache: bool) -> Iterator[str]:
             ["gateway.main", *local, "--grpc-target", target], workdir, "gateway", env
         )
         try:
-            yield f"http://127.0.0.1:{gateway.port}"
+            yield target, gateway.port
         finally:
             gateway.stop(timeout=30)
     finally:

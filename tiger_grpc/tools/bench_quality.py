@@ -27,6 +27,7 @@ from ..models.embedded import DEFAULT_MODEL_ID, ensure_default_model, find_gguf
 from ..models.loaded import load_tokenizer
 from ..models.pipeline import build_graph
 from ..models.store import HF_DIR, ModelStore
+from .bench_report import target_lines
 
 # (row name, precision, from the GGUF's blocks)
 GRAPHS = [
@@ -102,10 +103,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"{r['perplexity']:.2f} | {r['perplexity_ratio']:.4f} | "
             f"{r['decode_step_ms']:.2f} |"
         )
-    lines += ["", "| target | measured | wanted | met |", "|---|---:|---|---|"]
-    for name, value, wanted, met in targets(rows):
-        lines.append(f"| {name} | {value:.4f} | {wanted} | {'yes' if met else 'NO'} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *target_lines(targets(rows), digits=4)]) + "\n"
 
 
 def targets(rows: list[dict[str, Any]]) -> list[tuple[str, float, str, bool]]:

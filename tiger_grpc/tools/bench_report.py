@@ -68,10 +68,18 @@ def markdown(rows: list[dict[str, float]], meta: dict[str, object]) -> str:
             f"{r['ttft_p50_ms']:.0f} | {r['ttft_p95_ms']:.0f} | "
             f"{r['aggregate_tok_s']:.1f} |"
         )
-    lines += ["", "| target | measured | wanted | met |", "|---|---:|---|---|"]
-    for name, value, wanted, met in targets(rows):
-        lines.append(f"| {name} | {value:.2f} | {wanted} | {'yes' if met else 'NO'} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *target_lines(targets(rows))]) + "\n"
+
+
+def target_lines(
+    found: list[tuple[str, float, str, bool]], digits: int = 2
+) -> list[str]:
+    """The markdown table of targets: measured, wanted, met."""
+    lines = ["", "| target | measured | wanted | met |", "|---|---:|---|---|"]
+    for name, value, wanted, met in found:
+        shown = f"{value:.{digits}f}"
+        lines.append(f"| {name} | {shown} | {wanted} | {'yes' if met else 'NO'} |")
+    return lines
 
 
 def chat_targets(rows: list[dict[str, Any]]) -> list[tuple[str, float, str, bool]]:
@@ -111,10 +119,7 @@ def chat_markdown(rows: list[dict[str, Any]]) -> str:
             f"{r['later_p95_ms']:.0f} | {r['short_p50_ms']:.0f} | "
             f"{r['short_p95_ms']:.0f} |"
         )
-    lines += ["", "| target | measured | wanted | met |", "|---|---:|---|---|"]
-    for name, value, wanted, met in chat_targets(rows):
-        lines.append(f"| {name} | {value:.2f} | {wanted} | {'yes' if met else 'NO'} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *target_lines(chat_targets(rows))]) + "\n"
 
 
 def chart(rows: list[dict[str, float]], path: Path) -> None:

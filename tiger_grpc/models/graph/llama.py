@@ -23,7 +23,7 @@ from ...runtime.ml import IMPORT_LOCK
 from .gguf import BLOCK, Blocks, GgufBlocks
 from .shape import LlamaShape, rope_tables
 from .tensors import Tensors, checkpoint_tensors
-from .writer import BLOCK_SIZE, GraphWriter, quantize_blocks
+from .writer import GraphWriter, quantize_blocks
 
 MS = "com.microsoft"
 # accuracy_level 4: int8 activations in MatMulNBits, the fast path on CPU.
@@ -99,23 +99,8 @@ class _Decoder:
             )
             return out
         packed, scales = quantize_blocks(weight, self.bits)
-        k, n = weight.shape
-        (out,) = self.g.op(
-            "MatMulNBits",
-            [
-                value,
-                self.g.weight(f"{name}.weight_Q{self.bits}", packed),
-                self.g.weight(f"{name}.weight_scales", scales),
-            ],
-            domain=MS,
-            name=name,
-            K=k,
-            N=n,
-            bits=self.bits,
-            block_size=BLOCK_SIZE,
-            accuracy_level=ACCURACY_LEVEL,
-        )
-        return out
+        ort = Blocks(f"ORT int{self.bits}", self.bits, packed, scales, None)
+        return self._exact(value, ort, name, rank, k=weight.shape[0])
 
     def _source_blocks(self, keys: list[str]) -> Blocks | None:
         """The source file's blocks of `keys`, packed along the outputs, when an
@@ -141,11 +126,14 @@ class _Decoder:
             offsets,
         )
 
-    def _exact(self, value: str, blocks: Blocks, name: str, rank: int) -> str:
-        """`MatMulNBits` over the blocks as they are; with Q4_1's offsets, plus the
-        sums of each block of inputs times the offsets (see `gguf`)."""
+    def _exact(
+        self, value: str, blocks: Blocks, name: str, rank: int, k: int | None = None
+    ) -> str:
+        """`MatMulNBits` over the blocks as they are (`k` inputs: all the blocks'
+        unless the last is padded); with Q4_1's offsets, plus the sums of each
+        block of inputs times the offsets (see `gguf`)."""
         n, k_blocks = blocks.scales.shape
-        k = k_blocks * BLOCK
+        k = k or k_blocks * BLOCK
         (out,) = self.g.op(
             "MatMulNBits",
             [
