@@ -1,5 +1,5 @@
 """Prefix caching against the real processes: a chat's next turn reuses the
-previous one (OpenAI's `prompt_tokens_details.cached_tokens`, the guide's
+previous prompt (OpenAI's `prompt_tokens_details.cached_tokens`, the guide's
 `usage.cached_tokens`), a salt keeps requests apart and gives the same greedy
 text, the metrics count it, and `--no-prefix-cache` turns it off."""
 
@@ -35,7 +35,7 @@ def chat(
     )
 
 
-def test_a_chat_turn_reuses_the_previous_one(base_url: str) -> None:
+def test_a_chat_turn_reuses_the_previous_prompt(base_url: str) -> None:
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=API_KEY, max_retries=0)
     messages = [
         {"role": "system", "content": rules(uuid.uuid4().hex)},
@@ -50,10 +50,10 @@ def test_a_chat_turn_reuses_the_previous_one(base_url: str) -> None:
         {"role": "user", "content": "And orders of 12 items?"},
     ]
     second = chat(client, messages)
-    # All of the first prompt at least (and the answer, as far as its tokens
-    # come back the same through the chat template).
+    # All of the first prompt, which the second starts with; the answer after it
+    # is written again (its KV came from decode steps: never shared).
     cached = second.usage.prompt_tokens_details.cached_tokens
-    assert first.usage.prompt_tokens <= cached < second.usage.prompt_tokens
+    assert cached == first.usage.prompt_tokens < second.usage.prompt_tokens
     # The guide's route reports it too: the same request again is all cached
     # but its last two tokens.
     reply = requests.post(
