@@ -103,7 +103,8 @@ async def test_leaving_the_loop_cancels_the_call(client: AsyncTigerClient) -> No
 
 def test_sync_client(backend: Process) -> None:
     with TigerClient(f"127.0.0.1:{backend.port}", api_key=API_KEY) as tiger:
-        answer = tiger.complete("hi", model=TINY_MODEL_ID, max_tokens=4)
+        # Seeded: the random model's end of turn (p ~ 2e-5 a token) cannot cut it.
+        answer = tiger.complete("hi", model=TINY_MODEL_ID, max_tokens=4, seed=1)
         assert answer.usage.output_tokens == 4 and answer.stop_reason == "max_tokens"
         assert TINY_MODEL_ID in [m.id for m in tiger.models()]
 
@@ -117,8 +118,18 @@ def test_cli_generate_models_and_errors(
         if transport == "grpc"
         else ["--http", base_url]
     )
+    # Seeded: the random model's end of turn (p ~ 2e-5 a token) cannot cut it.
     out = run_cli(
-        *where, "generate", "hi", "--model", TINY_MODEL_ID, "--max-tokens", "5", "-v"
+        *where,
+        "generate",
+        "hi",
+        "--model",
+        TINY_MODEL_ID,
+        "--max-tokens",
+        "5",
+        "--seed",
+        "1",
+        "-v",
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() and "max_tokens, 5 tokens" in out.stderr
