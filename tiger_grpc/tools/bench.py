@@ -8,7 +8,9 @@ concurrent streams (the baselines generate one request at a time). Then the chat
 scenario (`bench_chat`): a multi-turn conversation's time to first token per turn
 with the prefix cache, without it, and on llama.cpp's server (`--llama-server
 PATH`). Then quality (`bench_quality`): every precision's top-1 agreement, KL
-divergence and perplexity against the fp32 export on a held-out text. Writes
+divergence and perplexity against the fp32 export on a held-out text. Then (not
+with `--quick`) the 1B scale (`bench_scale`): a random 1.07B Llama's decode speed,
+against llama.cpp's Q4_0 of the same weights with `--llama-server`. Writes
 bench.json, bench.md and bench.png, and prints the tables and the target ratios.
 """
 
@@ -41,6 +43,9 @@ from .bench_quality import markdown as quality_markdown
 from .bench_quality import measure as measure_quality
 from .bench_quality import targets as quality_targets
 from .bench_report import chart, chat_markdown, chat_targets, markdown, targets
+from .bench_scale import markdown as scale_markdown
+from .bench_scale import measure as measure_scale
+from .bench_scale import targets as scale_targets
 from .bench_stats import PROMPTS, Level, messages, timed
 
 LEVELS = [1, 4, 8, 16]
@@ -273,7 +278,11 @@ def main() -> None:
     chat_rows = chat(args)
     print("  quality of every precision against fp32...", file=sys.stderr)
     quality_rows = measure_quality(default_home(), 512 if args.quick else None)
-    _write(args, rows, chat_rows, quality_rows)
+    scale_rows = []
+    if not args.quick:
+        print("  a 1B model, Tiger against llama.cpp...", file=sys.stderr)
+        scale_rows = measure_scale(default_home(), args.llama_server)
+    _write(args, rows, chat_rows, quality_rows, scale_rows)
 
 
 def _write(
@@ -281,6 +290,7 @@ def _write(
     rows: list[dict[str, Any]],
     chat_rows: list[dict[str, Any]],
     quality_rows: list[dict[str, Any]],
+    scale_rows: list[dict[str, Any]],
 ) -> None:
     """bench.json, bench.md and bench.png under `args.out`; the tables printed."""
     meta = {
@@ -298,19 +308,26 @@ def _write(
     ]
     met += [
         {"target": n, "measured": v, "wanted": w, "met": m}
-        for n, v, w, m in [*chat_targets(chat_rows), *quality_targets(quality_rows)]
+        for n, v, w, m in [
+            *chat_targets(chat_rows),
+            *quality_targets(quality_rows),
+            *scale_targets(scale_rows),
+        ]
     ]
     report = {
         "meta": meta,
         "results": rows,
         "chat": chat_rows,
         "quality": quality_rows,
+        "scale": scale_rows,
         "targets": met,
     }
     (args.out / "bench.json").write_text(json.dumps(report, indent=2))
-    table = "\n".join(
-        [markdown(rows, meta), chat_markdown(chat_rows), quality_markdown(quality_rows)]
-    )
+    tables = [markdown(rows, meta), chat_markdown(chat_rows)]
+    tables.append(quality_markdown(quality_rows))
+    if scale_rows:
+        tables.append(scale_markdown(scale_rows))
+    table = "\n".join(tables)
     (args.out / "bench.md").write_text(table)
     chart(rows, args.out / "bench.png")
     print(table)

@@ -196,15 +196,18 @@ def served(home: Path, **env: str) -> Iterator[tuple[str, int]]:
 
 
 @contextlib.contextmanager
-def llama_server(binary: Path) -> Iterator[str]:
-    """llama.cpp's server on the embedded model's GGUF; yields its URL."""
+def llama_server(
+    binary: Path, gguf: Path | None = None, slots: int = 4, context: int = 16384
+) -> Iterator[str]:
+    """llama.cpp's server (2 threads) on a GGUF, the embedded model's unless
+    given; yields its URL."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "LD_LIBRARY_PATH": str(binary.parent)}
-    args = [str(binary), "-m", str(find_gguf()), "-t", "2", "-np", "4", "-c",
-            "16384", "--host", "127.0.0.1", "--port", str(port), "--api-key",
-            API_KEY]  # fmt: skip
+    args = [str(binary), "-m", str(gguf or find_gguf()), "-t", "2", "-np",
+            str(slots), "-c", str(context), "--host", "127.0.0.1", "--port",
+            str(port), "--api-key", API_KEY]  # fmt: skip
     log = Path(tempfile.mkdtemp(prefix="tiger-bench-llama-")) / "llama-server.log"
     with log.open("wb") as out:
         popen = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)

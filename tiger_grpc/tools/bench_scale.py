@@ -1,0 +1,231 @@
+"""`make bench`'s 1B section: decode speed where the weights dominate.
+
+The embedded 135M model's lead over llama.cpp comes partly from per-token
+overheads that fade as models grow. So a random-weight 1.07B Llama (hidden 2048,
+16 layers, 32/8 heads, SmolLM2's tokenizer, tied embedding; speed does not
+depend on the values) is kept under `$TIGER_HOME/bench/llama-1b`, and Tiger's
+engine decodes it in-process, one sequence and eight at once, three runs each
+(min, median, max: the spread is part of the result). Tiger's int4 graph is
+built with ORT's quantizer.
+
+With `--llama-server PATH`, llama.cpp's side runs too. The checkpoint goes
+through llama.cpp's own `convert_hf_to_gguf.py` (from the sources above the
+binary's `build/bin`; it needs `sentencepiece` importable) and `llama-quantize
+Q4_0`. Tiger then also builds its graph from that file's Q4_0 blocks, the same
+weights as llama.cpp's. `llama-server` (2 threads, 8 slots) decodes one stream
+(its own `predicted_per_second`) and eight concurrent ones (their tokens over the
+wall clock).
+
+`python -m tiger_grpc.tools.bench_scale [--llama-server PATH]` runs it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import DEFAULT_MODEL_ID, Device, default_home
+from ..engine.fused import FusedCausalLM
+from ..models.embedded import ensure_default_model
+from ..models.pipeline import build_graph
+from ..models.store import HF_DIR, ModelStore
+from .bench_chat import API_KEY, llama_server
+from .bench_report import target_lines
+
+SHAPE = {
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 8192,
+    "rope_theta": 100000.0,
+    "tie_word_embeddings": True,
+}
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
+STEPS, RUNS, STREAMS = 48, 3, 8
+PROMPT = [504, 3777, 253, 655, 28, 1345, 30, 216]  # token ids (llama.cpp takes them)
+TIGER_ORT = "Tiger int4 (ORT's quantizer)"
+TIGER_Q4_0 = "Tiger int4 (the GGUF's Q4_0 blocks)"
+LLAMA_Q4_0 = "llama.cpp Q4_0 (llama-server)"
+
+
+def checkpoint(home: Path) -> Path:
+    """The random 1B checkpoint (bf16 safetensors, made once); its HF directory."""
+    root = home / "bench" / "llama-1b"
+    hf = root / HF_DIR
+    if (hf / "model.safetensors").is_file():
+        return hf
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    store = ModelStore(home)
+    ensure_default_model(store, "int4")
+    tokenizer_dir = store.path(DEFAULT_MODEL_ID) / HF_DIR
+    config = LlamaConfig(vocab_size=49152, bos_token_id=1, eos_token_id=2, **SHAPE)
+    torch.manual_seed(0)
+    scratch = root / "scratch"
+    shutil.rmtree(scratch, ignore_errors=True)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(scratch)
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            shutil.copy(tokenizer_dir / name, scratch / name)
+    shutil.rmtree(hf, ignore_errors=True)
+    scratch.rename(hf)
+    return hf
+
+
+def tiger_speed(graph: Path) -> dict[str, list[float]]:
+    """Tokens/s of one sequence and of `STREAMS` at once, `RUNS` runs each."""
+    model = FusedCausalLM(graph, Device.CPU, STREAMS, 1024)
+    for row in range(STREAMS):
+        model.prefill(row, PROMPT)
+    speeds: dict[str, list[float]] = {"one": [], "eight": []}
+    for key, rows in (("one", 1), ("eight", STREAMS)):
+        for _ in range(RUNS):
+            started = time.perf_counter()
+            for i in range(STEPS):
+                model.decode([PROMPT[i % len(PROMPT)]] * rows, [len(PROMPT) + i] * rows)
+            speeds[key].append(rows * STEPS / (time.perf_counter() - started))
+    return speeds
+
+
+def llama_gguf(binary: Path, hf: Path) -> Path:
+    """The checkpoint as llama.cpp's Q4_0 (converted and quantized once)."""
+    q4 = hf.parent / "q4_0.gguf"
+    if q4.is_file():
+        return q4
+    sources = binary.resolve().parents[2]
+    f16 = hf.parent / "f16.gguf"
+    convert = [sys.executable, str(sources / "convert_hf_to_gguf.py"), str(hf)]
+    paths = [str(sources / "gguf-py"), os.environ.get("PYTHONPATH", "")]
+    subprocess.run(
+        [*convert, "--outfile", str(f16), "--outtype", "f16"],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)},
+    )
+    quantize = binary.parent / "llama-quantize"
+    subprocess.run(
+        [str(quantize), str(f16), str(q4), "Q4_0", "2"],
+        check=True,
+        capture_output=True,
+    )
+    f16.unlink()
+    return q4
+
+
+def llama_speed(binary: Path, gguf: Path) -> dict[str, list[float]]:
+    speeds: dict[str, list[float]] = {"one": [], "eight": []}
+    with llama_server(binary, gguf, slots=STREAMS, context=8192) as url:
+
+        def complete(shift: int) -> dict[str, Any]:
+            body = {
+                "prompt": [PROMPT[0] + shift, *PROMPT[1:]],
+                "n_predict": STEPS,
+                "temperature": 0,
+                "ignore_eos": True,
+                "cache_prompt": False,
+            }
+            request = urllib.request.Request(
+                f"{url}/completion",
+                json.dumps(body).encode(),
+                {
+                    "Content-Type": "application/json",
+                    "Authorization": f"Bearer {API_KEY}",
+                },
+            )
+            with urllib.request.urlopen(request, timeout=300) as reply:
+                return dict(json.load(reply)["timings"])
+
+        for _ in range(RUNS):
+            speeds["one"].append(float(complete(0)["predicted_per_second"]))
+        with ThreadPoolExecutor(STREAMS) as pool:
+            for _ in range(RUNS):
+                started = time.perf_counter()
+                done = list(pool.map(complete, range(STREAMS)))
+                tokens = sum(t["predicted_n"] for t in done)
+                speeds["eight"].append(tokens / (time.perf_counter() - started))
+    return speeds
+
+
+def measure(home: Path, llama: Path | None = None) -> list[dict[str, Any]]:
+    hf = checkpoint(home)
+    out = hf.parent
+    rows = []
+    if not (out / "int4-ort" / "model.onnx").is_file():
+        build_graph(hf, out / "int4-ort", "int4")
+    rows.append({"engine": TIGER_ORT, **tiger_speed(out / "int4-ort" / "model.onnx")})
+    if llama is not None:
+        try:
+            gguf = llama_gguf(llama, hf)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            detail = (getattr(exc, "stderr", b"") or b"").decode(errors="replace")
+            reason = (detail.strip().splitlines() or [str(exc)])[-1]
+            print(f"  llama.cpp side skipped: {reason}", file=sys.stderr)
+            return rows
+        if not (out / "int4-q4_0" / "model.onnx").is_file():
+            build_graph(hf, out / "int4-q4_0", "int4", gguf=gguf)
+        graph = out / "int4-q4_0" / "model.onnx"
+        rows.append({"engine": TIGER_Q4_0, **tiger_speed(graph)})
+        rows.append({"engine": LLAMA_Q4_0, **llama_speed(llama, gguf)})
+    return rows
+
+
+def _spread(values: list[float]) -> str:
+    low, mid, high = np.min(values), np.median(values), np.max(values)
+    return f"{mid:.1f} ({low:.1f}-{high:.1f})"
+
+
+def targets(rows: list[dict[str, Any]]) -> list[tuple[str, float, str, bool]]:
+    by = {r["engine"]: r for r in rows}
+    tiger, llama = by.get(TIGER_Q4_0), by.get(LLAMA_Q4_0)
+    if tiger is None or llama is None:
+        return []
+    one = float(np.median(tiger["one"]) / np.median(llama["one"]))
+    eight = float(np.median(tiger["eight"]) / np.median(llama["eight"]))
+    return [
+        ("1B one stream: Tiger / llama.cpp Q4_0", one, ">= 1.0", one >= 1.0),
+        ("1B aggregate at 8: Tiger / llama.cpp Q4_0", eight, ">= 1.3", eight >= 1.3),
+    ]
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "1B scale: a random-weight 1.07B Llama, greedy decode tokens/s, median "
+        f"(min-max) of {RUNS} runs; Tiger's engine in-process, llama.cpp's server",
+        "",
+        "| engine | one stream | aggregate at 8 |",
+        "|---|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['engine']} | {_spread(r['one'])} | {_spread(r['eight'])} |")
+    found = targets(rows)
+    return "\n".join([*lines, *(target_lines(found) if found else [])]) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="tiger-bench-scale", description=__doc__)
+    parser.add_argument("--llama-server", type=Path, default=None)
+    args = parser.parse_args()
+    print(markdown(measure(default_home(), args.llama_server)))
+
+
+if __name__ == "__main__":
+    main()
