@@ -28,7 +28,6 @@ from tiger_grpc.api.params import (
     MAX_STOP_SEQUENCE_CHARS,
     MAX_STOP_SEQUENCES,
     MAX_TOKENS_LIMIT,
-    MAX_TOP_LOGPROBS,
     MESSAGES,
     MODEL_ID,
     PENALTY,
@@ -38,6 +37,7 @@ from tiger_grpc.api.params import (
     STRING,
     TEMPERATURE,
     TOP_K,
+    TOP_LOGPROBS,
     GenerateParams,
     RequestModel,
     fail_at,
@@ -252,10 +252,7 @@ class ChatCompletionRequest(_Sampling):
     max_tokens: Annotated[int, TOKENS] | None = None
     max_completion_tokens: Annotated[int, TOKENS] | None = None
     logprobs: Annotated[bool, BOOLEAN] = False
-    top_logprobs: (
-        Annotated[int, integer(0, MAX_TOP_LOGPROBS, f"from 0 to {MAX_TOP_LOGPROBS}")]
-        | None
-    ) = None
+    top_logprobs: Annotated[int, TOP_LOGPROBS] | None = None
 
     @model_validator(mode="after")
     def _top_needs_logprobs(self) -> ChatCompletionRequest:
@@ -325,10 +322,7 @@ class CompletionRequest(_Sampling):
         int, integer(0, MAX_TOKENS_LIMIT, f"from 0 to {MAX_TOKENS_LIMIT}")
     ] = DEFAULT_COMPLETION_TOKENS
     echo: Annotated[bool, BOOLEAN] = False
-    logprobs: (
-        Annotated[int, integer(0, MAX_TOP_LOGPROBS, f"from 0 to {MAX_TOP_LOGPROBS}")]
-        | None
-    ) = None
+    logprobs: Annotated[int, TOP_LOGPROBS] | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -154,6 +154,7 @@ TEMPERATURE = number(
     MAX_TEMPERATURE,
 )
 TOP_K = integer(0, INT32_MAX, f"from 0 (off) to {INT32_MAX}")
+TOP_LOGPROBS = integer(0, MAX_TOP_LOGPROBS, f"from 0 to {MAX_TOP_LOGPROBS}")
 
 
 class GuideParams(RequestModel):
@@ -194,9 +195,7 @@ class GenerateParams(GuideParams):
     prompt: Annotated[str, STRING] | None = None
     n: Annotated[int, integer(1, MAX_CHOICES, f"from 1 to {MAX_CHOICES}")] = 1
     logprobs: Annotated[bool, BOOLEAN] = False
-    top_logprobs: Annotated[
-        int, integer(0, MAX_TOP_LOGPROBS, f"from 0 to {MAX_TOP_LOGPROBS}")
-    ] = 0
+    top_logprobs: Annotated[int, TOP_LOGPROBS] = 0
     prompt_logprobs: Annotated[bool, BOOLEAN] = False
     frequency_penalty: Annotated[float, PENALTY] = 0.0
     presence_penalty: Annotated[float, PENALTY] = 0.0

@@ -168,7 +168,7 @@ class BatchScheduler:
             self._prefilled = self._claim(slot, s)
         end = self._chunk_end(s)
         try:
-            self.model.ensure_capacity(end, self._live_rows())
+            self._make_room(end)
             logits = self.model.prefill(slot, s.prompt_ids[:end], self._prefilled)
         except Exception:
             log.exception("prefill failed")
@@ -223,6 +223,12 @@ class BatchScheduler:
         s = self._running[i]
         return [] if s.score_prompt else s.prompt_ids[: self._lengths[i]]
 
+    def _make_room(self, length: int) -> None:
+        """Grows the cache for `length` positions when it must, keeping the live
+        rows (worked out only then: not on every step)."""
+        if length > self.model.capacity:
+            self.model.ensure_capacity(length, self._live_rows())
+
     def _live_rows(self) -> dict[int, int]:
         """The cache rows whose contents matter, and how many positions of each:
         the batch, the prompt being written and the kept prefixes."""
@@ -234,7 +240,7 @@ class BatchScheduler:
     def _decode(self) -> None:
         forcing = [s.forcing for s in self._running]
         tokens = [s.next_input() for s in self._running]
-        self.model.ensure_capacity(max(self._lengths) + 1, self._live_rows())
+        self._make_room(max(self._lengths) + 1)
         logits = self.model.decode(tokens, self._lengths)
         self.steps += 1
         for i, s in enumerate(self._running):
