@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from aiohttp import web
 
 from tiger_grpc.api.errors import InvalidArgumentError
-from tiger_grpc.api.events import Delta, Stop
+from tiger_grpc.api.events import Delta, Stop, StopReason
+from tiger_grpc.api.toolcalls import CallStart, Content, Piece, ToolCallReader
 from tiger_grpc.api.wire import params_to_pb
 
 from ..auth import Reject, call_metadata
@@ -28,6 +30,10 @@ from .objects import (
     ChunkDelta,
     CompletionUsage,
     Finish,
+    FunctionCall,
+    FunctionDelta,
+    ToolCall,
+    ToolCallDelta,
 )
 from .protocol import ChatCompletionRequest
 from .serve import serve
@@ -37,7 +43,9 @@ log = logging.getLogger(__name__)
 
 
 class ChatShaper(ChunkMaker):
-    """Builds the chunks (streaming) and the final object (not) of one answer."""
+    """Builds the chunks (streaming) and the final object (not) of one answer.
+    When tools are offered, each choice's text is read for calls (`ToolCallReader`):
+    they go out as `tool_calls`, the rest as content."""
 
     chunk_kind = ChatCompletionChunk
 
@@ -45,7 +53,11 @@ class ChatShaper(ChunkMaker):
         self.reply = Reply("chatcmpl", model)
         self.logprobs = body.logprobs
         self.include_usage = body.include_usage
+        self.readers = [
+            ToolCallReader() if body.offers_tools else None for _ in range(body.n)
+        ]
         self.texts: list[list[str]] = [[] for _ in range(body.n)]
+        self.calls: list[list[list[str]]] = [[] for _ in range(body.n)]
         self.tokens: list[list[Any]] = [[] for _ in range(body.n)]
         self.finish: list[Finish | None] = [None] * body.n
         self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
@@ -59,18 +71,52 @@ class ChatShaper(ChunkMaker):
 
     def on_event(self, position: int, event: Any) -> list[dict[str, Any]]:
         if isinstance(event, Delta):
-            self.texts[event.index].append(event.text)
-            self.tokens[event.index].extend(event.logprobs)
+            i = event.index
+            self.tokens[i].extend(event.logprobs)
+            reader, text = self.readers[i], event.text
+            pieces = [Content(text)] if reader is None else reader.feed(text)
+            deltas = self._deltas(i, pieces)
             logprobs = chat_logprobs(event.logprobs) if self.logprobs else None
-            return [self._chunk(event.index, ChunkDelta(content=event.text), logprobs)]
+            if logprobs is not None and not deltas:
+                deltas = [ChunkDelta()]  # the tokens' log-probabilities are owed
+            return [
+                self._chunk(i, delta, logprobs if k == 0 else None)
+                for k, delta in enumerate(deltas)
+            ]
         if isinstance(event, Stop):
-            finish = self.finish[event.index] = FINISH[event.stop_reason]
+            i = event.index
+            reader = self.readers[i]
+            tail = self._deltas(i, reader.finish() if reader is not None else [])
+            finish = FINISH[event.stop_reason]
+            if self.calls[i] and event.stop_reason is StopReason.END_TURN:
+                finish = "tool_calls"
+            self.finish[i] = finish
             self.prompt_tokens = event.usage.input_tokens
             self.completion_tokens += event.usage.output_tokens
-            if event.index == 0:  # the prompt is counted once, with its first choice
+            if i == 0:  # the prompt is counted once, with its first choice
                 self.cached_tokens = event.usage.cached_tokens
-            return [self._chunk(event.index, ChunkDelta(), finish=finish)]
+            last = self._chunk(i, ChunkDelta(), finish=finish)
+            return [*(self._chunk(i, delta) for delta in tail), last]
         return []
+
+    def _deltas(self, i: int, pieces: list[Piece]) -> list[ChunkDelta]:
+        """Choice `i`'s pieces as deltas (recorded for the final object too)."""
+        deltas = []
+        for piece in pieces:
+            if isinstance(piece, Content):
+                if piece.text:
+                    self.texts[i].append(piece.text)
+                    deltas.append(ChunkDelta(content=piece.text))
+            elif isinstance(piece, CallStart):
+                call_id = f"call_{uuid.uuid4().hex[:24]}"
+                self.calls[i].append([call_id, piece.name, ""])
+                function = FunctionDelta(name=piece.name, arguments="")
+                deltas.append(_call_delta(piece.index, function, call_id))
+            else:
+                self.calls[i][piece.index][2] += piece.text
+                function = FunctionDelta(arguments=piece.text)
+                deltas.append(_call_delta(piece.index, function))
+        return deltas
 
     def _chunk(
         self,
@@ -87,11 +133,21 @@ class ChatShaper(ChunkMaker):
     def _usage(self) -> CompletionUsage:
         return usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
 
+    def _message(self, i: int) -> AssistantMessage:
+        content = "".join(self.texts[i])
+        if not self.calls[i]:
+            return AssistantMessage(content=content)
+        calls = [
+            ToolCall(id=call_id, function=FunctionCall(name=name, arguments=arguments))
+            for call_id, name, arguments in self.calls[i]
+        ]
+        return AssistantMessage(content=content or None, tool_calls=calls)
+
     def final(self) -> dict[str, Any]:
         choices = [
             ChatChoice(
                 index=i,
-                message=AssistantMessage(content="".join(self.texts[i])),
+                message=self._message(i),
                 logprobs=chat_logprobs(self.tokens[i]) if self.logprobs else None,
                 finish_reason=self.finish[i],
             )
@@ -100,6 +156,17 @@ class ChatShaper(ChunkMaker):
         return ChatCompletion(
             **self.reply.fields(), choices=choices, usage=self._usage()
         ).dump()
+
+
+def _call_delta(
+    index: int, function: FunctionDelta, call_id: str | None = None
+) -> ChunkDelta:
+    """A delta of tool call `index`: its first (id, type and name) or a fragment
+    of its arguments."""
+    if call_id is None:
+        return ChunkDelta(tool_calls=[ToolCallDelta(index=index, function=function)])
+    call = ToolCallDelta(index=index, id=call_id, type="function", function=function)
+    return ChunkDelta(tool_calls=[call])
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-Finish = Literal["stop", "length"]
+Finish = Literal["stop", "length", "tool_calls"]
 
 
 class _Object(BaseModel):
@@ -53,9 +53,21 @@ class CompletionUsage(_Object):
     prompt_tokens_details: PromptTokensDetails
 
 
+class FunctionCall(_Object):
+    name: str
+    arguments: str  # a JSON object, as text
+
+
+class ToolCall(_Object):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(_Object):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None  # null when the answer is tool calls only
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(_Object):
@@ -74,9 +86,22 @@ class ChatCompletion(_Object):
     usage: CompletionUsage
 
 
+class FunctionDelta(_Object):
+    name: str | None = None  # on a call's first chunk
+    arguments: str | None = None  # fragments, to be joined
+
+
+class ToolCallDelta(_Object):
+    index: int
+    id: str | None = None  # on a call's first chunk, with `type` and the name
+    type: Literal["function"] | None = None
+    function: FunctionDelta | None = None
+
+
 class ChunkDelta(_Object):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(_Object):

@@ -2,16 +2,17 @@
 the field, which becomes the error's `param`), the OpenAPI schemas, and the
 translation to Tiger's `GenerateParams`.
 
-Supported: chat completions (`messages` with string or text-part content;
-`max_tokens`/`max_completion_tokens`, `temperature`, `top_p`, `seed`, `stop`, `n`,
-`logprobs` + `top_logprobs`, `stream` + `stream_options.include_usage`, `user`,
-`frequency_penalty`, `presence_penalty`, and `top_k` and `cache_salt` as
-extensions) and legacy completions (`prompt` as a string or a list of strings,
-the same sampling fields, `echo`, integer `logprobs`). Refused with a 400 naming
-the field, never ignored: tools (`tool_choice` other than none/auto) and tool
-messages, `response_format` other than text, `logit_bias`, `suffix`, `best_of`
-other than `n`, token-id prompts and non-text content parts. Other unknown fields
-are ignored, as OpenAI does.
+Supported: chat completions (`messages` with string or text-part content, an
+assistant's `tool_calls` and `tool` messages; `max_tokens`/`max_completion_tokens`,
+`temperature`, `top_p`, `seed`, `stop`, `n`, `logprobs` + `top_logprobs`, `stream`
++ `stream_options.include_usage`, `user`, `frequency_penalty`,
+`presence_penalty`, `response_format`, `tools`, `tool_choice`,
+`parallel_tool_calls`, and `top_k` and `cache_salt` as extensions) and legacy
+completions (`prompt` as a string or a list of strings, the same sampling fields
+and `response_format`, `echo`, integer `logprobs`). Refused with a 400 naming the
+field, never ignored: the deprecated `functions` and `function_call`,
+`logit_bias`, `suffix`, `best_of` other than `n`, token-id prompts and non-text
+content parts. Other unknown fields are ignored, as OpenAI does.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import ConfigDict, model_validator
 
-from tiger_grpc.api.fields import Rule, fail, integer
+from tiger_grpc.api.fields import Rule, integer
+from tiger_grpc.api.formats import TOOL_CHOICE, ResponseFormat
 from tiger_grpc.api.params import (
     BOOLEAN,
     CACHE_SALT,
@@ -44,8 +46,8 @@ from tiger_grpc.api.params import (
     validated,
 )
 
-ROLES = {"system": "system", "developer": "system", "user": "user"}
-ROLES["assistant"] = "assistant"
+from .messages import OpenAIMessage, OpenAITool, named_choice
+
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for legacy completions
 MAX_PROMPTS = 16
 # OpenAI's seed is a signed 64-bit integer; Tiger's is unsigned, so a negative
@@ -53,44 +55,6 @@ MAX_PROMPTS = 16
 SEED = integer(-(2**63), SEED_MAX, "from -2**63 to 2**64 - 1")
 
 
-def _text_of(value: Any) -> Any:
-    """Message content: a string, or text parts (joined with newlines, as vLLM
-    does); anything else is refused by name."""
-    if not isinstance(value, list):
-        return value  # a string, or what the kind check will refuse
-    texts = []
-    for i, part in enumerate(value):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind != "text" or not isinstance(part.get("text"), str):
-            raise fail_at(
-                "content",
-                f"must be a string or an array of text parts; part {i} is not "
-                "{type: text, text: string} (only text is supported)",
-            )
-        texts.append(part["text"])
-    return "\n".join(texts)
-
-
-CONTENT = Rule(
-    "string",
-    expected="a string or an array of text parts",
-    schema={
-        "anyOf": [
-            {"type": "string"},
-            {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["type", "text"],
-                    "properties": {
-                        "type": {"const": "text"},
-                        "text": {"type": "string"},
-                    },
-                },
-            },
-        ]
-    },
-)
 STOP = Rule(
     "string or strings",
     expected="a string or an array of strings",
@@ -101,31 +65,6 @@ STOP = Rule(
     schema={"anyOf": [STOP_SEQUENCES.schema["items"], STOP_SEQUENCES.schema]},
 )
 TOKENS = integer(1, MAX_TOKENS_LIMIT, f"from 1 to {MAX_TOKENS_LIMIT}")
-
-
-class OpenAIMessage(RequestModel):
-    expected: ClassVar[str] = "an object with `role` and `content`"
-
-    role: Annotated[
-        str,
-        Rule(
-            "string",
-            ok=lambda v: v in ROLES,
-            message="must be one of system, developer, user, assistant, got "
-            "{value} (tool messages come with tool calling, not yet supported)",
-            schema={"type": "string", "enum": list(ROLES)},
-        ),
-    ]
-    content: Annotated[str, CONTENT]
-
-    @model_validator(mode="before")
-    @classmethod
-    def _content_text(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "content" in data:
-            data = {**data, "content": _text_of(data["content"])}
-        if isinstance(data, dict) and data.get("tool_calls"):
-            raise fail("has `tool_calls`: tool calling is not supported yet")
-        return data
 
 
 class StreamOptions(RequestModel):
@@ -144,21 +83,9 @@ def _schema(extra: dict[str, Any]) -> Any:
 
 
 REFUSED = {
-    "tools": {"type": ["array", "null"], "maxItems": 0},
     "functions": {"type": ["array", "null"], "maxItems": 0},
-    "tool_choice": {"enum": ["none", "auto", None]},
+    "function_call": {"type": "null"},
     "logit_bias": {"type": ["object", "null"], "maxProperties": 0},
-    "response_format": {
-        "anyOf": [
-            {"type": "null"},
-            {
-                "type": "object",
-                "required": ["type"],
-                "properties": {"type": {"const": "text"}},
-                "additionalProperties": False,
-            },
-        ]
-    },
 }
 
 
@@ -189,6 +116,8 @@ class _Sampling(RequestModel):
     presence_penalty: Annotated[float, PENALTY] = 0.0
     user: Annotated[str, STRING] | None = None  # accepted, logged
     cache_salt: Annotated[str, CACHE_SALT] = ""  # an extension, as vLLM's
+    # json_object, json_schema, and Tiger's regex and choice (text: free).
+    response_format: ResponseFormat | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -198,13 +127,9 @@ class _Sampling(RequestModel):
             return data
         if data.get("logit_bias"):
             raise _at("logit_bias", "is not supported")
-        if data.get("tools") or data.get("functions"):
-            raise _at("tools", "are not supported yet (tool calling)")
-        if data.get("tool_choice") not in (None, "none", "auto"):
-            raise _at("tool_choice", "is not supported yet (tool calling)")
-        response_format = data.get("response_format")
-        if response_format not in (None, {"type": "text"}):
-            raise _at("response_format", "other than {type: text} is not supported yet")
+        for old in ("functions", "function_call"):
+            if data.get(old) is not None:
+                raise _at(old, "is deprecated and not supported: use `tools`")
         return data
 
     @property
@@ -224,6 +149,7 @@ class _Sampling(RequestModel):
             "presence_penalty": self.presence_penalty,
             "stream": self.stream,
             "cache_salt": self.cache_salt,
+            "response_format": self.response_format,
         }
 
 
@@ -253,6 +179,20 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: Annotated[int, TOKENS] | None = None
     logprobs: Annotated[bool, BOOLEAN] = False
     top_logprobs: Annotated[int, TOP_LOGPROBS] | None = None
+    tools: tuple[OpenAITool, ...] = ()
+    # none, auto (the default), required, or {type: function, function: {name}}.
+    tool_choice: Annotated[str, TOOL_CHOICE] | None = None
+    tool_function: Annotated[str, STRING] | None = None  # from a named choice
+    parallel_tool_calls: Annotated[bool, BOOLEAN] = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tool_choice(cls, data: Any) -> Any:
+        return named_choice(data) if isinstance(data, dict) else data
+
+    @property
+    def offers_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice != "none"
 
     @model_validator(mode="after")
     def _top_needs_logprobs(self) -> ChatCompletionRequest:
@@ -262,15 +202,26 @@ class ChatCompletionRequest(_Sampling):
 
     def params(self) -> GenerateParams:
         """Tiger's params for this request."""
-        turns = [{"role": ROLES[m.role], "content": m.content} for m in self.messages]
         return validated(
             GenerateParams,
             {
                 **self._common(),
-                "messages": turns,
+                "messages": [m.turn() for m in self.messages],
                 "max_tokens": self.max_completion_tokens or self.max_tokens,
                 "logprobs": self.logprobs,
                 "top_logprobs": self.top_logprobs or 0,
+                "tools": [
+                    {
+                        "name": t.function.name,
+                        "description": t.function.description,
+                        "parameters": t.function.parameters,
+                        "strict": t.function.strict,
+                    }
+                    for t in self.tools
+                ],
+                "tool_choice": self.tool_choice or "auto",
+                "tool_function": self.tool_function,
+                "parallel_tool_calls": self.parallel_tool_calls,
             },
         )
 

@@ -132,9 +132,29 @@ async def test_a_failure_mid_stream_is_one_error_event(gateway) -> None:
         (
             {**CHAT, "messages": [{"role": "tool", "content": "x"}]},
             400,
+            "messages[0].tool_call_id",
+        ),
+        (
+            {**CHAT, "messages": [{"role": "robot", "content": "x"}]},
+            400,
             "messages[0].role",
         ),
-        ({**CHAT, "response_format": {"type": "json_object"}}, 400, "response_format"),
+        ({**CHAT, "response_format": {"type": "xml"}}, 400, "response_format.type"),
+        (
+            {**CHAT, "response_format": {"type": "json_schema"}},
+            400,
+            "response_format.json_schema",
+        ),
+        ({**CHAT, "functions": [{"name": "f"}]}, 400, "functions"),
+        (
+            {
+                **CHAT,
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "g"}},
+            },
+            400,
+            "tool_choice",
+        ),
         ({**CHAT, "logit_bias": {"1": 2}}, 400, "logit_bias"),
         ({"model": "M1"}, 400, "messages"),
     ],

@@ -16,10 +16,19 @@ import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
-from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError, core_schema
+
+from .errors import InvalidArgumentError
 
 
 def fail(message: str, **context: Any) -> PydanticCustomError:
@@ -66,6 +75,7 @@ KINDS: dict[str, tuple[Callable[[Any], bool], str, Callable[[Any], Any]]] = {
         lambda v: as_float32(float(v)),
     ),
     "array": (lambda v: isinstance(v, list | tuple), "an array", lambda v: v),
+    "object": (lambda v: isinstance(v, dict), "an object", lambda v: v),
     "strings": (
         lambda v: isinstance(v, list | tuple) and all(isinstance(s, str) for s in v),
         "an array of strings",
@@ -156,3 +166,58 @@ def one_of(choices: tuple[str, ...]) -> Rule:
         message=f"must be one of {', '.join(choices)}, got {{value}}",
         schema={"type": "string", "enum": list(choices)},
     )
+
+
+class RequestModel(BaseModel):
+    """A request body's model: frozen, unknown fields ignored, and `null` the same
+    as absent (for fields that have a default). `expected` names what the body
+    must be in a message ("must be a JSON object, got array")."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    expected: ClassVar[str] = "an object"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _an_object(cls, data: Any) -> Any:
+        if isinstance(data, BaseModel):
+            return data
+        if not isinstance(data, dict):
+            raise fail(
+                "must be {expected}, got {got}",
+                expected=cls.expected,
+                got=type_name(data),
+            )
+        # `null` is absent for a field with a default; a required one says what
+        # it must be ("`model` must be a string, got null").
+        required = {n for n, field in cls.model_fields.items() if field.is_required()}
+        return {k: v for k, v in data.items() if v is not None or k in required}
+
+
+P = TypeVar("P", bound=RequestModel)
+
+
+def validated(cls: type[P], data: Any) -> P:
+    """`cls` built from `data` (a decoded JSON body, or fields from protobuf);
+    raises `InvalidArgumentError` naming the first field that is wrong."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidArgumentError(_message(exc.errors()[0])) from None
+
+
+def fail_at(field: str, message: str) -> PydanticCustomError:
+    """A model-level error that names one field: "`field` <message>"."""
+    return PydanticCustomError("tiger_at", message, {"at": field})
+
+
+def _message(error: Any) -> str:
+    path = "".join(
+        f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
+    ).lstrip(".")
+    if error["type"] == "missing":
+        return f"`{path}` is required"
+    if error["type"] == "tiger_at":  # a model's rule about one of its fields
+        path = ".".join(p for p in (path, error["ctx"]["at"]) if p)
+    if not path:
+        return f"the request body {error['msg']}"
+    return f"`{path}` {error['msg']}"

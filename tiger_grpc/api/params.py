@@ -9,15 +9,26 @@ unknown fields are ignored.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import Field, model_validator
 
-from .errors import InvalidArgumentError
-from .fields import Rule, fail, integer, number, one_of, type_name
+from .fields import (
+    RequestModel,
+    Rule,
+    fail,
+    fail_at,
+    integer,
+    number,
+    one_of,
+)
+from .fields import (
+    validated as validated,  # re-exported: the contract's entry point
+)
+from .formats import TOOL_CHOICE, ResponseFormat, Tool, ToolCall, check_tools
 
 ROLES = ("system", "user", "assistant")
+TURN_ROLES = (*ROLES, "tool")  # a generation's messages may return tool results
 METHODS = ("lora", "full")
 MAX_MODEL_ID_CHARS = 128
 MAX_TOKENS_LIMIT = 1_000_000
@@ -79,31 +90,6 @@ CACHE_SALT = Rule(
 )
 
 
-class RequestModel(BaseModel):
-    """A request body's model: frozen, unknown fields ignored, and `null` the same
-    as absent (for fields that have a default). `expected` names what the body
-    must be in a message ("must be a JSON object, got array")."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-    expected: ClassVar[str] = "an object"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _an_object(cls, data: Any) -> Any:
-        if isinstance(data, BaseModel):
-            return data
-        if not isinstance(data, dict):
-            raise fail(
-                "must be {expected}, got {got}",
-                expected=cls.expected,
-                got=type_name(data),
-            )
-        # `null` is absent for a field with a default; a required one says what
-        # it must be ("`model` must be a string, got null").
-        required = {n for n, field in cls.model_fields.items() if field.is_required()}
-        return {k: v for k, v in data.items() if v is not None or k in required}
-
-
 class ChatMessage(RequestModel):
     expected: ClassVar[str] = "an object with `role` and `content`"
 
@@ -113,6 +99,40 @@ class ChatMessage(RequestModel):
     def __init__(self, role: str | None = None, content: str | None = None, **kw: Any):
         """`ChatMessage("user", "hi")` as well as by keyword."""
         super().__init__(role=role, content=content, **kw)
+
+
+class Turn(ChatMessage):
+    """A message of a generation: besides the guide's, a `tool` message (a tool's
+    result, answering the call `tool_call_id`) and an assistant message's
+    `tool_calls` (its content may then be empty)."""
+
+    role: Annotated[str, one_of(TURN_ROLES)]
+    content: Annotated[str, STRING] = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: Annotated[str, STRING] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_message(cls, data: Any) -> Any:
+        """A guide's message is a turn too."""
+        if isinstance(data, ChatMessage) and not isinstance(data, Turn):
+            return {"role": data.role, "content": data.content}
+        return data
+
+    @classmethod
+    def of(cls, message: ChatMessage) -> Turn:
+        """A guide's message (or a training example's) as a turn."""
+        if isinstance(message, Turn):
+            return message
+        return cls(role=message.role, content=message.content)
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> Turn:
+        if self.tool_calls and self.role != "assistant":
+            raise fail_at("tool_calls", "may come only with `role: assistant`")
+        if self.role == "tool" and not self.tool_call_id:
+            raise fail_at("tool_call_id", "is required with `role: tool`")
+        return self
 
 
 MESSAGES = (
@@ -180,6 +200,8 @@ class GuideParams(RequestModel):
     seed: Annotated[int, SEED] | None = None
     # Prefix caching shares KV only between requests of the same salt.
     cache_salt: Annotated[str, CACHE_SALT] = ""
+    # Constrained decoding: the output always matches (when it ends by itself).
+    response_format: ResponseFormat | None = None
 
 
 class GenerateParams(GuideParams):
@@ -187,7 +209,7 @@ class GenerateParams(GuideParams):
     the guide's fields, what the OpenAI routes need: a raw `prompt` instead of
     `messages`, `n` choices, log-probabilities, prompt scoring, penalties."""
 
-    messages: Annotated[tuple[ChatMessage, ...], *MESSAGES] = ()
+    messages: Annotated[tuple[Turn, ...], *MESSAGES] = ()
     max_tokens: (
         Annotated[int, integer(0, MAX_TOKENS_LIMIT, f"from 0 to {MAX_TOKENS_LIMIT}")]
         | None
@@ -199,9 +221,24 @@ class GenerateParams(GuideParams):
     prompt_logprobs: Annotated[bool, BOOLEAN] = False
     frequency_penalty: Annotated[float, PENALTY] = 0.0
     presence_penalty: Annotated[float, PENALTY] = 0.0
+    # Tool calling: the functions, whether the model may (`auto`), must
+    # (`required`) or must call `tool_function` (`function`) or none of them, and
+    # whether it may make several calls in one answer.
+    tools: tuple[Tool, ...] = ()
+    tool_choice: Annotated[str, TOOL_CHOICE] = "auto"
+    tool_function: Annotated[str, STRING] | None = None
+    parallel_tool_calls: Annotated[bool, BOOLEAN] = True
+
+    @property
+    def calls_tools(self) -> bool:
+        """The model is offered tools."""
+        return bool(self.tools) and self.tool_choice != "none"
 
     @model_validator(mode="after")
     def _consistent(self) -> GenerateParams:
+        check_tools(self.tools, self.tool_choice, self.tool_function)
+        if self.tools and self.prompt is not None:
+            raise fail_at("tools", "need `messages` (a chat), not a `prompt`")
         if self.prompt is None and not self.messages:
             raise fail_at("messages", "is required (or a `prompt`)")
         if self.prompt is not None and self.messages:
@@ -297,33 +334,3 @@ class ImportParams(RequestModel):
     ]
     id: Annotated[str, NEW_MODEL_ID]
     stream: Annotated[bool, BOOLEAN] = False
-
-
-P = TypeVar("P", bound=RequestModel)
-
-
-def validated(cls: type[P], data: Any) -> P:
-    """`cls` built from `data` (a decoded JSON body, or fields from protobuf);
-    raises `InvalidArgumentError` naming the first field that is wrong."""
-    try:
-        return cls.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidArgumentError(_message(exc.errors()[0])) from None
-
-
-def fail_at(field: str, message: str) -> PydanticCustomError:
-    """A model-level error that names one field: "`field` <message>"."""
-    return PydanticCustomError("tiger_at", message, {"at": field})
-
-
-def _message(error: Any) -> str:
-    path = "".join(
-        f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
-    ).lstrip(".")
-    if error["type"] == "missing":
-        return f"`{path}` is required"
-    if error["type"] == "tiger_at":  # a model's rule about one of its fields
-        path = ".".join(p for p in (path, error["ctx"]["at"]) if p)
-    if not path:
-        return f"the request body {error['msg']}"
-    return f"`{path}` {error['msg']}"

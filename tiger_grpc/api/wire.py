@@ -5,11 +5,12 @@ here, so a field or a stop reason is mapped once. The engine never sees protobuf
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from typing import Any
 
 from ..pb.tiger.v1 import tiger_pb2 as pb
-from .errors import Status
+from .errors import InvalidArgumentError, Status
 from .events import (
     MODEL_FIELDS,
     Delta,
@@ -26,6 +27,7 @@ from .events import (
     Trained,
     Usage,
 )
+from .formats import ResponseFormat
 from .params import (
     GenerateParams,
     GuideParams,
@@ -61,11 +63,123 @@ SAMPLING_FIELDS = ("temperature", "top_p", "top_k")
 
 
 def _messages(messages: Any) -> list[pb.Message]:
-    return [pb.Message(role=m.role, content=m.content) for m in messages]
+    return [
+        pb.Message(
+            role=m.role,
+            content=m.content,
+            tool_calls=[
+                pb.ToolCall(id=c.id, name=c.name, arguments=c.arguments)
+                for c in getattr(m, "tool_calls", ())
+            ],
+            tool_call_id=getattr(m, "tool_call_id", None) or "",
+        )
+        for m in messages
+    ]
 
 
-def _turns(messages: Any) -> list[dict[str, str]]:
-    return [{"role": m.role, "content": m.content} for m in messages]
+def _turns(messages: Any) -> list[dict[str, Any]]:
+    turns: list[dict[str, Any]] = []
+    for m in messages:
+        turn: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.tool_calls:
+            turn["tool_calls"] = [
+                {"id": c.id, "name": c.name, "arguments": c.arguments}
+                for c in m.tool_calls
+            ]
+        if m.tool_call_id:
+            turn["tool_call_id"] = m.tool_call_id
+        turns.append(turn)
+    return turns
+
+
+def _format_to_pb(fmt: ResponseFormat | None) -> pb.ResponseFormat | None:
+    if fmt is None:
+        return None
+    schema = fmt.json_schema
+    return pb.ResponseFormat(
+        type=fmt.type,
+        json_schema=None
+        if schema is None
+        else pb.JsonSchema(
+            name=schema.name,
+            schema=json.dumps(schema.json_schema),
+            description=schema.description or "",
+            strict=schema.strict,
+        ),
+        regex=fmt.regex or "",
+        choice=list(fmt.choice or ()),
+    )
+
+
+def _format_from_pb(request: pb.GenerateRequest) -> dict[str, Any]:
+    """The request's format as JSON would give it ({} when unset). Schema text
+    that is no JSON is refused as the gateway refuses a body."""
+    if not request.HasField("response_format"):
+        return {}
+    fmt = request.response_format
+    value: dict[str, Any] = {"type": fmt.type or "text"}
+    if fmt.HasField("json_schema"):
+        schema = fmt.json_schema
+        value["json_schema"] = {
+            "name": schema.name,
+            "schema": _json_text(schema.schema, "response_format.json_schema.schema"),
+            "description": schema.description or None,
+            **({"strict": schema.strict} if schema.HasField("strict") else {}),
+        }
+    if fmt.regex:
+        value["regex"] = fmt.regex
+    if fmt.choice:
+        value["choice"] = list(fmt.choice)
+    return {"response_format": value}
+
+
+def _tools_from_pb(request: pb.GenerateRequest) -> dict[str, Any]:
+    if not (request.tools or request.tool_choice):
+        return {}
+    fields: dict[str, Any] = {
+        "tools": [
+            {
+                "name": t.name,
+                "description": t.description,
+                "parameters": _json_text(t.parameters, f"tools[{i}].parameters")
+                if t.parameters
+                else None,
+                **({"strict": t.strict} if t.HasField("strict") else {}),
+            }
+            for i, t in enumerate(request.tools)
+        ],
+        "tool_choice": request.tool_choice or "auto",
+        "tool_function": request.tool_function or None,
+    }
+    if request.HasField("parallel_tool_calls"):
+        fields["parallel_tool_calls"] = request.parallel_tool_calls
+    return fields
+
+
+def _tools_to_pb(params: GuideParams | GenerateParams) -> dict[str, Any]:
+    if not isinstance(params, GenerateParams) or not params.tools:
+        return {}
+    return {
+        "tools": [
+            pb.Tool(
+                name=t.name,
+                description=t.description,
+                parameters=json.dumps(t.parameters),
+                strict=t.strict,
+            )
+            for t in params.tools
+        ],
+        "tool_choice": params.tool_choice,
+        "tool_function": params.tool_function or "",
+        "parallel_tool_calls": params.parallel_tool_calls,
+    }
+
+
+def _json_text(text: str, field: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise InvalidArgumentError(f"`{field}` must be JSON text") from None
 
 
 def _set_fields(message: Any, names: tuple[str, ...]) -> dict[str, Any]:
@@ -79,6 +193,8 @@ def params_to_pb(params: GuideParams | GenerateParams) -> pb.GenerateRequest:
         model=params.model,
         messages=_messages(params.messages),
         stop_sequences=list(params.stop_sequences),
+        response_format=_format_to_pb(params.response_format),
+        **_tools_to_pb(params),
         **{
             name: value
             for name in (*GENERATION_OPTIONS, *GENERATION_PLAIN)
@@ -98,6 +214,8 @@ def params_from_pb(request: pb.GenerateRequest) -> GenerateParams:
             "stop_sequences": list(request.stop_sequences),
             **{name: getattr(request, name) for name in GENERATION_PLAIN},
             **_set_fields(request, GENERATION_OPTIONS),
+            **_format_from_pb(request),
+            **_tools_from_pb(request),
         },
     )
 

@@ -42,7 +42,8 @@ class ChatTokenizer:
         names = {*self._tokens.values(), *_additional(directory, config)}
         found = (self.backend_tokenizer.token_to_id(n) for n in names if n)
         self.all_special_ids = sorted({i for i in found if i is not None})
-        self._template = _compile(_template_source(directory, config))
+        self.chat_template_source = _template_source(directory, config)
+        self._template = _compile(self.chat_template_source)
 
     def __len__(self) -> int:
         return int(self.backend_tokenizer.get_vocab_size(with_added_tokens=True))
@@ -72,15 +73,17 @@ class ChatTokenizer:
 
     def apply_chat_template(
         self,
-        conversation: list[Mapping[str, str]],
+        conversation: list[Mapping[str, Any]],
         add_generation_prompt: bool = False,
         tokenize: bool = True,
+        tools: list[dict[str, Any]] | None = None,
     ) -> Any:
         if self._template is None:
             raise TemplateError("the model has no chat template")
         text = self._template.render(
             messages=conversation,
             add_generation_prompt=add_generation_prompt,
+            **({"tools": tools} if tools else {}),
             **self._tokens,
         )
         return self.encode(text, add_special_tokens=False) if tokenize else text

@@ -12,21 +12,29 @@ from typing import Any
 import jinja2
 
 from ..api.errors import InvalidArgumentError
-from ..api.params import ChatMessage, GenerateParams
+from ..api.formats import Tool
+from ..api.params import ChatMessage, GenerateParams, Turn
 from .chat import TemplateError
 from .detok import IncrementalDetokenizer
+from .grammar import Constraint
 from .sampling import Sampler, SamplingParams
 from .sequence import Sequence
 from .stopping import StopSequenceMatcher, TokenStopper
 from .tokens import TokenTexts
+from .toolprompt import knows_tools, template_turns, tool_schema
 
 
-def render_prompt(tokenizer: Any, messages: Seq[ChatMessage]) -> list[int]:
-    """The prompt's token ids, through the model's own chat template."""
-    turns = [{"role": m.role, "content": m.content} for m in messages]
+def render_prompt(
+    tokenizer: Any, messages: Seq[ChatMessage], tools: Seq[Tool] = ()
+) -> list[int]:
+    """The prompt's token ids, through the model's own chat template (with the
+    `tools` offered, and the turns of earlier calls: `toolprompt`)."""
+    native = knows_tools(tokenizer)
+    turns = template_turns([Turn.of(m) for m in messages], tools, native)
+    offered = {"tools": [tool_schema(t) for t in tools]} if tools and native else {}
     try:
         ids = tokenizer.apply_chat_template(
-            turns, add_generation_prompt=True, tokenize=True
+            turns, add_generation_prompt=True, tokenize=True, **offered
         )
     except (TemplateError, jinja2.TemplateError) as exc:
         raise InvalidArgumentError(
@@ -40,7 +48,8 @@ def prompt_ids(tokenizer: Any, params: GenerateParams) -> list[int]:
     tokenizer's own special tokens, such as a BOS, included), else its `messages`
     through the chat template."""
     if params.prompt is None:
-        return render_prompt(tokenizer, params.messages)
+        offered = params.tools if params.calls_tools else ()
+        return render_prompt(tokenizer, params.messages, offered)
     ids = [int(i) for i in tokenizer.encode(params.prompt)]
     if not ids:
         raise InvalidArgumentError("`prompt` is empty: it gives no tokens")
@@ -73,11 +82,13 @@ def new_sequences(
     texts: TokenTexts | None = None,
     received_at: float | None = None,
     sampling: Mapping[str, float] | None = None,
+    grammar: tuple[Any, str] | None = None,
 ) -> list[Sequence]:
     """The engine's form of a request: one sequence per choice (choice i samples
     with seed + i; the first scores the prompt when asked). `max_tokens` (or the
     server's default) is clamped to the `room` the prompt leaves; sampling fields
-    it leaves unset are the model's defaults (`sampling`)."""
+    it leaves unset are the model's defaults (`sampling`); each follows the
+    `grammar` (llguidance's vocabulary and the request's grammar) when given."""
     wanted = default_max_tokens if params.max_tokens is None else params.max_tokens
     max_tokens = min(wanted, room)
     received = time.monotonic() if received_at is None else received_at
@@ -96,6 +107,7 @@ def new_sequences(
             prompt_top=params.top_logprobs,
             texts=texts,
             salt=params.cache_salt,
+            constraint=None if grammar is None else Constraint(*grammar),
         )
         for choice in range(params.n)
     ]

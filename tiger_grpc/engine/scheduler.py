@@ -20,6 +20,7 @@ import threading
 from ..api.errors import InvalidArgumentError, OverloadedError
 from ..api.events import Failure
 from .fused import FusedCausalLM
+from .grammar import MaskFiller
 from .prefix import CacheStats, PrefixCache, Row, token_array
 from .sequence import Outbox, Sequence
 
@@ -57,6 +58,7 @@ class BatchScheduler:
         self.steps = 0
         self.prefill_chunks = 0
         self._out = Outbox()
+        self._masks = MaskFiller(model.max_batch)
         self._thread = threading.Thread(
             target=self._loop, name=f"batch-{name}", daemon=True
         )
@@ -144,6 +146,7 @@ class BatchScheduler:
         for sequence in [*self._all(), *self._waiting]:
             self._out.put(sequence, Failure("the server is shutting down"))
         self._out.flush()
+        self._masks.close()
 
     def _all(self) -> list[Sequence]:
         return [*self._running, *([self._prefilling] if self._prefilling else [])]
@@ -241,8 +244,17 @@ class BatchScheduler:
         forcing = [s.forcing for s in self._running]
         tokens = [s.next_input() for s in self._running]
         self._make_room(max(self._lengths) + 1)
+        # The grammars' masks for this step are filled while the step runs.
+        masks = self._masks.start(
+            [
+                (i, s.constraint)
+                for i, s in enumerate(self._running)
+                if s.constraint is not None and not forcing[i] and not s.done
+            ]
+        )
         logits = self.model.decode(tokens, self._lengths)
         self.steps += 1
+        bitmask = None if masks is None else masks.result()
         for i, s in enumerate(self._running):
             self._lengths[i] += 1
             if s.done:
@@ -252,7 +264,8 @@ class BatchScheduler:
                 s.after_prompt_token(logits[i], self._out)
             else:
                 self.tokens_generated += 1
-                s.step(logits[i], self._out)
+                mask = None if bitmask is None or s.constraint is None else bitmask[i]
+                s.step(logits[i], self._out, mask)
 
     def _drop_finished(self) -> None:
         """Removes finished and cancelled sequences, keeping the slots contiguous

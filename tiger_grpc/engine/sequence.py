@@ -29,6 +29,7 @@ from ..api.events import (
     Usage,
 )
 from .detok import IncrementalDetokenizer
+from .grammar import Constraint, GrammarError
 from .prefix import CacheStats
 from .sampling import Sampler, token_logprob
 from .stopping import StopSequenceMatcher, TokenStopper
@@ -66,6 +67,8 @@ class Sequence:
     # tokens came from the cache rather than being computed.
     salt: str = ""
     cached_tokens: int = 0
+    # Constrained decoding: the grammar's matcher (None: free text).
+    constraint: Constraint | None = None
     _pending: list[TokenLogprob] = field(default_factory=list)
     _prompt_scores: list[TokenLogprob] = field(default_factory=list)
 
@@ -82,9 +85,23 @@ class Sequence:
             cached_tokens=self.cached_tokens,
         )
 
-    def step(self, logits: np.ndarray, out: Outbox) -> None:
-        """Samples the next token from `logits` and advances by it."""
-        token = self.sampler(logits)
+    def step(
+        self, logits: np.ndarray, out: Outbox, mask: np.ndarray | None = None
+    ) -> None:
+        """Samples the next token from `logits` and advances by it. Under a
+        grammar, only from the tokens it allows (`mask`, when the batch filled it
+        already); log-probabilities stay the model's own."""
+        constraint = self.constraint
+        if constraint is None:
+            token = self.sampler(logits)
+        else:
+            try:
+                token = self.sampler(constraint.allowed(logits, mask))
+                constraint.consume(token)
+            except GrammarError as exc:
+                out.put(self, Failure(f"constrained decoding failed: {exc}"))
+                self.finished = True
+                return
         if self.logprobs is not None:
             self._pending.append(self._logprob(logits, token, self.logprobs))
         self.advance(token, out)
@@ -100,6 +117,8 @@ class Sequence:
             self._pending[-1:] = []  # the end of the turn is not text
         else:
             text = self.detokenizer.add(token)
+            if reason is None and self.constraint and self.constraint.complete:
+                reason = StopReason.END_TURN  # the grammar allows nothing more
         text, matched = self.stop_matcher.feed(text)
         if matched:
             reason = StopReason.STOP_SEQUENCE

@@ -19,6 +19,7 @@ from ..api.errors import NotFoundError, UnavailableError
 from ..api.events import Delta, Event, Info, Model, Stop
 from ..api.params import ChatMessage, GenerateParams
 from ..config import DEFAULT_MODEL_ID, EngineOptions
+from ..engine.grammar import grammar_tokenizer, needs_grammar, request_grammar
 from ..engine.prefix import CacheStats
 from ..engine.providers import CUDA, choose_providers
 from ..engine.request import new_sequences, prompt_ids, room_after
@@ -41,6 +42,8 @@ class ModelRegistry:
         self._loaded: dict[str, LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tokenizers: dict[str, asyncio.Future[Any]] = {}  # ahead of their model
+        # llguidance's view of each model's tokenizer, made on first use.
+        self._vocabularies: dict[str, asyncio.Future[Any]] = {}
         self._loading: dict[str, asyncio.Future[LoadedModel]] = {}
         self.unavailable: dict[str, str] = {}  # model id -> why (e.g. still preparing)
 
@@ -96,6 +99,13 @@ class ModelRegistry:
         manifest = self.resolve(params.model)
         tokenizer = await self._tokenizer(manifest)
         prompt = await asyncio.to_thread(prompt_ids, tokenizer, params)
+        grammar = None
+        if needs_grammar(params):  # a schema that cannot be enforced fails here
+            vocabulary = await self._vocabulary(manifest, tokenizer)
+            grammar = (
+                vocabulary,
+                await asyncio.to_thread(request_grammar, vocabulary, params),
+            )
         context = min(manifest.context_length, self.options.max_context or 2**31)
         need = 0 if params.max_tokens == 0 else 1  # scoring only: the prompt fits
         room = room_after(prompt, manifest.id, context, "context length", need)
@@ -118,6 +128,7 @@ class ModelRegistry:
             else None,
             received_at=received,
             sampling=manifest.sampling,
+            grammar=grammar,
         )
         metrics.PROMPT_TOKENS.labels(manifest.id).inc(len(prompt))
         events = _observed(stream(model.scheduler, sequences), manifest.id, received)
@@ -136,6 +147,18 @@ class ModelRegistry:
         hello = (ChatMessage(role="user", content="Hello"),)
         warm = GenerateParams(model=manifest.id, messages=hello)
         await asyncio.to_thread(prompt_ids, tokenizer, warm)
+        await self._vocabulary(manifest, tokenizer)  # for the first format
+
+    async def _vocabulary(self, manifest: ModelManifest, tokenizer: Any) -> Any:
+        """The model's vocabulary as llguidance needs it, made once (shielded,
+        as the tokenizer is)."""
+        task = self._vocabularies.get(manifest.id)
+        if task is None or (task.done() and task.exception() is not None):
+            make = grammar_tokenizer
+            eos = manifest.eos_token_ids
+            task = asyncio.ensure_future(asyncio.to_thread(make, tokenizer, eos))
+            self._vocabularies[manifest.id] = task
+        return await asyncio.shield(task)
 
     async def _tokenizer(self, manifest: ModelManifest) -> Any:
         """The model's tokenizer, loaded once; needed before any chunk is sent.
