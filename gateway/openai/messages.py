@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar
 
-from pydantic import model_validator
+from pydantic import ConfigDict, model_validator
 
 from tiger_grpc.api.fields import Rule, one_of
-from tiger_grpc.api.formats import NAME, SCHEMA
+from tiger_grpc.api.formats import NAME, PARAMETERS
 from tiger_grpc.api.params import BOOLEAN, STRING, RequestModel, fail_at
 
 ROLES = {"system": "system", "developer": "system", "user": "user"}
@@ -74,6 +74,25 @@ class OpenAIToolCall(RequestModel):
 
 class OpenAIMessage(RequestModel):
     expected: ClassVar[str] = "an object with `role` and `content`"
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {
+                    "if": {"properties": {"role": {"const": "tool"}}},
+                    "then": {
+                        "required": ["tool_call_id"],
+                        "properties": {
+                            "tool_call_id": {"type": "string", "minLength": 1}
+                        },
+                    },
+                },
+                {
+                    "if": {"properties": {"role": {"not": {"const": "assistant"}}}},
+                    "then": {"properties": {"tool_calls": {"maxItems": 0}}},
+                },
+            ]
+        }
+    )
 
     role: Annotated[
         str,
@@ -115,7 +134,7 @@ class FunctionSpec(RequestModel):
 
     name: Annotated[str, NAME]
     description: Annotated[str, STRING] = ""
-    parameters: Annotated[dict[str, Any], SCHEMA] | None = None
+    parameters: Annotated[dict[str, Any], PARAMETERS] | None = None
     strict: Annotated[bool, BOOLEAN] | None = None
 
 

@@ -77,6 +77,8 @@ def _schema(extra: dict[str, Any]) -> Any:
 
     def add(schema: dict[str, Any]) -> None:
         schema["properties"].update(extra.get("properties", {}))
+        for internal in extra.get("hidden", ()):
+            schema["properties"].pop(internal, None)
         schema.setdefault("allOf", []).extend(extra.get("allOf", []))
 
     return add
@@ -86,6 +88,27 @@ REFUSED = {
     "functions": {"type": ["array", "null"], "maxItems": 0},
     "function_call": {"type": "null"},
     "logit_bias": {"type": ["object", "null"], "maxProperties": 0},
+}
+
+
+TOOL_CHOICE_SCHEMA = {
+    "anyOf": [
+        {"type": "null"},
+        {"type": "string", "enum": ["none", "auto", "required"]},
+        {
+            "type": "object",
+            "required": ["type", "function"],
+            "properties": {
+                "type": {"const": "function"},
+                "function": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {"name": {"type": "string"}},
+                    "description": "One of `tools`",
+                },
+            },
+        },
+    ]
 }
 
 
@@ -128,7 +151,7 @@ class _Sampling(RequestModel):
         if data.get("logit_bias"):
             raise _at("logit_bias", "is not supported")
         for old in ("functions", "function_call"):
-            if data.get(old) is not None:
+            if data.get(old) not in (None, []):
                 raise _at(old, "is deprecated and not supported: use `tools`")
         return data
 
@@ -159,7 +182,8 @@ class ChatCompletionRequest(_Sampling):
     model_config = ConfigDict(
         json_schema_extra=_schema(
             {
-                "properties": REFUSED,
+                "properties": {**REFUSED, "tool_choice": TOOL_CHOICE_SCHEMA},
+                "hidden": ["tool_function"],
                 "allOf": [
                     _needs(
                         "top_logprobs",
@@ -168,7 +192,15 @@ class ChatCompletionRequest(_Sampling):
                             "required": ["logprobs"],
                             "properties": {"logprobs": {"const": True}},
                         },
-                    )
+                    ),
+                    _needs(
+                        "tool_choice",
+                        {"not": {"enum": ["none", "auto", None]}},
+                        {
+                            "required": ["tools"],
+                            "properties": {"tools": {"minItems": 1}},
+                        },
+                    ),
                 ],
             }
         )

@@ -162,3 +162,23 @@ def test_training_example(base_url: str, tiny_model) -> None:
         "model": output,
     }
     assert sum(c["type"] == "progress" for c in chunks) == 8
+
+
+def test_structured_output_example(base_url: str, tmp_path: Path) -> None:
+    script = tmp_path / "structured_example.py"
+    script.write_text(
+        example("structured-example").replace("http://localhost:45678", base_url)
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TIGER_API_KEY": API_KEY},
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    parsed, called, final = out.stdout.strip().splitlines()[:3]
+    assert parsed.startswith("City(name=")
+    assert called.startswith("tool_calls get_weather {")
+    assert final.split()[0] in ("stop", "length")

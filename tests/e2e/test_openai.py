@@ -229,8 +229,9 @@ def test_each_error_class(client, base_url) -> None:
             model=DEFAULT_MODEL_ID,
             messages=HI,
             tools=[{"type": "function", "function": {"name": "f"}}],
+            tool_choice={"type": "function", "function": {"name": "g"}},
         )
-    assert refused.value.body["param"] == "tools"
+    assert refused.value.body["param"] == "tool_choice"
 
 
 async def test_at_capacity_is_a_rate_limit_error(store_home, tmp_path, tiny_model):

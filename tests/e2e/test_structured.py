@@ -7,6 +7,7 @@ generated schema, greedy and at temperature 1.0."""
 from __future__ import annotations
 
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import jsonschema_rs
@@ -14,10 +15,11 @@ import openai
 import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
 from tests.helpers import API_KEY, DEFAULT_MODEL_ID
+from tiger_grpc.api.toolcalls import read_all
+from tiger_grpc.testing.schemas import SCHEMAS
 
 pytestmark = pytest.mark.e2e
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -123,7 +125,9 @@ def test_streamed_tool_calls_come_as_openai_streams_them(client) -> None:
     calls = [c[0] for c in calls if c]
     head, *fragments = calls
     assert head.id and head.function.name == "get_weather" and head.index == 0
-    assert fragments and all(f.id is None and f.function.name is None for f in fragments)
+    assert fragments and all(
+        f.id is None and f.function.name is None for f in fragments
+    )
     arguments = "".join(f.function.arguments for f in fragments)
     assert arguments == whole.choices[0].message.tool_calls[0].function.arguments
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
@@ -176,57 +180,6 @@ def test_tigers_own_api_and_the_cut_output(base_url) -> None:
     assert picked["content"] in ("maybe", "no") and picked["stop_reason"] == "end_turn"
 
 
-# Schemas as services write them: nested objects, arrays with bounds, enums,
-# integers with ranges, optional and required fields, anyOf.
-WORDS = st.text("abcdefghijklmnopqrstuvwxyz ", min_size=1, max_size=8)
-LEAVES = st.one_of(
-    st.just({"type": "string", "maxLength": 24}),
-    st.builds(
-        lambda low, span: {"type": "string", "minLength": low, "maxLength": low + span},
-        st.integers(0, 3),
-        st.integers(0, 12),
-    ),
-    st.builds(
-        lambda low, span: {"type": "integer", "minimum": low, "maximum": low + span},
-        st.integers(-1000, 1000),
-        st.integers(0, 1000),
-    ),
-    st.sampled_from([{"type": "number"}, {"type": "boolean"}, {"type": "null"}]),
-    st.lists(WORDS, min_size=1, max_size=5, unique=True).map(lambda v: {"enum": v}),
-)
-
-
-def _objects(children: st.SearchStrategy) -> st.SearchStrategy:
-    names = st.from_regex(r"[a-z][a-z_]{0,8}", fullmatch=True)
-    return st.dictionaries(names, children, min_size=1, max_size=4).flatmap(
-        lambda properties: st.sets(st.sampled_from(sorted(properties))).map(
-            lambda required: {
-                "type": "object",
-                "properties": properties,
-                "required": sorted(required),
-                "additionalProperties": False,
-            }
-        )
-    )
-
-
-def _compound(children: st.SearchStrategy) -> st.SearchStrategy:
-    arrays = st.builds(
-        lambda items, low, span: {
-            "type": "array",
-            "items": items,
-            "minItems": low,
-            "maxItems": low + span,
-        },
-        children,
-        st.integers(0, 2),
-        st.integers(0, 3),
-    )
-    any_of = st.lists(children, min_size=2, max_size=3).map(lambda v: {"anyOf": v})
-    return st.one_of(arrays, _objects(children), any_of)
-
-
-SCHEMAS = _objects(st.recursive(LEAVES, _compound, max_leaves=6))
 TALLY = {"finished": 0, "valid": 0, "cut": 0}
 
 
@@ -277,3 +230,70 @@ def test_the_property_run_finished_most_outputs() -> None:
     checks judged something."""
     print(f"schema outputs: {TALLY}")
     assert TALLY["finished"] >= 2 * TALLY["cut"] and TALLY["valid"] == TALLY["finished"]
+
+
+async def test_grpc_takes_the_format_and_the_tools(backend) -> None:
+    """With the stub `make proto` generates: a regex format, a schema the server
+    refuses (INVALID_ARGUMENT, before any chunk), and a required tool call."""
+    import grpc
+
+    from tiger_grpc.pb.tiger.v1 import tiger_pb2 as pb
+    from tiger_grpc.pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
+
+    metadata = (("authorization", f"Bearer {API_KEY}"),)
+    ask = [pb.Message(role="user", content="Give me a phone number.")]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{backend.port}") as channel:
+        stub = pb_grpc.TigerStub(channel)
+        fmt = pb.ResponseFormat(type="regex", regex=r"\d{3}-\d{4}")
+        request = pb.GenerateRequest(
+            model=DEFAULT_MODEL_ID, messages=ask, response_format=fmt, temperature=1.0
+        )
+        chunks = [c async for c in stub.Generate(request, metadata=metadata)]
+        text = "".join(c.delta.delta for c in chunks if c.HasField("delta"))
+        assert re.fullmatch(r"\d{3}-\d{4}", text), text
+        assert chunks[-1].stop.stop_reason == pb.STOP_REASON_END_TURN
+
+        bad = pb.JsonSchema(name="x", schema='{"type": "object", "not": {}}')
+        request = pb.GenerateRequest(
+            model=DEFAULT_MODEL_ID,
+            messages=ask,
+            response_format=pb.ResponseFormat(type="json_schema", json_schema=bad),
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            [c async for c in stub.Generate(request, metadata=metadata)]
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not" in (info.value.details() or "")
+
+        lookup = {
+            "type": "object",
+            "properties": {"q": {"type": "string", "maxLength": 30}},
+            "required": ["q"],
+            "additionalProperties": False,
+        }
+        tool = pb.Tool(name="lookup", parameters=json.dumps(lookup))
+        request = pb.GenerateRequest(
+            model=DEFAULT_MODEL_ID,
+            messages=ask,
+            tools=[tool],
+            tool_choice="required",
+            parallel_tool_calls=False,
+            temperature=0,
+        )
+        chunks = [c async for c in stub.Generate(request, metadata=metadata)]
+    assert chunks[-1].stop.stop_reason == pb.STOP_REASON_END_TURN
+    text = "".join(c.delta.delta for c in chunks if c.HasField("delta"))
+    content, calls = read_all(text)
+    assert content is None and [name for name, _ in calls] == ["lookup"]
+    assert isinstance(json.loads(calls[0][1]), dict)
+
+
+async def test_the_python_client_takes_a_format(backend) -> None:
+    from tiger_grpc.client import AsyncTigerClient
+
+    async with AsyncTigerClient(f"127.0.0.1:{backend.port}", api_key=API_KEY) as tiger:
+        done = await tiger.complete(
+            [{"role": "user", "content": "Yes or no?"}],
+            response_format={"type": "choice", "choice": ["yes", "no"]},
+            temperature=1.0,
+        )
+    assert done.text in ("yes", "no")

@@ -11,7 +11,7 @@ import json
 import re
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from .fields import RequestModel, Rule, fail_at, one_of
 
@@ -42,6 +42,20 @@ SCHEMA = Rule(
     shown=lambda v: "",
     schema={"type": "object", "description": "A JSON Schema"},
 )
+# A function's parameters: a JSON Schema of an object.
+PARAMETERS = Rule(
+    "object",
+    expected="a JSON Schema object",
+    ok=lambda v: _small(v) and v.get("type", "object") == "object",
+    message="must be a JSON Schema of an object, at most "
+    f"{MAX_SCHEMA_BYTES // 1024} KiB of JSON",
+    shown=lambda v: "",
+    schema={
+        "type": "object",
+        "properties": {"type": {"const": "object"}},
+        "description": "A JSON Schema of an object",
+    },
+)
 STRING = Rule("string")
 BOOLEAN = Rule("boolean")
 
@@ -67,6 +81,20 @@ class ResponseFormat(RequestModel):
     "regex": "..."}` and `{"type": "choice", "choice": ["yes", "no"]}`."""
 
     expected: ClassVar[str] = "an object with `type`"
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {
+                    "if": {"properties": {"type": {"const": kind}}},
+                    "then": {
+                        "required": [kind],
+                        "properties": {kind: {"not": {"type": "null"}}},
+                    },
+                }
+                for kind in ("json_schema", "regex", "choice")
+            ]
+        }
+    )
 
     type: Annotated[str, one_of(FORMAT_TYPES)]
     json_schema: JsonSchemaFormat | None = None
@@ -78,6 +106,11 @@ class ResponseFormat(RequestModel):
                 ok=lambda v: 1 <= len(v) <= MAX_PATTERN_CHARS,
                 message=f"must be 1 to {MAX_PATTERN_CHARS} characters",
                 shown=len,
+                schema={
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_PATTERN_CHARS,
+                },
             ),
         ]
         | None
@@ -90,6 +123,12 @@ class ResponseFormat(RequestModel):
                 ok=lambda v: 1 <= len(v) <= MAX_CHOICE_STRINGS and all(v),
                 message=f"must be 1 to {MAX_CHOICE_STRINGS} non-empty strings",
                 shown=len,
+                schema={
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_CHOICE_STRINGS,
+                    "items": {"type": "string", "minLength": 1},
+                },
             ),
         ]
         | None
@@ -116,17 +155,10 @@ class Tool(RequestModel):
 
     name: Annotated[str, NAME]
     description: Annotated[str, STRING] = ""
-    parameters: Annotated[dict[str, Any], SCHEMA] = Field(
+    parameters: Annotated[dict[str, Any], PARAMETERS] = Field(
         default_factory=lambda: {"type": "object", "properties": {}}
     )
     strict: Annotated[bool, BOOLEAN] | None = None
-
-    @model_validator(mode="after")
-    def _object_arguments(self) -> Tool:
-        kind = self.parameters.get("type", "object")
-        if kind != "object":
-            raise fail_at("parameters", f"must describe an object, got type {kind!r}")
-        return self
 
 
 class ToolCall(RequestModel):
@@ -136,18 +168,14 @@ class ToolCall(RequestModel):
 
     id: Annotated[str, STRING]
     name: Annotated[str, NAME]
-    arguments: Annotated[
-        str,
-        Rule(
-            "string",
-            ok=lambda v: _json_object(v) is not None,
-            message="must be a JSON object in a string, got {value}",
-            shown=lambda v: v[:80],
-        ),
-    ] = "{}"
+    # A JSON object, as text: the model's own calls always are; others are
+    # passed on as they are.
+    arguments: Annotated[str, STRING] = "{}"
 
-    def argument_values(self) -> dict[str, Any]:
-        return _json_object(self.arguments) or {}
+    def argument_values(self) -> dict[str, Any] | str:
+        """The arguments as a template reads them: an object, else the text."""
+        found = _json_object(self.arguments)
+        return self.arguments if found is None else found
 
 
 def _json_object(text: str) -> dict[str, Any] | None:

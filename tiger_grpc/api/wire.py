@@ -175,6 +175,29 @@ def _tools_to_pb(params: GuideParams | GenerateParams) -> dict[str, Any]:
     }
 
 
+STRUCTURE_FIELDS = (
+    "response_format",
+    "tools",
+    "tool_choice",
+    "tool_function",
+    "parallel_tool_calls",
+)
+
+
+def structure_to_pb(fields: dict[str, Any]) -> dict[str, Any]:
+    """A client's response format and tool fields (JSON shapes, as the HTTP API
+    takes them) as request fields, checked as the server checks them."""
+    given = {k: v for k in STRUCTURE_FIELDS if (v := fields.get(k)) is not None}
+    if not given:
+        return {}
+    chat = [{"role": "user", "content": "-"}]
+    params = validated(GenerateParams, {"model": "m", "messages": chat, **given})
+    return {
+        "response_format": _format_to_pb(params.response_format),
+        **_tools_to_pb(params),
+    }
+
+
 def _json_text(text: str, field: str) -> Any:
     try:
         return json.loads(text)

@@ -33,8 +33,10 @@ from ..api.wire import (
     GENERATION_OPTIONS,
     GENERATION_PLAIN,
     MESSAGE_SIZE_OPTIONS,
+    STRUCTURE_FIELDS,
     event_from_pb,
     model_from_pb,
+    structure_to_pb,
 )
 from ..config import DEFAULT_GRPC_PORT, DEFAULT_MODEL_ID
 from ..pb.tiger.v1 import tiger_pb2 as pb
@@ -132,7 +134,9 @@ class _Base:
         stop_sequences: Sequence[str],
         params: dict[str, Any],
     ) -> pb.GenerateRequest:
-        unknown = set(params) - {*GENERATION_OPTIONS, *GENERATION_PLAIN}
+        structure = structure_to_pb(params)
+        known = {*GENERATION_OPTIONS, *GENERATION_PLAIN, *STRUCTURE_FIELDS}
+        unknown = set(params) - known
         if unknown:
             raise TypeError(
                 f"unknown generation parameters: {', '.join(sorted(unknown))}"
@@ -144,7 +148,12 @@ class _Base:
             if params.get("prompt") is not None
             else _pb_messages(turns(messages, system)),
             stop_sequences=list(stop_sequences),
-            **{k: v for k, v in params.items() if v is not None},
+            **{
+                k: v
+                for k, v in params.items()
+                if v is not None and k not in STRUCTURE_FIELDS
+            },
+            **structure,
         )
 
     @staticmethod

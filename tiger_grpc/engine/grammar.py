@@ -29,6 +29,7 @@ from ..api.errors import InvalidArgumentError
 from ..api.formats import ResponseFormat, Tool
 from ..api.params import GenerateParams
 from ..api.toolcalls import ARGUMENTS, CALL_CLOSE, CALL_OPEN, HEAD
+from .sampling import Sampler
 from .tokens import TokenTexts
 
 JSON_OPTIONS = {
@@ -194,6 +195,19 @@ class Constraint:
         row = np.zeros((1, self.words), np.int32)
         llg_numpy.fill_next_token_bitmask(self.matcher, row)
         return row[0]
+
+    def choose(
+        self, sampler: Sampler, logits: np.ndarray, mask: np.ndarray | None = None
+    ) -> int:
+        """The sampler's token among those the grammar allows, and takes it. Greedy
+        without penalties, the best token is taken as it is when the grammar
+        allows it (the same token the masked logits give, without masking them)."""
+        row = self.mask() if mask is None else mask
+        token = int(np.argmax(logits)) if sampler.plain_greedy else -1
+        if not (0 <= token < row.shape[0] * 32 and row[token >> 5] >> (token & 31) & 1):
+            token = sampler(self.allowed(logits, row))
+        self.consume(token)
+        return token
 
     def allowed(self, logits: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """`logits` with the tokens the grammar forbids at -inf (a copy)."""

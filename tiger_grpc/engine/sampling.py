@@ -52,6 +52,11 @@ class Sampler:
         self._penalized = bool(params.frequency_penalty or params.presence_penalty)
         self._counts: dict[int, int] = {}  # tokens chosen so far (for the penalties)
 
+    @property
+    def plain_greedy(self) -> bool:
+        """The most likely token, as the logits give it (no penalties)."""
+        return self.params.temperature == 0.0 and not self._penalized
+
     def __call__(self, logits: np.ndarray) -> int:
         if self._penalized:
             logits = self._penalize(logits)

@@ -96,8 +96,7 @@ class Sequence:
             token = self.sampler(logits)
         else:
             try:
-                token = self.sampler(constraint.allowed(logits, mask))
-                constraint.consume(token)
+                token = constraint.choose(self.sampler, logits, mask)
             except GrammarError as exc:
                 out.put(self, Failure(f"constrained decoding failed: {exc}"))
                 self.finished = True

@@ -7,7 +7,9 @@ stream, time to first token (p50/p95) and aggregate tokens/s at 1, 4, 8 and 16
 concurrent streams (the baselines generate one request at a time). Then the chat
 scenario (`bench_chat`): a multi-turn conversation's time to first token per turn
 with the prefix cache, without it, and on llama.cpp's server (`--llama-server
-PATH`). Then quality (`bench_quality`): every precision's top-1 agreement, KL
+PATH`). Then structured output (`bench_structured`): a JSON schema's cost in
+decode speed and time to first token, and the validity of answers over generated
+schemas. Then quality (`bench_quality`): every precision's top-1 agreement, KL
 divergence and perplexity against the fp32 export on a held-out text. Then (not
 with `--quick`) the 1B scale (`bench_scale`): a random 1.07B Llama's decode speed,
 against llama.cpp's Q4_0 of the same weights with `--llama-server`. Writes
@@ -47,6 +49,9 @@ from .bench_scale import markdown as scale_markdown
 from .bench_scale import measure as measure_scale
 from .bench_scale import targets as scale_targets
 from .bench_stats import PROMPTS, Level, messages, timed
+from .bench_structured import markdown as structured_markdown
+from .bench_structured import scenario as structured_scenario
+from .bench_structured import targets as structured_targets
 
 LEVELS = [1, 4, 8, 16]
 SOLO_ROUNDS = 4  # rounds of a single stream, per round of the other levels
@@ -276,19 +281,23 @@ def main() -> None:
     args.max_tokens = args.max_tokens or (48 if args.quick else 128)
     rows = asyncio.run(run(args))
     chat_rows = chat(args)
+    print("  structured output: schemas against free text...", file=sys.stderr)
+    rounds, schemas = (2, 16) if args.quick else (4, 40)
+    structured = structured_scenario(default_home(), rounds, schemas)
     print("  quality of every precision against fp32...", file=sys.stderr)
     quality_rows = measure_quality(default_home(), 512 if args.quick else None)
     scale_rows = []
     if not args.quick:
         print("  a 1B model, Tiger against llama.cpp...", file=sys.stderr)
         scale_rows = measure_scale(default_home(), args.llama_server)
-    _write(args, rows, chat_rows, quality_rows, scale_rows)
+    _write(args, rows, chat_rows, structured, quality_rows, scale_rows)
 
 
 def _write(
     args: argparse.Namespace,
     rows: list[dict[str, Any]],
     chat_rows: list[dict[str, Any]],
+    structured: dict[str, Any],
     quality_rows: list[dict[str, Any]],
     scale_rows: list[dict[str, Any]],
 ) -> None:
@@ -310,6 +319,7 @@ def _write(
         {"target": n, "measured": v, "wanted": w, "met": m}
         for n, v, w, m in [
             *chat_targets(chat_rows),
+            *structured_targets(structured),
             *quality_targets(quality_rows),
             *scale_targets(scale_rows),
         ]
@@ -318,12 +328,14 @@ def _write(
         "meta": meta,
         "results": rows,
         "chat": chat_rows,
+        "structured": structured,
         "quality": quality_rows,
         "scale": scale_rows,
         "targets": met,
     }
     (args.out / "bench.json").write_text(json.dumps(report, indent=2))
     tables = [markdown(rows, meta), chat_markdown(chat_rows)]
+    tables.append(structured_markdown(structured))
     tables.append(quality_markdown(quality_rows))
     if scale_rows:
         tables.append(scale_markdown(scale_rows))
