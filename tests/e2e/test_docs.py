@@ -54,11 +54,10 @@ def test_python_client_example(backend: Process, tmp_path: Path) -> None:
     assert "smollm2-135m-instruct" in stdout and "Usage(" in stdout
 
 
-def test_openai_sdk_example(base_url: str, tmp_path: Path) -> None:
-    script = tmp_path / "openai_example.py"
-    script.write_text(
-        example("openai-example").replace("http://localhost:45678", base_url)
-    )
+def run_sdk_example(tag: str, base_url: str, tmp_path: Path) -> str:
+    """An example with the `openai` SDK, against the gateway at `base_url`."""
+    script = tmp_path / f"{tag}.py"
+    script.write_text(example(tag).replace("http://localhost:45678", base_url))
     out = subprocess.run(
         [sys.executable, str(script)],
         capture_output=True,
@@ -68,8 +67,13 @@ def test_openai_sdk_example(base_url: str, tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
-    assert "CompletionUsage(" in out.stdout and "top_logprobs=" in out.stdout
-    assert "[None, " in out.stdout  # the first prompt token has no log-probability
+    return out.stdout
+
+
+def test_openai_sdk_example(base_url: str, tmp_path: Path) -> None:
+    stdout = run_sdk_example("openai-example", base_url, tmp_path)
+    assert "CompletionUsage(" in stdout and "top_logprobs=" in stdout
+    assert "[None, " in stdout  # the first prompt token has no log-probability
 
 
 def test_grpc_example(backend: Process, tmp_path: Path) -> None:
@@ -165,20 +169,8 @@ def test_training_example(base_url: str, tiny_model) -> None:
 
 
 def test_structured_output_example(base_url: str, tmp_path: Path) -> None:
-    script = tmp_path / "structured_example.py"
-    script.write_text(
-        example("structured-example").replace("http://localhost:45678", base_url)
-    )
-    out = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TIGER_API_KEY": API_KEY},
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert out.returncode == 0, out.stderr
-    parsed, called, final = out.stdout.strip().splitlines()[:3]
+    stdout = run_sdk_example("structured-example", base_url, tmp_path)
+    parsed, called, final = stdout.strip().splitlines()[:3]
     assert parsed.startswith("City(name=")
     assert called.startswith("tool_calls get_weather {")
     assert final.split()[0] in ("stop", "length")
