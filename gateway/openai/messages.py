@@ -88,7 +88,22 @@ class OpenAIMessage(RequestModel):
                 },
                 {
                     "if": {"properties": {"role": {"not": {"const": "assistant"}}}},
-                    "then": {"properties": {"tool_calls": {"maxItems": 0}}},
+                    "then": {
+                        "required": ["content"],
+                        "properties": {
+                            "tool_calls": {"maxItems": 0},
+                            "content": {"not": {"type": "null"}},
+                        },
+                    },
+                },
+                {
+                    "if": {
+                        "properties": {"tool_calls": {"maxItems": 0}},
+                    },
+                    "then": {
+                        "required": ["content"],
+                        "properties": {"content": {"not": {"type": "null"}}},
+                    },
                 },
             ]
         }
@@ -117,10 +132,11 @@ class OpenAIMessage(RequestModel):
         return data
 
     def turn(self) -> dict[str, Any]:
-        """The message as Tiger's `Turn`."""
+        """The message as Tiger's `Turn` (content absent: absent)."""
+        given = "content" in self.model_fields_set
         return {
             "role": ROLES[self.role],
-            "content": self.content,
+            **({"content": self.content} if given else {}),
             "tool_calls": [
                 {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
                 for c in self.tool_calls

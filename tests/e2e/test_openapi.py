@@ -58,8 +58,13 @@ def _beyond_json_schema(body: object) -> list:
         for t in body["tools"]
     ]
     choice = body.get("tool_choice")
-    named = isinstance(choice, dict) and (choice.get("function") or {}).get("name")
-    if len(set(names)) < len(names) or (named and named not in names):
+    if not isinstance(choice, dict):
+        named_elsewhere = False
+    else:
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        named_elsewhere = name not in names
+    if len(set(names)) < len(names) or named_elsewhere:
         return [positive_data_acceptance]
     return []
 

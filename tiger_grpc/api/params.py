@@ -128,6 +128,8 @@ class Turn(ChatMessage):
 
     @model_validator(mode="after")
     def _tool_fields(self) -> Turn:
+        if "content" not in self.model_fields_set and not self.tool_calls:
+            raise fail_at("content", "is required (but for an assistant's tool calls)")
         if self.tool_calls and self.role != "assistant":
             raise fail_at("tool_calls", "may come only with `role: assistant`")
         if self.role == "tool" and not self.tool_call_id:
