@@ -33,6 +33,9 @@ def call_metadata(
             Status.UNAUTHENTICATED,
             "missing bearer token: send `Authorization: Bearer <key>`",
         )
+    # gRPC metadata is printable ASCII: no key of ours is anything else.
+    if not (given.isascii() and given.isprintable()) or len(given) > 1024:
+        raise Reject(Status.UNAUTHENTICATED, "invalid API key")
     expected = config.api_key
     if expected is not None and not hmac.compare_digest(
         given.encode(), f"Bearer {expected}".encode()

@@ -21,6 +21,14 @@ from tiger_grpc.api.events import (
 )
 
 
+def retry_after(error: grpc.aio.AioRpcError, default: str = "1") -> str:
+    """Seconds to wait, as the server says (a key's limit), else `default`."""
+    for name, value in error.trailing_metadata() or ():
+        if name == "retry-after" and isinstance(value, str) and value.isdigit():
+            return value
+    return default
+
+
 def error_message(error: grpc.aio.AioRpcError) -> str:
     if error.code() == grpc.StatusCode.UNAVAILABLE and not error.details():
         return "the Tiger backend is unavailable"

@@ -46,6 +46,8 @@ class GatewayConfig:
     unary_timeout_s: float = 10.0
     tls: BackendTls | None = None
     tls_server_name: str | None = None  # expected name in the server certificate
+    # TIGER_METRICS_KEY: /metrics asks for it as a bearer key (None: open).
+    metrics_key: str | None = None
 
 
 CONFIG = web.AppKey("config", GatewayConfig)

@@ -17,6 +17,7 @@ from tiger_grpc.config import (
     DEFAULT_MAX_BODY_BYTES,
     default_home,
     env_int,
+    keys_file,
     known_api_key,
 )
 from tiger_grpc.runtime.logs import setup_logging
@@ -82,7 +83,8 @@ def parse_config(
     add_process_arguments(parser, env)
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
-    api_key = known_api_key(default_home(env), env)
+    # With a key file the server alone knows the keys: this gateway forwards them.
+    api_key = None if keys_file(env) else known_api_key(default_home(env), env)
     config = GatewayConfig(
         grpc_target=args.grpc_target,
         host=args.host,
@@ -93,6 +95,7 @@ def parse_config(
         if args.grpc_tls_ca
         else None,
         tls_server_name=args.grpc_tls_server_name,
+        metrics_key=env.get("TIGER_METRICS_KEY") or None,
     )
     return config, args.port_file, args.shutdown_grace
 

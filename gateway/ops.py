@@ -3,6 +3,7 @@ document and the playground page."""
 
 from __future__ import annotations
 
+import hmac
 from pathlib import Path
 
 import grpc
@@ -15,6 +16,7 @@ from tiger_grpc.api.wire import SERVICE_NAME
 
 from .backend import BACKEND
 from .chunks import error_message
+from .config import CONFIG
 from .openapi import openapi
 from .responses import error_response
 
@@ -55,7 +57,15 @@ async def playground(request: web.Request) -> web.FileResponse:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """GET /metrics: Prometheus text format."""
+    """GET /metrics: Prometheus text format (behind TIGER_METRICS_KEY when set)."""
+    expected = request.app[CONFIG].metrics_key
+    given = request.headers.get("Authorization", "")
+    if expected is not None and not hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), f"Bearer {expected}".encode()
+    ):
+        return error_response(
+            401, "/metrics needs `Authorization: Bearer <metrics key>`"
+        )
     return web.Response(
         body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )

@@ -15,7 +15,7 @@ from tiger_grpc.api.errors import Status
 from tiger_grpc.api.events import Failure, Imported, Stop, Trained
 from tiger_grpc.api.wire import event_from_pb
 
-from .chunks import error_message, event_to_json
+from .chunks import error_message, event_to_json, retry_after
 
 NDJSON = "application/x-ndjson"
 RETRY_AFTER_S = "1"
@@ -31,7 +31,7 @@ def rpc_error_response(exc: grpc.aio.AioRpcError) -> web.Response:
     status = Status.of_grpc(exc.code())
     headers = {}
     if status is Status.RESOURCE_EXHAUSTED:  # a slot frees up as any stream ends
-        headers["Retry-After"] = RETRY_AFTER_S
+        headers["Retry-After"] = retry_after(exc, RETRY_AFTER_S)
     return error_response(status.http_status, error_message(exc), **headers)
 
 

@@ -66,14 +66,20 @@ def stack(
     workdir: Path,
     server_args: tuple[str, ...] = (),
     gateway_args: tuple[str, ...] = (),
+    env: dict[str, str | None] | None = None,
 ) -> Iterator[tuple[Process, Process]]:
     """A server (without preparing the default model) and a gateway in front of it, of a
-    test's own, stopped at the end."""
-    env = process_env(store_home)
-    server = start_server(workdir, "own-server", env, "--no-prepare", *server_args)
+    test's own, stopped at the end; `env` adds variables (None removes one)."""
+    merged = process_env(store_home)
+    for name, value in (env or {}).items():
+        if value is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = value
+    server = start_server(workdir, "own-server", merged, "--no-prepare", *server_args)
     try:
         gateway = start_gateway(
-            workdir, "own-gateway", env, f"127.0.0.1:{server.port}", *gateway_args
+            workdir, "own-gateway", merged, f"127.0.0.1:{server.port}", *gateway_args
         )
         try:
             yield server, gateway

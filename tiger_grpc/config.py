@@ -43,13 +43,23 @@ def known_api_key(home: Path, env: Mapping[str, str] = os.environ) -> str | None
     return path.read_text().strip() if path.is_file() else None
 
 
-def resolve_api_key(home: Path, env: Mapping[str, str] = os.environ) -> str:
-    """TIGER_API_KEY when set, otherwise a generated key kept in the store.
+def keys_file(env: Mapping[str, str] = os.environ) -> Path | None:
+    """TIGER_KEYS_FILE: the key file (keys with scopes and limits), if any."""
+    value = env.get("TIGER_KEYS_FILE")
+    return Path(value) if value else None
+
+
+def resolve_api_key(home: Path, env: Mapping[str, str] = os.environ) -> str | None:
+    """TIGER_API_KEY when set; else, without a key file, a generated key kept in
+    the store (with a key file, its keys only: no key with every scope appears
+    unasked).
 
     The generated key is written once (mode 0600) so it is stable across restarts.
     """
     if env.get("TIGER_API_KEY"):
         return env["TIGER_API_KEY"]
+    if keys_file(env) is not None:
+        return None
     home.mkdir(parents=True, exist_ok=True)
     path = home / API_KEY_FILE
     if not path.exists():
@@ -121,7 +131,7 @@ class ServerConfig:
     """Everything the gRPC server needs, resolved before it starts."""
 
     home: Path
-    api_key: str
+    api_key: str | None  # every scope; None: the key file's keys only
     host: str = "[::]"
     port: int = DEFAULT_GRPC_PORT
     engine: EngineOptions = EngineOptions()
@@ -132,3 +142,6 @@ class ServerConfig:
     metrics_host: str = "0.0.0.0"
     reflection: bool = True
     tls: TlsFiles | None = None
+    keys_file: Path | None = None  # TIGER_KEYS_FILE: keys with scopes and limits
+    # TIGER_IMPORT_ROOTS: imports read only inside these (empty: anywhere)
+    import_roots: tuple[Path, ...] = ()

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from tiger_grpc.api.errors import Status
 
-from ..chunks import error_message
+from ..chunks import error_message, retry_after
 from ..responses import RETRY_AFTER_S
 from .objects import ErrorBody, ErrorDetail
 
@@ -40,11 +40,9 @@ def error_object(status: Status, message: str) -> dict[str, Any]:
 
 
 def error_response(
-    status: Status, message: str, http: int | None = None
+    status: Status, message: str, http: int | None = None, wait: str = RETRY_AFTER_S
 ) -> web.Response:
-    headers = (
-        {"Retry-After": RETRY_AFTER_S} if status is Status.RESOURCE_EXHAUSTED else None
-    )
+    headers = {"Retry-After": wait} if status is Status.RESOURCE_EXHAUSTED else None
     return web.json_response(
         error_object(status, message),
         status=http or status.http_status,
@@ -53,4 +51,5 @@ def error_response(
 
 
 def rpc_error_response(exc: grpc.aio.AioRpcError) -> web.Response:
-    return error_response(Status.of_grpc(exc.code()), error_message(exc))
+    status = Status.of_grpc(exc.code())
+    return error_response(status, error_message(exc), wait=retry_after(exc))

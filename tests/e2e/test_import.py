@@ -64,7 +64,7 @@ def test_cli_import_then_the_guide_request_works(
     ("body", "status", "needle"),
     [
         ({"path": "relative/dir", "id": "x"}, 400, "must be absolute"),
-        ({"path": "/nonexistent/dir", "id": "x"}, 404, "no config.json"),
+        ({"path": "/nonexistent/dir", "id": "x"}, 404, "no checkpoint"),
         ({"path": "/tmp", "id": "../bad"}, 400, "`id`"),
         ({"id": "x"}, 400, "`path` is required"),
     ],

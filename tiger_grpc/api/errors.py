@@ -89,6 +89,10 @@ class AuthenticationError(TigerError):
     status = Status.UNAUTHENTICATED
 
 
+class PermissionDeniedError(TigerError):
+    status = Status.PERMISSION_DENIED
+
+
 class NotFoundError(TigerError):
     status = Status.NOT_FOUND
 

@@ -5,6 +5,7 @@
     tiger train examples.jsonl --model ID --output NEW_ID [--epochs 3 ...]
     tiger import /path/to/Meta-Llama-3.1-8B-Instruct --id llama-3.1-8b
     tiger models
+    tiger keys add NAME --scopes generate[,train,import] [--max-concurrent N ...]
 
 `--grpc host:port` (default, TIGER_GRPC_TARGET or localhost:50051) or `--http URL`
 (the gateway); the key comes from `--api-key` or TIGER_API_KEY.
@@ -23,6 +24,7 @@ from typing import Any, TextIO
 from ..api.errors import TigerError
 from ..api.events import Delta, Imported, Info, Progress, Stop, Trained
 from ..api.params import METHODS, Hyperparameters
+from . import keycli
 from .http import HttpClient
 from .rpc import DEFAULT_MODEL, AsyncTigerClient
 
@@ -214,11 +216,14 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=None)
     train.add_argument("--lora-rank", type=int, default=None)
     train.add_argument("--seed", type=int, default=None)
+    keycli.add_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    if args.command == "keys":  # the key file, here: no server involved
+        raise SystemExit(keycli.run(args))
     try:
         raise SystemExit(asyncio.run(_run(args)))
     except KeyboardInterrupt:

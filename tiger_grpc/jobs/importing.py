@@ -10,8 +10,8 @@ the optimum export with a heartbeat, the fused graph layer by layer.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import json
 import os
 import shutil
 import threading
@@ -19,12 +19,7 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 
-from ..api.errors import (
-    AlreadyExistsError,
-    InvalidArgumentError,
-    NotFoundError,
-    OverloadedError,
-)
+from ..api.errors import AlreadyExistsError, OverloadedError
 from ..api.events import Imported, ImportEvent, Info
 from ..api.params import ImportParams
 from ..config import Device
@@ -34,34 +29,8 @@ from ..models.pipeline import Reporting, build_model
 from ..models.precision import resolve_precision
 from ..models.store import ModelStore, canonical_id
 from ..runtime.ml import IMPORT_LOCK
+from .checkpoint import vet_checkpoint, vet_path
 from .worker import Emit, stream_job
-
-
-def check_checkpoint(path: Path) -> dict:
-    """The checkpoint's config.json, once it is known to be a Llama with a tokenizer."""
-    if not path.is_absolute():
-        raise InvalidArgumentError(
-            f"`path` must be absolute (the server reads it), got {str(path)!r}"
-        )
-    if not (path / "config.json").is_file():
-        raise NotFoundError(
-            f"no Hugging Face checkpoint at {path}: no config.json there"
-        )
-    config = json.loads((path / "config.json").read_text())
-    if config.get("model_type") != "llama":
-        raise InvalidArgumentError(
-            f"only Llama-architecture checkpoints can be imported, {path} is "
-            f"{config.get('model_type')!r}"
-        )
-    if not any(
-        (path / name).is_file() for name in ("tokenizer.json", "tokenizer.model")
-    ):
-        raise InvalidArgumentError(
-            f"{path} has no tokenizer (tokenizer.json or tokenizer.model)"
-        )
-    if not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")):
-        raise InvalidArgumentError(f"{path} has no weights (*.safetensors)")
-    return config
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -102,7 +71,7 @@ def run_import(
     device's default if None). A set `cancel` stops it at the next phase or layer
     (the optimum export itself runs to its end), leaving nothing."""
     started = time.monotonic()
-    check_checkpoint(source)
+    checkpoint = vet_checkpoint(source)
     cuda = choose_providers(device)[0] == CUDA
     precision = precision or resolve_precision(None, device)
 
@@ -111,8 +80,11 @@ def run_import(
         emit(Info(f"{why}: the optimum export runs on the CPU"))
 
     def copy(hf_dir: Path) -> None:
+        """The vetted files only (symlinks inside the checkpoint followed)."""
         emit(Info(f"Copying {source} into the model store"))
-        shutil.copytree(source, hf_dir, copy_function=_link_or_copy)
+        hf_dir.mkdir(parents=True, exist_ok=True)
+        for name in checkpoint.files:
+            _link_or_copy(str((source / name).resolve()), str(hf_dir / name))
 
     say = lambda message: emit(Info(message))  # noqa: E731
     build_model(
@@ -131,8 +103,13 @@ class Importer:
     """Runs one import at a time, off the event loop."""
 
     def __init__(
-        self, store: ModelStore, device: Device, precision: str | None = None
+        self,
+        store: ModelStore,
+        device: Device,
+        precision: str | None = None,
+        roots: tuple[Path, ...] = (),
     ) -> None:
+        self._roots = roots  # TIGER_IMPORT_ROOTS: where imports may read
         self._store = store
         self._device = device
         self._precision = precision
@@ -141,8 +118,8 @@ class Importer:
     async def import_model(self, params: ImportParams) -> AsyncGenerator[ImportEvent]:
         """Streams the import's phases; raises `TigerError` before the first one."""
         out_id = canonical_id(params.id)
-        source = Path(params.path)
-        check_checkpoint(source)
+        source = vet_path(params.path, self._roots)
+        await asyncio.to_thread(vet_checkpoint, source)
         if self._store.get(out_id) is not None or self._store.path(out_id).exists():
             raise AlreadyExistsError(f"a model named {out_id!r} already exists")
         if not self._busy.acquire(blocking=False):

@@ -11,6 +11,14 @@ REQUESTS = Counter(
     "gRPC requests by method, model and status code",
     ["method", "model", "code"],
 )
+KEY_REQUESTS = Counter(
+    "tiger_key_requests",
+    "gRPC requests by API key name (never the key), method and outcome",
+    ["key", "method", "code"],
+)
+KEY_TOKENS = Counter(
+    "tiger_key_tokens", "Prompt and generated tokens by API key name", ["key"]
+)
 TIME_TO_FIRST_TOKEN = Histogram(
     "tiger_time_to_first_token_seconds",
     "Time from request to first token",

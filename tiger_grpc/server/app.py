@@ -21,6 +21,7 @@ from ..models.registry import ModelRegistry
 from ..models.store import ModelStore
 from ..pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
 from .auth import AuthInterceptor
+from .keys import KeyRing
 from .servicer import TigerServicer
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class TigerServer:
     registry: Any  # a models.ModelRegistry, or a test's stand-in
     health: health.HealthServicer
     config: ServerConfig
+    keys: KeyRing
 
     async def set_serving(self, serving: bool) -> None:
         status = SERVING if serving else NOT_SERVING
@@ -113,10 +115,14 @@ async def create_server(
     registry = registry or ModelRegistry(ModelStore(config.home), config.engine)
     trainer = trainer or Trainer(registry)
     importer = importer or Importer(
-        registry.store, config.engine.device, config.engine.precision
+        registry.store,
+        config.engine.device,
+        config.engine.precision,
+        config.import_roots,
     )
+    keys = KeyRing(config.api_key, config.keys_file)
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(config.api_key)], options=SERVER_OPTIONS
+        interceptors=[AuthInterceptor(keys)], options=SERVER_OPTIONS
     )
     pb_grpc.add_TigerServicer_to_server(
         TigerServicer(registry, trainer, importer), server
@@ -135,6 +141,6 @@ async def create_server(
     if port == 0:
         raise OSError(f"could not bind {config.host}:{config.port}")
     await server.start()
-    tiger = TigerServer(server, port, registry, health_servicer, config)
+    tiger = TigerServer(server, port, registry, health_servicer, config, keys)
     await tiger.set_serving(True)
     return tiger

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,9 +21,11 @@ from ..config import (
     TlsFiles,
     default_home,
     env_int,
+    keys_file,
     ort_spin,
     resolve_api_key,
 )
+from ..jobs.checkpoint import import_roots
 from ..models.precision import PRECISIONS, resolve_precision
 from ..runtime.logs import setup_logging
 from ..runtime.process import add_process_arguments, until_terminated, write_port_file
@@ -51,6 +54,12 @@ async def serve(config: ServerConfig, port_file: Path | None = None) -> None:
         metrics_port,
     )
     write_port_file(port_file, tiger.port, metrics_port)
+    watching = None
+    if config.keys_file is not None:  # reloaded when it changes, and on SIGHUP
+        watching = asyncio.create_task(tiger.keys.watch())
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP, lambda: tiger.keys.reload(force=True)
+        )
     preparing = None
     if config.prepare_default_model or config.preload:
         preparing = asyncio.create_task(tiger.get_ready())
@@ -58,6 +67,8 @@ async def serve(config: ServerConfig, port_file: Path | None = None) -> None:
     log.info("shutting down (grace %.0fs)", config.shutdown_grace_s)
     if preparing is not None and not preparing.done():
         preparing.cancel()
+    if watching is not None:
+        watching.cancel()
     await tiger.stop()
     log.info("stopped")
 
@@ -194,6 +205,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[ServerConfig, Path | No
     config = ServerConfig(
         home=args.home,
         api_key=resolve_api_key(args.home, env),
+        keys_file=keys_file(env),
+        import_roots=import_roots(env),
         host=args.host,
         port=args.port,
         engine=engine,

@@ -1,0 +1,155 @@
+"""What an import may read, tried as an attacker would: paths out of the import
+roots (`..`, absolute, a symlink out of a root, /proc/self/environ), symlinks out
+of a checkpoint, pickle weights, custom code, absurd or lying configs, forged
+safetensors headers. All refused before anything is copied."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from tiger_grpc.api.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from tiger_grpc.jobs.checkpoint import vet_checkpoint, vet_path
+
+VOCAB, HIDDEN, HEADS, LAYERS, FFN = 49152, 8, 2, 2, 16
+
+
+def config(**changes) -> dict:
+    return {
+        "model_type": "llama",
+        "vocab_size": VOCAB,
+        "hidden_size": HIDDEN,
+        "intermediate_size": FFN,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": HEADS,
+        "max_position_embeddings": 256,
+        **changes,
+    }
+
+
+def weights(hidden: int = HIDDEN) -> dict[str, np.ndarray]:
+    out = {"model.embed_tokens.weight": np.zeros((VOCAB, hidden), np.float32)}
+    for i in range(LAYERS):
+        for name in ("q_proj", "k_proj"):
+            out[f"model.layers.{i}.self_attn.{name}.weight"] = np.zeros(
+                (hidden, hidden), np.float32
+            )
+        out[f"model.layers.{i}.mlp.gate_proj.weight"] = np.zeros(
+            (FFN, hidden), np.float32
+        )
+    return out
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path, default_model_dir: Path) -> Path:
+    path = tmp_path / "ckpt"
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(config()))
+    shutil.copy(default_model_dir / "hf" / "tokenizer.json", path / "tokenizer.json")
+    save_file(weights(), str(path / "model.safetensors"))
+    return path
+
+
+def test_a_good_checkpoint_copies_only_what_was_vetted(checkpoint: Path) -> None:
+    (checkpoint / "notes.txt").write_text("hello")
+    (checkpoint / "pytorch_model.bin").write_bytes(b"\x80\x04 not really")
+    (checkpoint / "alias.json").symlink_to(checkpoint / "config.json")
+    vetted = vet_checkpoint(checkpoint)
+    assert vetted.files == ("config.json", "model.safetensors", "tokenizer.json")
+
+
+def test_pickle_weights_are_never_read(checkpoint: Path) -> None:
+    (checkpoint / "model.safetensors").unlink()
+    (checkpoint / "pytorch_model.bin").write_bytes(b"\x80\x04cos\nsystem\n")
+    with pytest.raises(InvalidArgumentError, match="pickle file, which Tiger never"):
+        vet_checkpoint(checkpoint)
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"auto_map": {"AutoModel": "evil.Model"}}, "custom code"),
+        ({"hidden_size": 10**9}, "`hidden_size` must be an integer from 1"),
+        ({"num_hidden_layers": -1}, "`num_hidden_layers`"),
+        ({"vocab_size": "49152"}, "`vocab_size`"),
+        ({"hidden_size": 16}, "disagree with config.json"),
+        ({"num_hidden_layers": 3}, "the weights have 2 layers"),
+        ({"model_type": "mistral"}, "only Llama"),
+    ],
+)
+def test_a_config_that_lies_or_is_absurd_is_refused(
+    checkpoint: Path, changes, needle
+) -> None:
+    (checkpoint / "config.json").write_text(json.dumps(config(**changes)))
+    with pytest.raises(InvalidArgumentError, match=needle):
+        vet_checkpoint(checkpoint)
+
+
+def test_oversized_and_unparsable_files_are_refused(checkpoint: Path) -> None:
+    (checkpoint / "config.json").write_text(json.dumps(config(pad="x" * (2 << 20))))
+    with pytest.raises(InvalidArgumentError, match="more than the"):
+        vet_checkpoint(checkpoint)
+    (checkpoint / "config.json").write_text("{not json")
+    with pytest.raises(InvalidArgumentError, match="not JSON"):
+        vet_checkpoint(checkpoint)
+
+
+@pytest.mark.parametrize("forgery", ["header", "offsets"])
+def test_forged_safetensors_headers_are_refused(checkpoint: Path, forgery) -> None:
+    path = checkpoint / "model.safetensors"
+    if forgery == "header":
+        path.write_bytes(struct.pack("<Q", 1 << 40) + b"{}")
+    else:
+        header = json.dumps(
+            {
+                "model.embed_tokens.weight": {
+                    "dtype": "F32",
+                    "shape": [VOCAB, HIDDEN],
+                    "data_offsets": [0, 1 << 40],
+                }
+            }
+        ).encode()
+        path.write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(InvalidArgumentError, match="header of|past the end"):
+        vet_checkpoint(checkpoint)
+
+
+def test_a_symlink_out_of_the_checkpoint_is_refused(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.json"
+    secret.write_text("{}")
+    (checkpoint / "tokenizer_config.json").symlink_to(secret)
+    with pytest.raises(InvalidArgumentError, match="symlink to outside"):
+        vet_checkpoint(checkpoint)
+
+
+def test_paths_out_of_the_import_roots_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "imports"
+    (root / "good").mkdir(parents=True)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (root / "escape").symlink_to(outside)
+    roots = (root.resolve(),)
+    assert vet_path(str(root / "good"), roots) == (root / "good").resolve()
+    with pytest.raises(InvalidArgumentError, match="must not contain `..`"):
+        vet_path(str(root / "good" / ".." / ".." / "elsewhere"), roots)
+    with pytest.raises(InvalidArgumentError, match="absolute"):
+        vet_path("imports/good", roots)
+    for attack in (str(outside), "/proc/self/environ", "/etc", str(root / "escape")):
+        with pytest.raises(PermissionDeniedError, match="TIGER_IMPORT_ROOTS"):
+            vet_path(attack, roots)
+    assert vet_path("/etc", ()) == Path("/etc")  # no roots: the old rule
+    with pytest.raises(NotFoundError):
+        vet_checkpoint(Path("/proc/self/environ"))
