@@ -38,6 +38,7 @@ SEED_MAX = 2**64 - 1
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_SEQUENCE_CHARS = 256
 MAX_EXAMPLES = 10_000
+MAX_TRAINING_CHARS = 32 * 2**20  # all the examples' text together
 MAX_CHOICES = 16  # n: choices of one request, each its own sequence in the batch
 MAX_TOP_LOGPROBS = 20
 MAX_CACHE_SALT_CHARS = 256
@@ -314,6 +315,17 @@ class TrainParams(RequestModel):
     ]
     stream: Annotated[bool, BOOLEAN] = False
     hyperparameters: Hyperparameters = Hyperparameters()
+
+    @model_validator(mode="after")
+    def _not_too_much_text(self) -> TrainParams:
+        size = sum(len(m.content) for e in self.examples for m in e.messages)
+        if size > MAX_TRAINING_CHARS:
+            raise fail_at(
+                "examples",
+                f"hold {size} characters of text; a training takes at most "
+                f"{MAX_TRAINING_CHARS}",
+            )
+        return self
 
 
 class ImportParams(RequestModel):

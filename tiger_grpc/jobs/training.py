@@ -9,6 +9,7 @@ cancelled run leaves nothing behind.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -78,6 +79,18 @@ def tokenize_example(
         for position in range(start, min(len(through), len(full))):
             labels[position] = full[position]
     return full[:MAX_EXAMPLE_TOKENS], labels[:MAX_EXAMPLE_TOKENS]
+
+
+def check_lengths(tokenizer: Any, params: TrainParams) -> None:
+    """Refuses (before anything runs) an example longer than a training takes."""
+    for i, example in enumerate(params.examples):
+        turns = [{"role": m.role, "content": m.content} for m in example.messages]
+        size = len(tokenizer.apply_chat_template(turns, tokenize=True))
+        if size > MAX_EXAMPLE_TOKENS:
+            raise InvalidArgumentError(
+                f"`examples[{i}]` is {size} tokens after the chat template; a "
+                f"training takes at most {MAX_EXAMPLE_TOKENS} per example"
+            )
 
 
 def _batches(n: int, batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -278,6 +291,8 @@ class Trainer:
             raise InvalidArgumentError("`output_model` must differ from `model`")
         if self._busy:
             raise OverloadedError("a training is already running; one runs at a time")
+        tokenizer = await self._registry.tokenizer(base)
+        await asyncio.to_thread(check_lengths, tokenizer, params)
         self._busy = True
         metrics.TRAININGS_RUNNING.inc()
 

@@ -160,6 +160,10 @@ class ModelRegistry:
             self._vocabularies[manifest.id] = task
         return await asyncio.shield(task)
 
+    async def tokenizer(self, manifest: ModelManifest) -> Any:
+        """The model's serving tokenizer (the chat template with it)."""
+        return await self._tokenizer(manifest)
+
     async def _tokenizer(self, manifest: ModelManifest) -> Any:
         """The model's tokenizer, loaded once; needed before any chunk is sent.
 

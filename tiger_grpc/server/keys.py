@@ -2,10 +2,11 @@
 reloaded when it changes or on SIGHUP, and `TIGER_API_KEY` with every scope) and
 each key's limits (`Limits`), counted by this server process.
 
-A key is looked up by its SHA-256, compared with every known digest in constant
-time (no early exit). Limits are checked before a call starts; a running stream is
-never cut. Requests per minute and tokens per minute (prompt + generated, charged
-when a call ends) are sliding windows of the last 60 seconds.
+A key is looked up by its SHA-256 (a table of the known digests) and the match
+confirmed in constant time; the key itself is never kept. Limits are checked
+before a call starts; a running stream is never cut. Requests per minute and
+tokens per minute (prompt + generated, charged when a call ends) are sliding
+windows of the last 60 seconds.
 """
 
 from __future__ import annotations
@@ -43,20 +44,22 @@ class KeyRing:
         if keys_file is not None:
             self._keys = read_keys(keys_file)  # at start, a bad file is fatal
             self._seen = _stamp(keys_file)
+        self._index()
 
     def find(self, presented: str) -> Key | None:
-        """The key whose digest matches, compared with every one."""
+        """The key of that digest: found by it (one table lookup, however many
+        keys), the match confirmed in constant time."""
         if not presented or len(presented) > MAX_KEY_CHARS:
             return None
         wanted = digest(presented)
-        found = None
-        for key in self._all():
-            if hmac.compare_digest(wanted, key.sha256):
-                found = key
-        return found
+        key = self._by_digest.get(wanted)
+        if key is None or not hmac.compare_digest(wanted, key.sha256):
+            return None
+        return key
 
-    def _all(self) -> list[Key]:
-        return [*self._keys, *([self._admin] if self._admin else [])]
+    def _index(self) -> None:
+        keys = [*self._keys, *([self._admin] if self._admin else [])]
+        self._by_digest = {key.sha256: key for key in keys}
 
     def reload(self, force: bool = False) -> bool:
         """Reads the key file again when it changed (or `force`); True when new
@@ -74,6 +77,7 @@ class KeyRing:
             log.error("key file %s refused, the last good one stays: %s", path, exc)
             return False
         self._keys = keys
+        self._index()
         self.reloads += 1
         log.info("key file %s loaded: %d keys", path, len(keys))
         return True

@@ -28,6 +28,7 @@ from ..pb.tiger.v1 import tiger_pb2 as pb
 from ..pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
 from ..runtime import metrics
 from ..runtime.logs import REQUEST_ID, REQUEST_ID_HEADER
+from .auth import CALLER
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +164,10 @@ async def _stream(
     finally:
         metrics.REQUESTS.labels(method, model, code).inc()
         log.info(
-            "%s model=%s code=%s %.0fms",
+            "%s model=%s key=%s code=%s %.0fms",
             method,
             model,
+            CALLER.get(),
             code,
             (time.monotonic() - started_at) * 1000,
         )
