@@ -7,6 +7,8 @@ or error message."""
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import signal
 import time
 from pathlib import Path
@@ -303,3 +305,19 @@ async def test_metrics_behind_a_key_and_no_key_leaks_anywhere(keyed) -> None:
     ]
     for key in [*keyed["keys"].values(), "fresh-key-1", API_KEY, METRICS_KEY]:
         assert not any(key in text for text in texts), key
+
+
+async def test_training_requests_have_explicit_caps(keyed) -> None:
+    headers = bearer(keyed["keys"]["trainer"])
+    long = {"role": "user", "content": "word " * 3000}
+    example = {"messages": [long, {"role": "assistant", "content": "ok"}]}
+    request = {"model": TINY_MODEL_ID, "output_model": "capped", "examples": [example]}
+    async with aiohttp.ClientSession(headers=headers) as s:
+        async with s.post(keyed["url"] + "/v1/train", json=request) as r:
+            assert r.status == 400
+            assert "`examples[0]` is" in (await r.json())["message"]
+        huge = {**request, "examples": [example] * 400}  # over the body limit
+        data = io.BytesIO(json.dumps(huge).encode())
+        kind = {"Content-Type": "application/json"}
+        async with s.post(keyed["url"] + "/v1/train", data=data, headers=kind) as r:
+            assert r.status == 413

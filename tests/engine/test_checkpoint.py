@@ -151,5 +151,8 @@ def test_paths_out_of_the_import_roots_are_refused(tmp_path: Path) -> None:
         with pytest.raises(PermissionDeniedError, match="TIGER_IMPORT_ROOTS"):
             vet_path(attack, roots)
     assert vet_path("/etc", ()) == Path("/etc")  # no roots: the old rule
+    for garbage in ("/tmp/a\x00b", "/tmp/\udb2a"):
+        with pytest.raises(InvalidArgumentError, match="cannot be a path"):
+            vet_path(garbage, roots)
     with pytest.raises(NotFoundError):
         vet_checkpoint(Path("/proc/self/environ"))

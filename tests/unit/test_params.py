@@ -109,3 +109,12 @@ def test_protobuf_requests_get_the_same_range_messages() -> None:
         InvalidArgumentError, match=r"`top_p` must be a number in \(0, 1\]"
     ):
         params_from_pb(request)
+
+
+def test_a_training_has_a_cap_on_its_text() -> None:
+    from tiger_grpc.api.params import MAX_TRAINING_CHARS, TrainParams
+
+    turn = {"role": "assistant", "content": "x" * (MAX_TRAINING_CHARS // 4)}
+    body = {"model": "m", "output_model": "n", "examples": [{"messages": [turn]}] * 5}
+    with pytest.raises(InvalidArgumentError, match="`examples` hold"):
+        validated(TrainParams, body)

@@ -64,12 +64,16 @@ def _stop(children: list[subprocess.Popen[bytes]]) -> None:
 
 
 def _announce(
-    started: float, home: Path, api_key: str, grpc_port: int, http_port: int
+    started: float, home: Path, api_key: str | None, grpc_port: int, http_port: int
 ) -> None:
     _say(f"ready in {time.monotonic() - started:.1f}s")
     _say(f"HTTP gateway: http://localhost:{http_port}   gRPC: localhost:{grpc_port}")
     _say(f"default model: {DEFAULT_MODEL_ID}   model store: {home}")
-    _say(f"API key: {api_key}")
+    if api_key is None:  # a key file's keys only
+        _say(f"API keys: from {os.environ.get('TIGER_KEYS_FILE')} (`tiger keys add`)")
+        api_key = "<a key from the file>"
+    else:
+        _say(f"API key: {api_key}")
     _say(f"try: export TIGER_API_KEY={api_key}")
     _say(
         f"     curl -N localhost:{http_port}/v1/generate_response "
@@ -92,7 +96,9 @@ def main() -> int:
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     ensure_default_model(ModelStore(home), precision)
-    env.update(TIGER_HOME=str(home), TIGER_API_KEY=api_key, PYTHONUNBUFFERED="1")
+    env.update(TIGER_HOME=str(home), PYTHONUNBUFFERED="1")
+    if api_key is not None:
+        env["TIGER_API_KEY"] = api_key
     # Loaded before `ready`, so that the first request does not pay for it.
     env.setdefault("TIGER_PRELOAD", DEFAULT_MODEL_ID)
     grpc_port = env_int(env, "TIGER_GRPC_PORT", DEFAULT_GRPC_PORT)

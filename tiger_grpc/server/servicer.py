@@ -164,12 +164,12 @@ async def _stream(
     finally:
         metrics.REQUESTS.labels(method, model, code).inc()
         log.info(
-            "%s model=%s key=%s code=%s %.0fms",
+            "%s model=%s code=%s %.0fms key=%s",
             method,
             model,
-            CALLER.get(),
             code,
             (time.monotonic() - started_at) * 1000,
+            CALLER.get(),
         )
 
 

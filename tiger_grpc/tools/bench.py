@@ -9,11 +9,13 @@ scenario (`bench_chat`): a multi-turn conversation's time to first token per tur
 with the prefix cache, without it, and on llama.cpp's server (`--llama-server
 PATH`). Then structured output (`bench_structured`): a JSON schema's cost in
 decode speed and time to first token, and the validity of answers over generated
-schemas. Then quality (`bench_quality`): every precision's top-1 agreement, KL
-divergence and perplexity against the fp32 export on a held-out text. Then (not
-with `--quick`) the 1B scale (`bench_scale`): a random 1.07B Llama's decode speed,
-against llama.cpp's Q4_0 of the same weights with `--llama-server`. Writes
-bench.json, bench.md and bench.png, and prints the tables and the target ratios.
+schemas. Then key checks (`bench_keys`): a burst's requests per second with a key
+file of 1,000 keys against one key. Then quality (`bench_quality`): every
+precision's top-1 agreement, KL divergence and perplexity against the fp32 export
+on a held-out text. Then (not with `--quick`) the 1B scale (`bench_scale`): a
+random 1.07B Llama's decode speed, against llama.cpp's Q4_0 of the same weights
+with `--llama-server`. Writes bench.json, bench.md and bench.png, and prints the
+tables and the target ratios.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ from ..models.store import ModelStore
 from ..pb.tiger.v1 import tiger_pb2 as pb
 from ..pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
 from .bench_chat import API_KEY, scenario, served
+from .bench_keys import markdown as keys_markdown
+from .bench_keys import measure as measure_keys
+from .bench_keys import targets as keys_targets
 from .bench_peers import hf_baselines
 from .bench_quality import markdown as quality_markdown
 from .bench_quality import measure as measure_quality
@@ -284,24 +289,28 @@ def main() -> None:
     print("  structured output: schemas against free text...", file=sys.stderr)
     rounds, schemas = (2, 16) if args.quick else (4, 40)
     structured = structured_scenario(default_home(), rounds, schemas)
+    print("  key checks: a key file against one key...", file=sys.stderr)
+    keys = measure_keys(default_home(), 2.0 if args.quick else 4.0)
     print("  quality of every precision against fp32...", file=sys.stderr)
     quality_rows = measure_quality(default_home(), 512 if args.quick else None)
     scale_rows = []
     if not args.quick:
         print("  a 1B model, Tiger against llama.cpp...", file=sys.stderr)
         scale_rows = measure_scale(default_home(), args.llama_server)
-    _write(args, rows, chat_rows, structured, quality_rows, scale_rows)
+    _write(args, rows, chat_rows, (structured, keys), quality_rows, scale_rows)
 
 
 def _write(
     args: argparse.Namespace,
     rows: list[dict[str, Any]],
     chat_rows: list[dict[str, Any]],
-    structured: dict[str, Any],
+    extra: tuple[dict[str, Any], dict[str, Any]],
     quality_rows: list[dict[str, Any]],
     scale_rows: list[dict[str, Any]],
 ) -> None:
-    """bench.json, bench.md and bench.png under `args.out`; the tables printed."""
+    """bench.json, bench.md and bench.png under `args.out`; the tables printed.
+    `extra`: the structured-output and key-check rows."""
+    structured, keys = extra
     meta = {
         "model": DEFAULT_MODEL_ID,
         "precision": args.precision,
@@ -320,6 +329,7 @@ def _write(
         for n, v, w, m in [
             *chat_targets(chat_rows),
             *structured_targets(structured),
+            *keys_targets(keys),
             *quality_targets(quality_rows),
             *scale_targets(scale_rows),
         ]
@@ -329,6 +339,7 @@ def _write(
         "results": rows,
         "chat": chat_rows,
         "structured": structured,
+        "keys": keys,
         "quality": quality_rows,
         "scale": scale_rows,
         "targets": met,
@@ -336,6 +347,7 @@ def _write(
     (args.out / "bench.json").write_text(json.dumps(report, indent=2))
     tables = [markdown(rows, meta), chat_markdown(chat_rows)]
     tables.append(structured_markdown(structured))
+    tables.append(keys_markdown(keys))
     tables.append(quality_markdown(quality_rows))
     if scale_rows:
         tables.append(scale_markdown(scale_rows))
