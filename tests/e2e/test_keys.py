@@ -17,7 +17,7 @@ import aiohttp
 import grpc
 import pytest
 
-from tests.helpers import API_KEY, TINY_MODEL_ID, stack
+from tests.helpers import API_KEY, TINY_MODEL_ID, run_cli, stack
 from tiger_grpc.api.keys import add_key, entry
 from tiger_grpc.pb.tiger.v1 import tiger_pb2 as pb
 from tiger_grpc.pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
@@ -222,7 +222,7 @@ async def test_requests_and_tokens_per_minute(keyed) -> None:
     assert status == 429 and "tokens_per_minute (40)" in text
 
 
-async def test_imports_cannot_leave_the_import_roots(keyed) -> None:
+async def test_imports_cannot_leave_the_import_roots_and_are_audited(keyed) -> None:
     headers = bearer(keyed["keys"]["importer"])
     roots = keyed["roots"]
     attacks = {
@@ -238,9 +238,13 @@ async def test_imports_cannot_leave_the_import_roots(keyed) -> None:
                 keyed["url"] + "/v1/models/import", json={"path": path, "id": "atk"}
             ) as r:
                 assert r.status == expected, (path, await r.text())
+    trainer = bearer(keyed["keys"]["trainer"])
+    status, _, _ = await call(keyed["url"], "POST", "/v1/train", trainer)
+    assert status == 404  # an unknown base model
     log = keyed["server"].log.read_text()
     assert '"audit": "ImportModel", "key": "importer", "path": "/etc"' in log
     assert '"outcome": "PERMISSION_DENIED"' in log
+    assert '"audit": "Train", "key": "trainer", "model": "no-such-model"' in log
 
 
 async def test_the_key_file_changes_under_running_streams(keyed) -> None:
@@ -321,3 +325,28 @@ async def test_training_requests_have_explicit_caps(keyed) -> None:
         kind = {"Content-Type": "application/json"}
         async with s.post(keyed["url"] + "/v1/train", data=data, headers=kind) as r:
             assert r.status == 413
+
+
+def test_tiger_keys_add_prints_the_key_once(keyed, tmp_path: Path) -> None:
+    path = tmp_path / "cli-keys.toml"
+    out = run_cli(
+        "keys",
+        "add",
+        "cli-svc",
+        "--scopes",
+        "generate,train",
+        "--max-concurrent",
+        "4",
+        "--file",
+        str(path),
+    )
+    assert out.returncode == 0, out.stderr
+    key = out.stdout.strip()
+    assert key.startswith("tgr_") and key not in path.read_text()
+    assert "shown this once" in out.stderr
+    again = run_cli(
+        "keys", "add", "cli-svc", "--scopes", "generate", "--file", str(path)
+    )
+    assert again.returncode == 2 and "used twice" in again.stderr
+    bad = run_cli("keys", "add", "x", "--scopes", "admin", "--file", str(path))
+    assert bad.returncode == 2 and "`scopes` must be" in bad.stderr
