@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from tiger_grpc.config import (
     DEFAULT_GRPC_PORT,
@@ -100,15 +101,33 @@ def parse_config(
     return config, args.port_file, args.shutdown_grace
 
 
+HEADER_LIMIT = 64 * 1024
+
+
+def _without_request_bytes(record: logging.LogRecord) -> bool:
+    """aiohttp logs a request that does not parse with the bytes it stopped at
+    (an overlong `Authorization` header's start, say): logged without them."""
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, HttpProcessingError):
+        record.msg = "refused a request that does not parse as HTTP (%s, status %s)"
+        record.args = (type(error).__name__, error.code)
+        record.exc_info = record.exc_text = None
+    return True
+
+
 async def serve(
     config: GatewayConfig, port_file: Path | None = None, shutdown_grace: float = 30.0
 ) -> None:
     # On SIGTERM: stop accepting, give running streams `shutdown_grace` to finish.
+    logging.getLogger("aiohttp.server").addFilter(_without_request_bytes)
     runner = web.AppRunner(
         init(config),
         handler_cancellation=True,
         access_log=log,
         shutdown_timeout=shutdown_grace,
+        # Headers up to 64 KiB reach the gateway's own checks (an overlong key
+        # is a 401 there); past that, aiohttp refuses the request itself.
+        max_field_size=HEADER_LIMIT,
     )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
