@@ -117,13 +117,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             _count(key, method, "OK", 0)
             return reply
 
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(stream, **kwargs)
-        return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
+        return _like(handler, stream, unary)
 
 
 def _tokens(chunk: Any) -> int:
@@ -183,10 +177,18 @@ def _rejecting(
         await context.abort(status.grpc_code, message)
         yield  # pragma: no cover - makes this an async generator
 
+    return _like(handler, reject_stream, reject)
+
+
+def _like(
+    handler: grpc.RpcMethodHandler, stream: Any, unary: Any
+) -> grpc.RpcMethodHandler:
+    """A handler of the same kind and serializers as `handler`, running `stream`
+    (a server-streaming method) or `unary`."""
     kwargs = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(reject_stream, **kwargs)
-    return grpc.unary_unary_rpc_method_handler(reject, **kwargs)
+        return grpc.unary_stream_rpc_method_handler(stream, **kwargs)
+    return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
