@@ -226,12 +226,17 @@ def test_rope_tables_follow_llama3_scaling() -> None:
 
 
 async def test_a_cuda_server_builds_the_missing_fp16_graph_once(
-    tmp_path, store_home, tiny_model
+    tmp_path, store_home, tiny_model, monkeypatch
 ) -> None:
     """A store prepared on a CPU machine (no fp16 graph) served with CUDA asked for:
-    the registry builds the fp16 graph on first load, says so, and serves it (here
-    ORT falls back to the CPU provider, which it reports)."""
+    the registry builds the fp16 graph on first load, says so, and serves it. (Here
+    ORT falls back to the CPU provider; a CUDA session that falls back is refused
+    in service, so this test lets the fallback through.)"""
     import dataclasses
+
+    import tiger_grpc.engine.fused as fused
+
+    monkeypatch.setattr(fused, "in_use", lambda session, device, what: "CPU")
     import shutil
 
     from tiger_grpc.api.params import ChatMessage, GenerateParams
@@ -319,3 +324,56 @@ def test_an_unknown_precision_is_refused_at_start(module, tmp_path) -> None:
     )
     assert out.returncode != 0
     assert "TIGER_PRECISION must be one of int8, int4, fp16, fp32" in out.stderr
+
+
+def test_cuda_asked_for_and_not_had_is_refused_with_the_reason(
+    store_home, tiny_model, monkeypatch
+) -> None:
+    """ORT quietly falls back to CPU when CUDA cannot load: the session is
+    refused for `cuda` (and the server will not start), a warning for `auto`; a
+    graph CUDA's kernels do not serve is refused before anything runs."""
+    import onnxruntime as ort
+
+    from tiger_grpc.engine import providers
+    from tiger_grpc.engine.providers import DeviceError, check_device, in_use
+
+    path = graph(store_home, tiny_model, "fp16")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    monkeypatch.setattr(providers, "choose_providers", lambda d: [providers.CUDA])
+    with pytest.raises(DeviceError, match="asked for CUDA and ONNX Runtime gave it"):
+        in_use(session, Device.CUDA, "the graph")
+    assert in_use(session, Device.AUTO, "the graph") == "CPUExecutionProvider"
+    monkeypatch.setattr(providers, "why_not_cuda", lambda: "no NVIDIA driver here")
+    with pytest.raises(DeviceError, match="TIGER_DEVICE=cuda, but no NVIDIA driver"):
+        check_device(Device.CUDA, "fp16")
+    check_device(Device.AUTO, "int4")  # on CPU: said, not refused
+    monkeypatch.setattr(providers, "why_not_cuda", lambda: None)
+    for precision in ("int4", "int8", "fp32"):
+        with pytest.raises(DeviceError, match="set TIGER_PRECISION=fp16"):
+            check_device(Device.CUDA, precision)
+    check_device(Device.CUDA, "fp16")
+
+
+def test_a_failed_device_zeroing_never_falls_back_to_a_host_copy(monkeypatch) -> None:
+    import onnxruntime as ort
+
+    from tiger_grpc.engine.device import DeviceBuffers
+
+    buffers = DeviceBuffers(2, np.float16, ["CPUExecutionProvider"], "cpu")
+    monkeypatch.setattr(buffers, "device_type", "cuda")  # as on a GPU
+    make = ort.OrtValue.ortvalue_from_shape_and_type  # the memory: host memory here
+    monkeypatch.setattr(
+        ort.OrtValue,
+        "ortvalue_from_shape_and_type",
+        staticmethod(lambda shape, dtype, device, index: make(shape, dtype, "cpu", 0)),
+    )
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("no kernel")
+
+    monkeypatch.setattr(buffers, "copy", failing)
+    monkeypatch.setattr(
+        np, "zeros", lambda *a, **k: pytest.fail("a host array of the cache")
+    )
+    with pytest.raises(RuntimeError, match="zeroing the KV cache on the device"):
+        buffers.allocate((1, 2, 8, 4))

@@ -41,6 +41,7 @@ from .providers import (
     choose_providers,
     cuda_compute_major,
     default_cuda_cache_gb,
+    in_use,
     session_options,
 )
 
@@ -67,7 +68,7 @@ class FusedCausalLM:
         self.session = ort.InferenceSession(
             str(onnx_path), session_options(spin), providers=providers
         )
-        self.provider = self.session.get_providers()[0]
+        self.provider = in_use(self.session, device, str(onnx_path))
         self.device_type = "cuda" if self.provider == CUDA else "cpu"
         self._read_cache_inputs()
         cuda = self.device_type == "cuda"

@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..config import Device
-from .providers import choose_providers, session_options
+from .providers import choose_providers, in_use, session_options
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class OnnxCausalLM:
         self.session = ort.InferenceSession(
             str(onnx_path), session_options(spin), providers=choose_providers(device)
         )
-        self.provider = self.session.get_providers()[0]
+        self.provider = in_use(self.session, device, str(onnx_path))
         log.info("loaded %s on %s", onnx_path, self.provider)
         inputs = {i.name: i for i in self.session.get_inputs()}
         self._past_names = [n for n in inputs if n.startswith("past_key_values.")]

@@ -17,19 +17,60 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
 
+class DeviceError(RuntimeError):
+    """CUDA was asked for and cannot be had: the message says why."""
+
+
+def why_not_cuda() -> str | None:
+    """Why the CUDA provider cannot run here (None: it can load)."""
+    if CUDA not in ort.get_available_providers():
+        return (
+            f"this onnxruntime ({ort.__version__}) has no CUDA provider "
+            "(install onnxruntime-gpu)"
+        )
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return "no NVIDIA driver here (libcuda.so.1 does not load)"
+    return None
+
+
 def cuda_can_load() -> bool:
     """True when ORT has a CUDA provider and this machine has an NVIDIA driver.
 
     Asking ORT for CUDA without a driver works but logs a loud failure and falls
     back to CPU, so it is only asked for when it can load.
     """
-    if CUDA not in ort.get_available_providers():
-        return False
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    return True
+    return why_not_cuda() is None
+
+
+def check_device(device: Device, precision: str) -> None:
+    """At start: `cuda` that cannot get CUDA, or a graph CUDA's kernels do not
+    serve, is a `DeviceError` with the reason; `auto` on CPU says why."""
+    reason = why_not_cuda()
+    if device is Device.CUDA and reason is not None:
+        raise DeviceError(f"TIGER_DEVICE=cuda, but {reason}")
+    if device is not Device.CPU and reason is None and precision != "fp16":
+        raise DeviceError(
+            f"on CUDA only the fp16 fused graph runs (ORT's CUDA GroupQueryAttention "
+            f"is fp16/bf16 only; an {precision} graph would put attention on the "
+            "CPU): set TIGER_PRECISION=fp16, or TIGER_DEVICE=cpu"
+        )
+    if device is Device.AUTO and reason is not None:
+        log.info("running on CPU: %s", reason)
+
+
+def in_use(session: ort.InferenceSession, device: Device, what: str) -> str:
+    """The provider a session really got; CUDA asked for and not got is a
+    `DeviceError` (ORT falls back to CPU quietly) for `cuda`, a warning for
+    `auto`."""
+    provider = str(session.get_providers()[0])
+    if CUDA in choose_providers(device) and provider != CUDA:
+        message = f"{what} asked for CUDA and ONNX Runtime gave it {provider}"
+        if device is Device.CUDA:
+            raise DeviceError(message)
+        log.warning("%s: running on CPU", message)
+    return provider
 
 
 def choose_providers(device: Device) -> list[str]:

@@ -25,6 +25,7 @@ from ..config import (
     ort_spin,
     resolve_api_key,
 )
+from ..engine.providers import DeviceError, check_device
 from ..jobs.checkpoint import import_roots
 from ..models.precision import PRECISIONS, resolve_precision
 from ..runtime.logs import setup_logging
@@ -189,7 +190,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[ServerConfig, Path | No
     device = Device(args.device)
     try:
         precision = resolve_precision(args.precision, device)
-    except ValueError as exc:
+        check_device(device, precision)
+    except (ValueError, DeviceError) as exc:
         parser.error(str(exc))
     engine = EngineOptions(
         device=device,

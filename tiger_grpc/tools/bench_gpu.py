@@ -304,6 +304,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
     device = Device(args.device)
+    from ..engine.providers import cuda_can_load
+
+    if device is Device.AUTO and cuda_can_load():
+        # CUDA, or stop at once: a session that fell back to CPU would spend the
+        # GPU time building and timing the 8B shape on CPU cores.
+        device = Device.CUDA
     try:
         precision = resolve_precision(
             args.precision or os.environ.get("TIGER_PRECISION"), device
