@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PB_OUT := tiger_grpc/pb
 
-.PHONY: install cuda browser node-clients run test proto bench bench-gpu load clean
+.PHONY: install cuda browser node-clients run test proto bench bench-gpu gpu-check load clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ bench: $(STAMP)
 # the CPU. BENCH_GPU_ARGS="--shapes tiny,embedded --device cpu" checks it anywhere.
 bench-gpu: $(STAMP)
 	$(PY) -m tiger_grpc.tools.bench_gpu $(BENCH_GPU_ARGS)
+
+# On a CUDA machine: the provider in use, the engine's calls against the CPU
+# provider's, the attention kernel, the 8B-shape bench (GPU_CHECK_ARGS="--device
+# cpu --no-8b" is the dry run).
+gpu-check: $(STAMP)
+	$(PY) -m tiger_grpc.tools.gpu_check $(GPU_CHECK_ARGS)
 
 # Many concurrent streaming clients against a running gateway (make run) for a
 # bounded time; LOAD_ARGS="--concurrency 64 --duration 60".

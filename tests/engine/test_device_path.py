@@ -377,3 +377,21 @@ def test_a_failed_device_zeroing_never_falls_back_to_a_host_copy(monkeypatch) ->
     )
     with pytest.raises(RuntimeError, match="zeroing the KV cache on the device"):
         buffers.allocate((1, 2, 8, 4))
+
+
+def test_cuda_libraries_are_looked_for_where_they_are(tmp_path) -> None:
+    """The operator's directory first, then NVIDIA's packages next to
+    onnxruntime, then PyTorch's; each library from the first that has it."""
+    from tiger_grpc.engine.providers import CUDA_LIBRARIES, library_dirs, locate
+
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    for directory in (mine, theirs):
+        directory.mkdir()
+    (mine / "libcudnn.so.9").write_bytes(b"")
+    for name in CUDA_LIBRARIES:
+        (theirs / name).write_bytes(b"")
+    dirs = library_dirs({"TIGER_CUDA_LIB_DIR": f"{mine}:{theirs}:/nonexistent"})
+    assert dirs[:2] == [mine, theirs]
+    found = locate(CUDA_LIBRARIES, dirs)
+    assert found["libcudnn.so.9"] == mine / "libcudnn.so.9"
+    assert found["libcudart.so.13"] == theirs / "libcudart.so.13"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import os
+from pathlib import Path
 
 import onnxruntime as ort
 
@@ -84,13 +86,68 @@ def _providers(device: Device) -> tuple[str, ...]:
         return (CPU,)
     if device is Device.CUDA or cuda_can_load():
         if hasattr(ort, "preload_dlls"):
-            try:
-                # CUDA and cuDNN from NVIDIA's pip packages, when installed.
+            try:  # NVIDIA's pip packages next to onnxruntime, as ORT knows them
                 ort.preload_dlls()
-            except Exception as exc:  # noqa: BLE001 - fall back, and say so
-                log.warning("could not preload CUDA libraries: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - the search below goes on
+                log.warning("onnxruntime could not preload CUDA libraries: %s", exc)
+        load_cuda_libraries()  # then wherever else they are, said in the log
         return (CUDA, CPU)
     return (CPU,)
+
+
+# What ORT's CUDA provider (CUDA 13, cuDNN 9) needs, in the order they load.
+CUDA_LIBRARIES = (
+    "libcudart.so.13",
+    "libcublasLt.so.13",
+    "libcublas.so.13",
+    "libcufft.so.12",
+    "libcudnn.so.9",
+)
+
+
+def library_dirs(env: dict[str, str] | None = None) -> list[Path]:
+    """Where CUDA and cuDNN may be, in order: the operator's `TIGER_CUDA_LIB_DIR`
+    (`:`-separated), NVIDIA's pip packages next to onnxruntime, PyTorch's own."""
+    env = dict(os.environ) if env is None else env
+    given = [Path(p) for p in env.get("TIGER_CUDA_LIB_DIR", "").split(os.pathsep) if p]
+    site = Path(ort.__file__).resolve().parent.parent
+    found = [site / "nvidia" / "cu13" / "lib", *sorted(site.glob("nvidia/*/lib"))]
+    return [d for d in [*given, *found, site / "torch" / "lib"] if d.is_dir()]
+
+
+def locate(names: tuple[str, ...], dirs: list[Path]) -> dict[str, Path]:
+    """Each library's file in the first directory that has it."""
+    found: dict[str, Path] = {}
+    for name in names:
+        for directory in dirs:
+            if (directory / name).is_file():
+                found[name] = directory / name
+                break
+    return found
+
+
+def load_cuda_libraries(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Loads CUDA and cuDNN from where they are (ORT's own `preload_dlls` looks
+    only next to it, and prints its failures rather than raising); logs what was
+    loaded from where, and what was not. Returns library -> where."""
+    found = locate(CUDA_LIBRARIES, library_dirs(env))
+    loaded: dict[str, str] = {}
+    for name in CUDA_LIBRARIES:
+        path = found.get(name)
+        try:  # one already loaded (by ORT's preload) is not loaded twice
+            ctypes.CDLL(name, mode=os.RTLD_NOLOAD)
+            loaded[name] = "already loaded"
+            continue
+        except OSError:
+            pass
+        try:
+            ctypes.CDLL(str(path) if path else name, mode=ctypes.RTLD_GLOBAL)
+        except OSError as exc:
+            log.warning("CUDA library %s not loaded: %s", name, exc)
+            continue
+        loaded[name] = str(path) if path else "the system's library path"
+        log.info("loaded %s from %s", name, loaded[name])
+    return loaded
 
 
 def session_options(spin: bool = True) -> ort.SessionOptions:
@@ -103,6 +160,10 @@ def session_options(spin: bool = True) -> ort.SessionOptions:
         "session.intra_op.allow_spinning", "1" if spin else "0"
     )
     options.add_session_config_entry("session.force_spinning_stop", "1")
+    profile = os.environ.get("TIGER_ORT_PROFILE")  # `make gpu-check`: the kernels
+    if profile:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile
     return options
 
 

@@ -1,0 +1,187 @@
+"""`make gpu-check`: one command that proves the CUDA path on a machine with a GPU,
+in a few minutes, and writes what it saw to `--out` (check.json, check.md).
+
+1. The provider: a small random-weight Llama's fused fp16 graph is loaded the way
+   the server loads it (`FusedCausalLM`, KV cache on the device, bound by address);
+   the provider the session really got is recorded, and a CUDA run that got CPU
+   stops here (`DeviceError`).
+2. The engine's calls, scripted so any device makes the same ones: a 300-token
+   prompt written in chunks of 128, seven more streams joining (8 at once), decode
+   steps, a stream leaving (the last slot moved into its place, as a cancel does),
+   more steps. Tokens are drawn at random, not sampled, so the calls stay the same
+   whatever the logits; every call's logits are compared with the same graph on
+   the CPU provider (max |difference|, and top-1 agreement), against fp16's
+   tolerance.
+3. The attention kernel: ONNX Runtime's profile of the run names the provider of
+   each GroupQueryAttention node; the compute capability and ORT's attention
+   switches (`ORT_ENABLE_XQA`, ...) are recorded with it.
+4. With CUDA in use, `make bench-gpu`'s Llama-3.1-8B shape at 1/8/32 streams
+   (`--no-8b` skips it).
+
+Without a GPU, `--device cpu` is the dry run CI makes: the same steps on the CPU
+provider against itself. It needs no model preparation (no GGUF, no optimum).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import Device
+from ..engine.providers import CPU, CUDA, cuda_can_load, cuda_compute_major
+from .bench_gpu import random_graph
+
+SWITCHES = (
+    "ORT_ENABLE_XQA",
+    "ORT_ENABLE_CUDNN_FLASH_ATTENTION",
+    "ORT_DISABLE_FLASH_ATTENTION",
+    "ORT_DISABLE_MEMORY_EFFICIENT_ATTENTION",
+)
+FP16_TOLERANCE = 0.05  # max |logit difference|, relative to the largest |logit|
+PROMPTS = (300, 40, 17, 64, 5, 33, 90, 12)  # 8 streams' prompt lengths
+CHUNK = 128
+
+
+def scripted_calls(model: Any, seed: int = 0) -> list[np.ndarray]:
+    """The same engine calls on any device; every call's logits (as float32)."""
+    rng = np.random.default_rng(seed)
+    vocab = model.vocab_size
+    prompts = [rng.integers(3, vocab, size=n).tolist() for n in PROMPTS]
+    out: list[np.ndarray] = []
+    first = prompts[0]
+    for start in range(0, len(first), CHUNK):  # a long prompt, a chunk at a time
+        out.append(model.prefill(0, first[: start + CHUNK], start))
+    lengths = [len(first)]
+
+    def steps(count: int) -> None:
+        for _ in range(count):
+            tokens = rng.integers(3, vocab, size=len(lengths)).tolist()
+            out.append(model.decode(tokens, lengths))
+            lengths[:] = [n + 1 for n in lengths]
+
+    for slot in range(1, len(prompts)):  # seven more join, one by one
+        out.append(model.prefill(slot, prompts[slot]))
+        lengths.append(len(prompts[slot]))
+        steps(2)
+    steps(8)
+    # Stream 2 leaves: the last slot moves into its place, as the scheduler does.
+    last = len(lengths) - 1
+    model.move(last, 2, lengths[last])
+    lengths[2] = lengths.pop()
+    steps(8)
+    return [np.asarray(x, np.float32) for x in out]
+
+
+def compare(device: list[np.ndarray], cpu: list[np.ndarray]) -> dict[str, Any]:
+    worst, agree, total = 0.0, 0, 0
+    for a, b in zip(device, cpu, strict=True):
+        scale = max(1.0, float(np.abs(b).max()))
+        worst = max(worst, float(np.abs(a - b).max()) / scale)
+        a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+        agree += int((a2.argmax(-1) == b2.argmax(-1)).sum())
+        total += a2.shape[0]
+    return {
+        "calls": len(cpu),
+        "max_relative_difference": worst,
+        "top1_agreement": agree / total,
+        "within_tolerance": worst <= FP16_TOLERANCE,
+    }
+
+
+def attention_kernels(profile: Path) -> list[dict[str, str]]:
+    """The GroupQueryAttention nodes of an ORT profile and their providers."""
+    events = json.loads(profile.read_text())
+    found = {}
+    for event in events:
+        args = event.get("args") or {}
+        if args.get("op_name") == "GroupQueryAttention":
+            name = str(event.get("name", "")).removesuffix("_kernel_time")
+            found[name] = args.get("provider", "?")
+    return [{"node": n, "provider": p} for n, p in sorted(found.items())][:4]
+
+
+def check(device: Device, out: Path, workdir: Path, run_8b: bool) -> dict[str, Any]:
+    from ..engine.fused import FusedCausalLM
+
+    started = time.monotonic()
+    path = random_graph("tiny", "fp16", workdir)
+    os.environ["TIGER_ORT_PROFILE"] = str(out / "ort-profile")
+    try:
+        model = FusedCausalLM(path, device, max_batch=8, max_len=1024)
+    finally:
+        os.environ.pop("TIGER_ORT_PROFILE", None)
+    report: dict[str, Any] = {
+        "device_asked": device.value,
+        "provider": model.provider,
+        "compute_capability_major": cuda_compute_major(),
+        "switches": {k: os.environ[k] for k in SWITCHES if k in os.environ},
+    }
+    on_device = scripted_calls(model)
+    profile = Path(model.session.end_profiling())
+    report["attention"] = attention_kernels(profile)
+    reference = FusedCausalLM(path, Device.CPU, max_batch=8, max_len=1024)
+    report["logits_against_cpu"] = compare(on_device, scripted_calls(reference))
+    report["bench_8b"] = None
+    if run_8b and model.provider == CUDA:
+        from .bench_gpu import main as bench_gpu
+
+        bench_gpu(
+            ["--shapes", "llama-3.1-8b", "--no-parity", "--workdir", str(workdir)]
+        )
+        report["bench_8b"] = "bench-gpu.md (see above)"
+    report["seconds"] = round(time.monotonic() - started, 1)
+    return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    logits = report["logits_against_cpu"]
+    kernels = ", ".join(f"{a['node']}: {a['provider']}" for a in report["attention"])
+    return "\n".join(
+        [
+            "# gpu-check",
+            "",
+            f"- provider in use: {report['provider']} "
+            f"(asked: {report['device_asked']})",
+            f"- compute capability: {report['compute_capability_major']}",
+            f"- attention nodes: {kernels or 'none in the profile'}",
+            f"- ORT attention switches: {report['switches'] or 'none set'}",
+            f"- logits against the CPU provider over {logits['calls']} calls: max "
+            f"relative difference {logits['max_relative_difference']:.2e}, top-1 "
+            f"agreement {logits['top1_agreement']:.4f}, within fp16 tolerance "
+            f"({FP16_TOLERANCE}): {'yes' if logits['within_tolerance'] else 'NO'}",
+            f"- 8B-shape bench: {report['bench_8b'] or 'not run'}",
+            f"- {report['seconds']} s",
+            "",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    default = "cuda" if cuda_can_load() else "cpu"
+    parser.add_argument("--device", choices=["cuda", "cpu"], default=default)
+    parser.add_argument("--out", type=Path, default=Path("gpu-check"))
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--no-8b", action="store_true", help="skip the 8B bench")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tiger-gpu-check-"))
+    report = check(Device(args.device), args.out, workdir, not args.no_8b)
+    (args.out / "check.json").write_text(json.dumps(report, indent=2))
+    (args.out / "check.md").write_text(markdown(report))
+    print(markdown(report))
+    if report["provider"] not in (CUDA if args.device == "cuda" else CPU,):
+        raise SystemExit("the provider in use is not the one asked for")
+    if not report["logits_against_cpu"]["within_tolerance"]:
+        raise SystemExit("logits outside fp16 tolerance of the CPU provider's")
+
+
+if __name__ == "__main__":
+    main()
