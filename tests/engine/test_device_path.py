@@ -395,3 +395,18 @@ def test_cuda_libraries_are_looked_for_where_they_are(tmp_path) -> None:
     found = locate(CUDA_LIBRARIES, dirs)
     assert found["libcudnn.so.9"] == mine / "libcudnn.so.9"
     assert found["libcudart.so.13"] == theirs / "libcudart.so.13"
+
+
+def test_plain_rope_without_transformers_default(monkeypatch) -> None:
+    """transformers 5.x dropped ROPE_INIT_FUNCTIONS["default"]: the tables are
+    then computed here, within float32 rounding of transformers 4.x's."""
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from tiger_grpc.models.graph.shape import rope_tables
+
+    config = LlamaConfig(hidden_size=256, num_attention_heads=4, rope_theta=1e5)
+    cos, sin = rope_tables(config, 512)
+    monkeypatch.delitem(ROPE_INIT_FUNCTIONS, "default")
+    cos2, sin2 = rope_tables(config, 512)
+    assert np.abs(cos - cos2).max() < 1e-4 and np.abs(sin - sin2).max() < 1e-4

@@ -51,15 +51,19 @@ class LlamaShape:
 
 
 def rope_tables(config: Any, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    with IMPORT_LOCK:
-        import torch
-        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
     rope_type = "default"
     if getattr(config, "rope_scaling", None):
         rope_type = config.rope_scaling.get(
             "rope_type", config.rope_scaling.get("type", "default")
         )
+    with IMPORT_LOCK:
+        import torch
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    if rope_type not in ROPE_INIT_FUNCTIONS and rope_type == "default":
+        # transformers 5.x has no "default" entry: plain RoPE, computed here (it
+        # agrees with transformers 4.x's to 1 ulp of the frequencies)
+        return _default_rope(config, max_len)
     inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"))
     positions = torch.arange(max_len, dtype=torch.float32)
     freqs = torch.outer(positions, inv_freq.float())
@@ -67,3 +71,15 @@ def rope_tables(config: Any, max_len: int) -> tuple[np.ndarray, np.ndarray]:
         (torch.cos(freqs) * scaling).numpy().astype(np.float32),
         (torch.sin(freqs) * scaling).numpy().astype(np.float32),
     )
+
+
+def _default_rope(config: Any, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of plain RoPE, as transformers' "default" computes them."""
+    heads = config.num_attention_heads
+    dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    dim = int(dim * getattr(config, "partial_rotary_factor", 1.0))
+    base = float(getattr(config, "rope_theta", 10000.0))
+    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim
+    inv_freq = (np.float32(1.0) / (np.float32(base) ** exponents)).astype(np.float32)
+    freqs = np.outer(np.arange(max_len, dtype=np.float32), inv_freq)
+    return np.cos(freqs).astype(np.float32), np.sin(freqs).astype(np.float32)
