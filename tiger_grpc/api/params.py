@@ -337,12 +337,14 @@ class ImportParams(RequestModel):
         str,
         Rule(
             "string",
-            ok=lambda v: v.startswith("/"),
-            message="must be absolute (the server reads it), got {value}",
+            ok=lambda v: v.startswith("/") and ".." not in v.split("/"),
+            message="must be absolute (the server reads it), without `..`, got "
+            "{value}",
             schema={
                 "type": "string",
                 "pattern": "^/",
-                "description": "Absolute, on the server",
+                "not": {"pattern": "(^|/)\\.\\.(/|$)"},
+                "description": "Absolute, on the server, without `..`",
             },
         ),
     ]

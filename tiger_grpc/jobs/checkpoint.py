@@ -67,7 +67,9 @@ def vet_path(given: str, roots: tuple[Path, ...]) -> Path:
     try:
         resolved = path.resolve()
     except (ValueError, OSError) as exc:  # a NUL byte, a lone surrogate, a loop
-        raise InvalidArgumentError(f"`path` cannot be a path here: {exc}") from None
+        raise NotFoundError(
+            f"no checkpoint at {given!r}: no file here can have that path ({exc})"
+        ) from None
     if roots and not any(resolved.is_relative_to(root) for root in roots):
         raise PermissionDeniedError(
             "`path` is outside the directories this server imports from "
