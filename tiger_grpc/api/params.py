@@ -338,8 +338,7 @@ class ImportParams(RequestModel):
         Rule(
             "string",
             ok=lambda v: v.startswith("/") and ".." not in v.split("/"),
-            message="must be absolute (the server reads it), without `..`, got "
-            "{value}",
+            message="must be absolute (the server reads it), without `..`, got {value}",
             schema={
                 "type": "string",
                 "pattern": "^/",
