@@ -74,7 +74,9 @@ class ChatShaper(ChunkMaker):
             i = event.index
             self.tokens[i].extend(event.logprobs)
             reader, text = self.readers[i], event.text
-            pieces = [Content(text)] if reader is None else reader.feed(text)
+            pieces: list[Piece] = (
+                [Content(text)] if reader is None else reader.feed(text)
+            )
             deltas = self._deltas(i, pieces)
             logprobs = chat_logprobs(event.logprobs) if self.logprobs else None
             if logprobs is not None and not deltas:

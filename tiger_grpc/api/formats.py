@@ -136,8 +136,8 @@ class ResponseFormat(RequestModel):
 
     @model_validator(mode="after")
     def _has_its_field(self) -> ResponseFormat:
-        needed = {"json_schema": self.json_schema, "regex": self.regex}
-        needed["choice"] = self.choice
+        needed: dict[str, object] = {"json_schema": self.json_schema}
+        needed.update(regex=self.regex, choice=self.choice)
         if self.type in needed and needed[self.type] is None:
             raise fail_at(self.type, f"is required with `type: {self.type}`")
         return self
