@@ -51,6 +51,7 @@ def keyed(store_home: Path, tmp_path_factory, tiny_model):
         "importer": add_key(path, "importer", ["import"]),
         "paced": add_key(path, "paced", ["generate"], requests_per_minute=3),
         "thrifty": add_key(path, "thrifty", ["generate"], tokens_per_minute=40),
+        "metered": add_key(path, "metered", ["generate"], tokens_per_minute=40),
     }
     env = {
         "TIGER_KEYS_FILE": str(path),
@@ -355,3 +356,20 @@ def test_tiger_keys_add_prints_the_key_once(keyed, tmp_path: Path) -> None:
     assert again.returncode == 2 and "used twice" in again.stderr
     bad = run_cli("keys", "add", "x", "--scopes", "admin", "--file", str(path))
     assert bad.returncode == 2 and "`scopes` must be" in bad.stderr
+
+
+async def test_a_stream_left_early_is_still_charged_its_tokens(keyed) -> None:
+    """Tokens are charged however a call ends: a client that reads a little and
+    leaves has spent its prompt and what was generated."""
+    headers = bearer(keyed["keys"]["metered"])
+    body = {"model": TINY_MODEL_ID, "messages": ASK, "max_tokens": 300, "stream": True}
+    async with aiohttp.ClientSession(headers=headers) as s:
+        async with s.post(keyed["url"] + "/v1/generate_response", json=body) as r:
+            assert r.status == 200
+            for _ in range(15):  # some of the answer, then away
+                await r.content.readline()
+        await asyncio.sleep(0.5)
+        status, text, _ = await call(
+            keyed["url"], "POST", "/v1/generate_response", headers
+        )
+    assert status == 429 and "tokens_per_minute (40)" in text

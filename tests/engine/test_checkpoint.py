@@ -156,3 +156,35 @@ def test_paths_out_of_the_import_roots_are_refused(tmp_path: Path) -> None:
             vet_path(garbage, roots)
     with pytest.raises(NotFoundError):
         vet_checkpoint(Path("/proc/self/environ"))
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        [1, 2],
+        {"x": {"dtype": "F32", "shape": [1], "data_offsets": ["0", "4"]}},
+        {"x": {"dtype": "F32", "shape": 5, "data_offsets": [0, 4]}},
+    ],
+)
+def test_malformed_headers_are_a_400_not_a_crash(checkpoint: Path, header) -> None:
+    raw = json.dumps(header).encode()
+    (checkpoint / "model.safetensors").write_bytes(
+        struct.pack("<Q", len(raw)) + raw + b"\0" * 16
+    )
+    with pytest.raises(InvalidArgumentError):
+        vet_checkpoint(checkpoint)
+
+
+def test_a_file_swapped_for_a_link_after_vetting_is_not_copied(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    from tiger_grpc.jobs.checkpoint import copy_vetted
+
+    vetted = vet_checkpoint(checkpoint)
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"secret": 1}')
+    (checkpoint / "tokenizer.json").unlink()
+    (checkpoint / "tokenizer.json").symlink_to(secret)  # after the vetting
+    with pytest.raises(InvalidArgumentError, match="link out of the checkpoint"):
+        copy_vetted(vetted, tmp_path / "store")
+    assert not (tmp_path / "store" / "tokenizer.json").exists()

@@ -236,3 +236,23 @@ def test_greedy_takes_the_best_allowed_token(vocabulary) -> None:
         if masked.complete:
             break
     assert fast.complete and shortcuts > 3
+
+
+def test_regex_slashes_and_tool_arguments_are_objects(
+    chat_tokenizer, vocabulary
+) -> None:
+    """A regex's `/` (escaped or not) stays inside Lark's `/.../`; a function whose
+    schema names no type still gets a JSON object for its arguments."""
+    regex = {"type": "regex", "regex": "a\\\\/b|c/d"}
+    tools = [{"name": "f", "parameters": {"properties": {"x": {"enum": [1, 2]}}}}]
+    request = params(response_format=regex, tools=tools)  # auto: the lark path
+    grammar = request_grammar(vocabulary, request)
+    for answer in ("a\\/b", "c/d"):
+        constraint = Constraint(vocabulary, grammar)
+        for token in chat_tokenizer.encode(answer, add_special_tokens=False):
+            constraint.consume(token)
+    loose = params(tools=[{"name": "g", "parameters": {"anyOf": [{"type": "string"}]}}])
+    with pytest.raises(InvalidArgumentError, match="tools\\[0\\].parameters"):
+        request_grammar(
+            vocabulary, loose.model_copy(update={"tool_choice": "required"})
+        )

@@ -107,3 +107,11 @@ def test_tokens_per_minute_charges_at_the_end() -> None:
         limits.admit(key, now=3.0)
     assert over.value.retry_after == 58  # the first 80 leave the window at 61 s
     limits.admit(key, now=62.0)
+
+
+def test_a_reserved_name_or_a_shared_digest_is_refused() -> None:
+    with pytest.raises(KeyFileError, match="the environment key's"):
+        parse_keys(entry("TIGER_API_KEY", "k9", ["generate"]))
+    twice = entry("a", "same", ["generate"]) + entry("b", "same", ["train"])
+    with pytest.raises(KeyFileError, match="same sha256 as 'a'"):
+        parse_keys(twice)

@@ -35,6 +35,7 @@ METHOD_SCOPES = {
     "ImportModel": "import",
 }
 LIMITS = ("requests_per_minute", "tokens_per_minute", "max_concurrent")
+RESERVED = "TIGER_API_KEY"  # the name the environment's all-scope key goes by
 MAX_KEY_CHARS = 512  # longer is no key of ours: refused before hashing
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _HEADER = re.compile(r"^\s*\[\[\s*key\s*\]\]")
@@ -82,11 +83,17 @@ def parse_keys(text: str) -> list[Key]:
             keys.append(_key(table))
         except ValueError as exc:
             raise KeyFileError(f"{where}: {exc}") from None
-    names = [k.name for k in keys]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            where = f"line {lines[i]}" if i < len(lines) else f"key {i + 1}"
-            raise KeyFileError(f"{where}: the name {name!r} is used twice")
+    for i, key in enumerate(keys):
+        where = f"line {lines[i]}" if i < len(lines) else f"key {i + 1}"
+        if key.name == RESERVED:
+            raise KeyFileError(f"{where}: the name {RESERVED} is the environment key's")
+        for other in keys[:i]:
+            if other.name == key.name:
+                raise KeyFileError(f"{where}: the name {key.name!r} is used twice")
+            if other.sha256 == key.sha256:
+                raise KeyFileError(
+                    f"{where}: key {key.name!r} has the same sha256 as {other.name!r}"
+                )
     return keys
 
 

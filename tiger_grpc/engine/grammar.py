@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -73,7 +72,8 @@ def request_grammar(vocabulary: Any, params: GenerateParams) -> str:
     fmt = params.response_format
     answer = fmt if fmt is not None and fmt.constrained else None
     for i, tool in enumerate(params.tools if params.calls_tools else ()):
-        _check(vocabulary, _schema_grammar(tool.parameters), f"tools[{i}].parameters")
+        arguments = llg.LLMatcher.grammar_from_json_schema(_arguments(tool.parameters))
+        _check(vocabulary, str(arguments), f"tools[{i}].parameters")
     if not params.calls_tools:
         assert answer is not None
         grammar = _format_grammar(answer)
@@ -137,8 +137,28 @@ def _answer_lark(fmt: ResponseFormat) -> str:
         return " | ".join(json.dumps(c) for c in fmt.choice)
     if fmt.type == "regex":
         assert fmt.regex is not None
-        return "/" + re.sub(r"(?<!\\)/", r"\/", fmt.regex) + "/"
+        return "/" + _slashes_escaped(fmt.regex) + "/"
     return "%json " + json.dumps(_with_options(_json_schema(fmt)))
+
+
+def _slashes_escaped(pattern: str) -> str:
+    """A regular expression inside Lark's `/.../`: each `/` not already escaped
+    gets its backslash (escapes are walked in pairs, so `\\\\/` is handled)."""
+    out, i = [], 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\" and i + 1 < len(pattern):
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        out.append("\\/" if char == "/" else char)
+        i += 1
+    return "".join(out)
+
+
+def _arguments(parameters: dict[str, Any]) -> dict[str, Any]:
+    """A function's arguments are a JSON object, whatever else its schema says."""
+    return _with_options({**parameters, "type": "object"})
 
 
 def _tools_lark(
@@ -154,7 +174,7 @@ def _tools_lark(
     in the response format, or calls."""
     functions = [
         f"fn_{i}: {json.dumps(f'{HEAD}{json.dumps(t.name)}{ARGUMENTS}')} "
-        f'%json {json.dumps(_with_options(t.parameters))} "}}"'
+        f'%json {json.dumps(_arguments(t.parameters))} "}}"'
         for i, t in enumerate(tools)
     ]
     body = "body: " + " | ".join(f"fn_{i}" for i in range(len(tools)))

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import stat
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -190,18 +192,52 @@ def _header(path: Path) -> dict[str, Any]:
             header = json.loads(f.read(length))
         except (ValueError, UnicodeDecodeError):
             raise InvalidArgumentError(f"{path.name} has no JSON header") from None
+    if not isinstance(header, dict):
+        raise InvalidArgumentError(f"{path.name}'s header is not a JSON object")
     data = size - 8 - length
     for name, tensor in header.items():
         if name == "__metadata__":
             continue
         offsets = tensor.get("data_offsets") if isinstance(tensor, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2):
-            raise InvalidArgumentError(f"{path.name}: {name} has no data offsets")
+        shape = tensor.get("shape") if isinstance(tensor, dict) else None
+        if not (_ints(offsets) and len(offsets) == 2 and _ints(shape)):
+            raise InvalidArgumentError(
+                f"{path.name}: {name} has no integer shape and data offsets"
+            )
         if not 0 <= offsets[0] <= offsets[1] <= data:
             raise InvalidArgumentError(
                 f"{path.name}: {name} lies past the end of the file"
             )
     return header
+
+
+def _ints(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    )
+
+
+def copy_vetted(checkpoint: Checkpoint, target: Path) -> None:
+    """Copies the vetted files' bytes into `target` (never a hard link: the store
+    must not share a file someone may rewrite later). Each file is resolved again
+    and opened without following a last symlink, so a file swapped for a link to
+    elsewhere since it was vetted is refused; the copy is vetted again."""
+    source = checkpoint.directory
+    target.mkdir(parents=True, exist_ok=True)
+    for name in checkpoint.files:
+        path = (source / name).resolve()
+        if not path.is_relative_to(source):
+            raise InvalidArgumentError(
+                f"{name} changed into a link out of the checkpoint"
+            )
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(descriptor, "rb") as src, (target / name).open("wb") as dst:
+            if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+                raise InvalidArgumentError(f"{name} is no longer a regular file")
+            shutil.copyfileobj(src, dst, 16 << 20)
+    copied = vet_checkpoint(target)
+    if copied.files != checkpoint.files:
+        raise InvalidArgumentError("the checkpoint changed while it was imported")
 
 
 def _check_shapes(config: dict[str, Any], weights: list[Path]) -> None:
@@ -231,7 +267,11 @@ def _check_shapes(config: dict[str, Any], weights: list[Path]) -> None:
                 f"the weights disagree with config.json: {name} is "
                 f"{shapes.get(name)}, the config says {shape}"
             )
-    layers = {int(n.split(".")[2]) for n in shapes if n.startswith("model.layers.")}
+    layers = {
+        n.split(".")[2]
+        for n in shapes
+        if n.startswith("model.layers.") and n.split(".")[2].isdigit()
+    }
     if len(layers) != config["num_hidden_layers"]:
         raise InvalidArgumentError(
             f"the weights have {len(layers)} layers, config.json says "

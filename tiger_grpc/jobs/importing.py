@@ -1,7 +1,7 @@
 """Importing a local Hugging Face Llama checkpoint as a served model.
 
-The checkpoint is copied (hard-linked where the file system allows) into a scratch
-directory of the store and goes through the build pipeline: exported with optimum
+The checkpoint's vetted files are copied (never hard-linked) into a scratch
+directory of the store and go through the build pipeline: exported with optimum
 (fp16 on the GPU for CUDA, fp32 for CPU), given the fused graph the server serves,
 and renamed into place, so a failed import leaves nothing behind. Weights over 2 GB
 are kept as external data next to each `model.onnx`. Long phases report progress:
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -29,15 +27,8 @@ from ..models.pipeline import Reporting, build_model
 from ..models.precision import resolve_precision
 from ..models.store import ModelStore, canonical_id
 from ..runtime.ml import IMPORT_LOCK
-from .checkpoint import vet_checkpoint, vet_path
+from .checkpoint import copy_vetted, vet_checkpoint, vet_path
 from .worker import Emit, stream_job
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def export_settings(cuda: bool, hf_dir: Path) -> tuple[str, str, str | None]:
@@ -80,11 +71,8 @@ def run_import(
         emit(Info(f"{why}: the optimum export runs on the CPU"))
 
     def copy(hf_dir: Path) -> None:
-        """The vetted files only (symlinks inside the checkpoint followed)."""
         emit(Info(f"Copying {source} into the model store"))
-        hf_dir.mkdir(parents=True, exist_ok=True)
-        for name in checkpoint.files:
-            _link_or_copy(str((source / name).resolve()), str(hf_dir / name))
+        copy_vetted(checkpoint, hf_dir)
 
     say = lambda message: emit(Info(message))  # noqa: E731
     build_model(

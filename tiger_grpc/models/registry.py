@@ -132,9 +132,14 @@ class ModelRegistry:
         )
         metrics.PROMPT_TOKENS.labels(manifest.id).inc(len(prompt))
         events = _observed(stream(model.scheduler, sequences), manifest.id, received)
-        async with contextlib.aclosing(events):
-            async for event in events:
-                yield event
+        try:
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    yield event
+        finally:  # what the call used, however it ended (for its key's limits)
+            used = metrics.TOKENS_USED.get()
+            if used is not None:
+                used[0] += len(prompt) + sum(len(s.generated) for s in sequences)
 
     async def preload(self, model_id: str) -> None:
         """Loads a model and its tokenizer now, not on its first request (whose

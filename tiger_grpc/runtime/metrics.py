@@ -4,7 +4,16 @@ gauges of running and queued sequences are read from the registry at scrape time
 
 from __future__ import annotations
 
+import contextvars
+
 from prometheus_client import Counter, Gauge, Histogram
+
+# The tokens (prompt + generated) a call has used so far, for its key's limits:
+# the auth layer sets a fresh counter per call, the registry adds to it when a
+# generation ends, however it ends (finished, cancelled, failed).
+TOKENS_USED: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "tokens_used", default=None
+)
 
 REQUESTS = Counter(
     "tiger_requests",

@@ -10,6 +10,7 @@ who asked, what, and how it ended.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
@@ -89,10 +90,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await admit(context)
             caller = CALLER.set(key.name)
-            started, tokens, outcome = time.monotonic(), 0, "OK"
+            used = [0]  # the registry adds the call's tokens, however it ends
+            metering = metrics.TOKENS_USED.set(used)
+            started, reported, outcome = time.monotonic(), 0, "OK"
+            inner = handler.unary_stream(request, context)
             try:
-                async for chunk in handler.unary_stream(request, context):
-                    tokens += _tokens(chunk)
+                async for chunk in inner:
+                    reported += _tokens(chunk)
                     outcome = _outcome(chunk) or outcome
                     yield chunk
             except BaseException:
@@ -100,11 +104,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 outcome = code.name if code is not None else "CANCELLED"
                 raise
             finally:
+                # Closed here, not later by the collector: its generation ends
+                # now and reports the tokens it used (a caller that left too).
+                with contextlib.suppress(Exception):
+                    await inner.aclose()
+                tokens = max(used[0], reported)
                 limits.release(key, tokens)
                 _count(key, method, outcome, tokens)
                 if method in AUDITED:
                     _audit(key, method, request, outcome, started)
-                CALLER.reset(caller)
+                _reset(CALLER, caller)
+                _reset(metrics.TOKENS_USED, metering)
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await admit(context)
@@ -113,11 +123,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 reply = await handler.unary_unary(request, context)
             finally:
                 limits.release(key, 0)
-                CALLER.reset(caller)
+                _reset(CALLER, caller)
             _count(key, method, "OK", 0)
             return reply
 
         return _like(handler, stream, unary)
+
+
+def _reset(var: contextvars.ContextVar[Any], token: contextvars.Token[Any]) -> None:
+    """A context variable back as it was; a stream abandoned by gRPC is closed
+    later from another context, where there is nothing to put back."""
+    try:
+        var.reset(token)
+    except ValueError:
+        pass
 
 
 def _tokens(chunk: Any) -> int:

@@ -20,13 +20,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..api.keys import MAX_KEY_CHARS, SCOPES, Key, KeyFileError, digest, read_keys
+from ..api.keys import (
+    MAX_KEY_CHARS,
+    RESERVED,
+    SCOPES,
+    Key,
+    KeyFileError,
+    digest,
+    read_keys,
+)
 
 log = logging.getLogger(__name__)
 
 WINDOW_S = 60.0
 WATCH_INTERVAL_S = 1.0
-ADMIN = "TIGER_API_KEY"  # the name the single environment key goes by
 
 
 class KeyRing:
@@ -36,14 +43,16 @@ class KeyRing:
     def __init__(self, api_key: str | None, keys_file: Path | None) -> None:
         self.keys_file = keys_file
         self._admin = (
-            None if api_key is None else Key(ADMIN, digest(api_key), frozenset(SCOPES))
+            None
+            if api_key is None
+            else Key(RESERVED, digest(api_key), frozenset(SCOPES))
         )
         self._keys: list[Key] = []
         self._seen: tuple[float, int, int] | None = None
         self.reloads = 0
         if keys_file is not None:
+            self._seen = _stamp(keys_file)  # before reading: a change after it shows
             self._keys = read_keys(keys_file)  # at start, a bad file is fatal
-            self._seen = _stamp(keys_file)
         self._index()
 
     def find(self, presented: str) -> Key | None:
