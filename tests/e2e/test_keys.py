@@ -368,7 +368,15 @@ async def test_a_stream_left_early_is_still_charged_its_tokens(keyed) -> None:
             assert r.status == 200
             for _ in range(15):  # some of the answer, then away
                 await r.content.readline()
-        await asyncio.sleep(0.5)
+        # The server learns of it when the gateway cancels the call: wait for the
+        # charge to show in its metrics, then ask again.
+        metrics = f"http://127.0.0.1:{keyed['server'].metrics_port}/metrics"
+        charged = 'tiger_key_tokens_total{key="metered"}'
+        for _ in range(100):
+            async with s.get(metrics) as page:
+                if charged in await page.text():
+                    break
+            await asyncio.sleep(0.1)
         status, text, _ = await call(
             keyed["url"], "POST", "/v1/generate_response", headers
         )

@@ -131,15 +131,13 @@ class ModelRegistry:
             grammar=grammar,
         )
         metrics.PROMPT_TOKENS.labels(manifest.id).inc(len(prompt))
+        meter = metrics.TOKENS_USED.get()
+        if meter is not None:  # what the call uses, for its key's limits
+            meter.live = lambda: len(prompt) + sum(len(s.generated) for s in sequences)
         events = _observed(stream(model.scheduler, sequences), manifest.id, received)
-        try:
-            async with contextlib.aclosing(events):
-                async for event in events:
-                    yield event
-        finally:  # what the call used, however it ended (for its key's limits)
-            used = metrics.TOKENS_USED.get()
-            if used is not None:
-                used[0] += len(prompt) + sum(len(s.generated) for s in sequences)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
 
     async def preload(self, model_id: str) -> None:
         """Loads a model and its tokenizer now, not on its first request (whose

@@ -5,13 +5,25 @@ gauges of running and queued sequences are read from the registry at scrape time
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge, Histogram
 
-# The tokens (prompt + generated) a call has used so far, for its key's limits:
-# the auth layer sets a fresh counter per call, the registry adds to it when a
-# generation ends, however it ends (finished, cancelled, failed).
-TOKENS_USED: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+
+@dataclass
+class Meter:
+    """The tokens (prompt + generated) one call has used, for its key's limits:
+    the auth layer makes one per call, the registry points `live` at the call's
+    sequences, so the count is right whenever and however the call ends."""
+
+    live: Callable[[], int] | None = None
+
+    def used(self) -> int:
+        return self.live() if self.live is not None else 0
+
+
+TOKENS_USED: contextvars.ContextVar[Meter | None] = contextvars.ContextVar(
     "tokens_used", default=None
 )
 

@@ -10,7 +10,6 @@ who asked, what, and how it ended.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import json
 import logging
@@ -90,29 +89,38 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await admit(context)
             caller = CALLER.set(key.name)
-            used = [0]  # the registry adds the call's tokens, however it ends
-            metering = metrics.TOKENS_USED.set(used)
-            started, reported, outcome = time.monotonic(), 0, "OK"
-            inner = handler.unary_stream(request, context)
+            meter = metrics.Meter()
+            metering = metrics.TOKENS_USED.set(meter)
+            started, reported, outcome = time.monotonic(), [0], ["OK"]
+            ended = False
+
+            def end(*_: Any) -> None:
+                """Once, at the RPC's end however it comes (gRPC calls it when the
+                RPC terminates, even for a stream it abandoned mid-send)."""
+                nonlocal ended
+                if ended:
+                    return
+                ended = True
+                if context.cancelled() and outcome[0] == "OK":
+                    outcome[0] = "CANCELLED"  # the caller left
+                tokens = max(meter.used(), reported[0])
+                limits.release(key, tokens)
+                _count(key, method, outcome[0], tokens)
+                if method in AUDITED:
+                    _audit(key, method, request, outcome[0], started)
+
+            context.add_done_callback(end)
             try:
-                async for chunk in inner:
-                    reported += _tokens(chunk)
-                    outcome = _outcome(chunk) or outcome
+                async for chunk in handler.unary_stream(request, context):
+                    reported[0] += _tokens(chunk)
+                    outcome[0] = _outcome(chunk) or outcome[0]
                     yield chunk
             except BaseException:
                 code = context.code()
-                outcome = code.name if code is not None else "CANCELLED"
+                outcome[0] = code.name if code is not None else "CANCELLED"
                 raise
             finally:
-                # Closed here, not later by the collector: its generation ends
-                # now and reports the tokens it used (a caller that left too).
-                with contextlib.suppress(Exception):
-                    await inner.aclose()
-                tokens = max(used[0], reported)
-                limits.release(key, tokens)
-                _count(key, method, outcome, tokens)
-                if method in AUDITED:
-                    _audit(key, method, request, outcome, started)
+                end()
                 _reset(CALLER, caller)
                 _reset(metrics.TOKENS_USED, metering)
 
