@@ -89,35 +89,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await admit(context)
             caller = CALLER.set(key.name)
-            meter = metrics.Meter()
-            metering = metrics.TOKENS_USED.set(meter)
-            started, reported, outcome = time.monotonic(), [0], ["OK"]
-            ended = False
-
-            def end(*_: Any) -> None:
-                """Once, at the RPC's end however it comes (gRPC calls it when the
-                RPC terminates, even for a stream it abandoned mid-send)."""
-                nonlocal ended
-                if ended:
-                    return
-                ended = True
-                if context.cancelled() and outcome[0] == "OK":
-                    outcome[0] = "CANCELLED"  # the caller left
-                tokens = max(meter.used(), reported[0])
-                limits.release(key, tokens)
-                _count(key, method, outcome[0], tokens)
-                if method in AUDITED:
-                    _audit(key, method, request, outcome[0], started)
-
+            end = _End(limits, key, method, request, context)
+            metering = metrics.TOKENS_USED.set(end.meter)
             context.add_done_callback(end)
             try:
                 async for chunk in handler.unary_stream(request, context):
-                    reported[0] += _tokens(chunk)
-                    outcome[0] = _outcome(chunk) or outcome[0]
+                    end.reported += _tokens(chunk)
+                    end.outcome = _outcome(chunk) or end.outcome
                     yield chunk
             except BaseException:
                 code = context.code()
-                outcome[0] = code.name if code is not None else "CANCELLED"
+                end.outcome = code.name if code is not None else "CANCELLED"
                 raise
             finally:
                 end()
@@ -136,6 +118,41 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return reply
 
         return _like(handler, stream, unary)
+
+
+class _End:
+    """A streaming call's end, settled once however it comes (the stream's own
+    end, or gRPC's termination callback, which also fires for a stream gRPC
+    abandoned mid-send): its slot back, its tokens charged, its count and audit
+    line."""
+
+    def __init__(
+        self,
+        limits: Limits,
+        key: Key,
+        method: str,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        self.limits, self.key, self.method = limits, key, method
+        self.request, self.context = request, context
+        self.meter = metrics.Meter()  # the registry points it at the sequences
+        self.started = time.monotonic()
+        self.reported = 0  # tokens the stop chunks reported
+        self.outcome = "OK"
+        self.done = False
+
+    def __call__(self, *_: Any) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.context.cancelled() and self.outcome == "OK":
+            self.outcome = "CANCELLED"  # the caller left
+        tokens = max(self.meter.used(), self.reported)
+        self.limits.release(self.key, tokens)
+        _count(self.key, self.method, self.outcome, tokens)
+        if self.method in AUDITED:
+            _audit(self.key, self.method, self.request, self.outcome, self.started)
 
 
 def _reset(var: contextvars.ContextVar[Any], token: contextvars.Token[Any]) -> None:
