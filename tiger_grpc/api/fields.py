@@ -137,6 +137,10 @@ class Rule:
         return value
 
 
+BOOLEAN = Rule("boolean")
+STRING = Rule("string")
+
+
 def integer(low: int, high: int, rule: str) -> Rule:
     """An integer from `low` to `high`; `rule` says so in words."""
     return Rule(

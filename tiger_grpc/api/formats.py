@@ -13,7 +13,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import ConfigDict, Field, model_validator
 
-from .fields import RequestModel, Rule, fail_at, one_of
+from .fields import BOOLEAN, STRING, RequestModel, Rule, fail_at, one_of
 
 FORMAT_TYPES = ("text", "json_object", "json_schema", "regex", "choice")
 TOOL_CHOICES = ("none", "auto", "required", "function")
@@ -56,8 +56,6 @@ PARAMETERS = Rule(
         "description": "A JSON Schema of an object",
     },
 )
-STRING = Rule("string")
-BOOLEAN = Rule("boolean")
 
 
 class JsonSchemaFormat(RequestModel):

@@ -14,6 +14,8 @@ from typing import Annotated, Any, ClassVar
 from pydantic import Field, model_validator
 
 from .fields import (
+    BOOLEAN,
+    STRING,
     RequestModel,
     Rule,
     fail,
@@ -80,9 +82,7 @@ MODEL_ID = (
 )
 SEED = integer(0, SEED_MAX, "from 0 to 2**64 - 1")
 PROBABILITY = number(lambda v: 0.0 < v <= 1.0, "a number in (0, 1]", FLOAT32_TINY, 1)
-BOOLEAN = Rule("boolean")
 PENALTY = number(lambda v: -2.0 <= v <= 2.0, "a number from -2 to 2", -2, 2)
-STRING = Rule("string")
 CACHE_SALT = Rule(
     "string",
     ok=lambda v: len(v) <= MAX_CACHE_SALT_CHARS,

@@ -72,8 +72,8 @@ def request_grammar(vocabulary: Any, params: GenerateParams) -> str:
     fmt = params.response_format
     answer = fmt if fmt is not None and fmt.constrained else None
     for i, tool in enumerate(params.tools if params.calls_tools else ()):
-        arguments = llg.LLMatcher.grammar_from_json_schema(_arguments(tool.parameters))
-        _check(vocabulary, str(arguments), f"tools[{i}].parameters")
+        arguments = _schema_grammar({**tool.parameters, "type": "object"})
+        _check(vocabulary, arguments, f"tools[{i}].parameters")
     if not params.calls_tools:
         assert answer is not None
         grammar = _format_grammar(answer)

@@ -94,7 +94,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             context.add_done_callback(end)
             try:
                 async for chunk in handler.unary_stream(request, context):
-                    end.reported += _tokens(chunk)
                     end.outcome = _outcome(chunk) or end.outcome
                     yield chunk
             except BaseException:
@@ -138,7 +137,6 @@ class _End:
         self.request, self.context = request, context
         self.meter = metrics.Meter()  # the registry points it at the sequences
         self.started = time.monotonic()
-        self.reported = 0  # tokens the stop chunks reported
         self.outcome = "OK"
         self.done = False
 
@@ -148,7 +146,7 @@ class _End:
         self.done = True
         if self.context.cancelled() and self.outcome == "OK":
             self.outcome = "CANCELLED"  # the caller left
-        tokens = max(self.meter.used(), self.reported)
+        tokens = self.meter.used()
         self.limits.release(self.key, tokens)
         _count(self.key, self.method, self.outcome, tokens)
         if self.method in AUDITED:
@@ -162,16 +160,6 @@ def _reset(var: contextvars.ContextVar[Any], token: contextvars.Token[Any]) -> N
         var.reset(token)
     except ValueError:
         pass
-
-
-def _tokens(chunk: Any) -> int:
-    """Prompt and generated tokens a generation's `stop` chunk reports (the prompt
-    once: with its first choice)."""
-    if chunk.WhichOneof("chunk") != "stop" or not hasattr(chunk.stop, "index"):
-        return 0
-    usage = chunk.stop.usage
-    prompt = usage.input_tokens if chunk.stop.index == 0 else 0
-    return int(prompt + usage.output_tokens)
 
 
 def _outcome(chunk: Any) -> str | None:
