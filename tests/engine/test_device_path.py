@@ -397,6 +397,28 @@ def test_cuda_libraries_are_looked_for_where_they_are(tmp_path) -> None:
     assert found["libcudart.so.13"] == theirs / "libcudart.so.13"
 
 
+def test_cuda_libraries_of_another_environment_are_found(tmp_path, monkeypatch) -> None:
+    """onnxruntime-gpu put on PYTHONPATH, CUDA's pip packages in PyTorch's
+    environment (a GPU machine's usual state): every package directory on
+    `sys.path` is searched, and libcurand (which the provider links) is loaded."""
+    from tiger_grpc.engine.providers import CUDA_LIBRARIES, library_dirs, locate
+
+    torch_env = tmp_path / "site-packages"
+    cu13 = torch_env / "nvidia" / "cu13" / "lib"
+    cudnn = torch_env / "nvidia" / "cudnn" / "lib"
+    for directory in (cu13, cudnn):
+        directory.mkdir(parents=True)
+    for name in CUDA_LIBRARIES:
+        (cudnn if "cudnn" in name else cu13).joinpath(name).write_bytes(b"")
+    monkeypatch.setattr("sys.path", [*__import__("sys").path, str(torch_env)])
+    dirs = library_dirs({})
+    assert cu13 in dirs and cudnn in dirs
+    found = locate(CUDA_LIBRARIES, dirs)
+    assert "libcurand.so.10" in CUDA_LIBRARIES
+    assert found["libcurand.so.10"] == cu13 / "libcurand.so.10"
+    assert found["libcudnn.so.9"] == cudnn / "libcudnn.so.9"
+
+
 def test_plain_rope_without_transformers_default(monkeypatch) -> None:
     """transformers 5.x dropped ROPE_INIT_FUNCTIONS["default"]: the tables are
     then computed here, within float32 rounding of transformers 4.x's."""
@@ -410,3 +432,43 @@ def test_plain_rope_without_transformers_default(monkeypatch) -> None:
     monkeypatch.delitem(ROPE_INIT_FUNCTIONS, "default")
     cos2, sin2 = rope_tables(config, 512)
     assert np.abs(cos - cos2).max() < 1e-4 and np.abs(sin - sin2).max() < 1e-4
+
+
+def test_llama3_rope_without_torch_and_transformers5_configs(monkeypatch) -> None:
+    """Without torch (a GPU machine's `make gpu-check` needs none) Llama-3 RoPE
+    is computed here, equal to transformers' tables; a transformers 5.x config
+    keeps the base in `rope_parameters` (no `rope_theta` attribute), and that
+    base is the one used."""
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from tiger_grpc.models.graph.shape import rope_tables
+    from tiger_grpc.tools.bench_gpu import SHAPES
+
+    config = LlamaConfig(**SHAPES["llama-3.1-8b"])
+    cos, sin = rope_tables(config, 131_072)
+    monkeypatch.delitem(ROPE_INIT_FUNCTIONS, "llama3")
+    cos2, sin2 = rope_tables(config, 131_072)
+    # frequencies equal to 2 ulp: the tables differ by at most one float32 step
+    # of the phase (1/2048 below 8,192, 1/128 past 65,536)
+    assert np.abs(cos - cos2)[:8192].max() < 1e-3
+    assert np.abs(cos - cos2).max() < 1e-2 and np.abs(sin - sin2).max() < 1e-2
+    as_v5 = SimpleNamespace(  # how transformers 5.x holds the same config
+        hidden_size=4096,
+        num_attention_heads=32,
+        rope_parameters={**SHAPES["llama-3.1-8b"]["rope_scaling"], "rope_theta": 5e5},
+    )
+    cos3, _ = rope_tables(as_v5, 131_072)
+    assert np.abs(cos3 - cos2).max() < 1e-6
+    plain = SimpleNamespace(
+        hidden_size=256,
+        num_attention_heads=4,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e5},
+    )
+    reference = LlamaConfig(hidden_size=256, num_attention_heads=4, rope_theta=1e5)
+    monkeypatch.delitem(ROPE_INIT_FUNCTIONS, "default")
+    assert (
+        np.abs(rope_tables(plain, 512)[0] - rope_tables(reference, 512)[0]).max() < 1e-6
+    )

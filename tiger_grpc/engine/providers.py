@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib.util
 import logging
 import os
+import sys
 from pathlib import Path
 
 import onnxruntime as ort
@@ -95,24 +97,51 @@ def _providers(device: Device) -> tuple[str, ...]:
     return (CPU,)
 
 
-# What ORT's CUDA provider (CUDA 13, cuDNN 9) needs, in the order they load.
+# What ORT's CUDA provider (CUDA 13, cuDNN 9) needs, in the order ORT 1.31's
+# `preload_dlls` loads them (libcurand is a direct dependency of the provider's
+# library; cuDNN's own sub-libraries are loaded by libcudnn when it needs them).
 CUDA_LIBRARIES = (
-    "libcudart.so.13",
     "libcublasLt.so.13",
     "libcublas.so.13",
+    "libnvrtc.so.13",
+    "libcurand.so.10",
     "libcufft.so.12",
+    "libcudart.so.13",
     "libcudnn.so.9",
 )
 
 
+def _site_dirs() -> list[Path]:
+    """The directories packages are imported from: onnxruntime's own first, then
+    the rest of `sys.path` (a GPU machine's PyTorch and its NVIDIA packages often
+    live in another environment than an onnxruntime put on `PYTHONPATH`)."""
+    dirs = [Path(ort.__file__).resolve().parent.parent]
+    torch = importlib.util.find_spec("torch")  # found, not imported
+    if torch is not None and torch.origin:
+        dirs.append(Path(torch.origin).resolve().parent.parent)
+    dirs += [Path(p) for p in sys.path if p]
+    unique: list[Path] = []
+    for directory in dirs:
+        if directory.is_dir() and directory not in unique:
+            unique.append(directory)
+    return unique
+
+
 def library_dirs(env: dict[str, str] | None = None) -> list[Path]:
     """Where CUDA and cuDNN may be, in order: the operator's `TIGER_CUDA_LIB_DIR`
-    (`:`-separated), NVIDIA's pip packages next to onnxruntime, PyTorch's own."""
+    (`:`-separated), then in each package directory (onnxruntime's, PyTorch's,
+    the rest of `sys.path`) NVIDIA's pip packages and PyTorch's own `torch/lib`."""
     env = dict(os.environ) if env is None else env
     given = [Path(p) for p in env.get("TIGER_CUDA_LIB_DIR", "").split(os.pathsep) if p]
-    site = Path(ort.__file__).resolve().parent.parent
-    found = [site / "nvidia" / "cu13" / "lib", *sorted(site.glob("nvidia/*/lib"))]
-    return [d for d in [*given, *found, site / "torch" / "lib"] if d.is_dir()]
+    found: list[Path] = []
+    for site in _site_dirs():
+        found += [site / "nvidia" / "cu13" / "lib", *sorted(site.glob("nvidia/*/lib"))]
+        found.append(site / "torch" / "lib")
+    dirs: list[Path] = []
+    for directory in [*given, *found]:
+        if directory.is_dir() and directory not in dirs:
+            dirs.append(directory)
+    return dirs
 
 
 def locate(names: tuple[str, ...], dirs: list[Path]) -> dict[str, Path]:

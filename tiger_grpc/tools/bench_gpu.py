@@ -26,12 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from ..api.params import ChatMessage
 from ..config import Device, default_home, ort_spin
-from ..models.embedded import DEFAULT_MODEL_ID, ensure_default_model
 from ..models.precision import GRAPH_TYPES, resolve_precision
 from ..models.store import ModelStore
 from .bench_report import gpu_markdown
+
+# The embedded model's modules (the API's pydantic models, GGUF, optimum) are
+# imported where the embedded model is measured, so the 8B shape and
+# `make gpu-check` run on a GPU machine that has none of that stack.
 
 # LlamaConfig fields of the shapes the bench can build with random weights.
 SHAPES: dict[str, dict[str, Any]] = {
@@ -209,9 +211,11 @@ def greedy_parity(
     (fp32 optimum export), token for token."""
     from transformers import AutoTokenizer
 
+    from ..api.params import ChatMessage
     from ..engine.fused import FusedCausalLM
     from ..engine.optimum import OnnxCausalLM
     from ..engine.request import render_prompt
+    from ..models.embedded import DEFAULT_MODEL_ID, ensure_default_model
 
     manifest = ensure_default_model(store, precision)
     directory = store.path(DEFAULT_MODEL_ID)
@@ -283,6 +287,8 @@ def _measure_shapes(
     rows: list[Row] = []
     for shape in args.shapes.split(","):
         if shape == "embedded":
+            from ..models.embedded import DEFAULT_MODEL_ID, ensure_default_model
+
             manifest = ensure_default_model(store, precision)
             path = store.path(DEFAULT_MODEL_ID) / manifest.fused_graphs[precision]
         elif shape in SHAPES:

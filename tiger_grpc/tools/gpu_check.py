@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -108,6 +109,48 @@ def attention_kernels(profile: Path) -> list[dict[str, str]]:
     return [{"node": n, "provider": p} for n, p in sorted(found.items())][:4]
 
 
+ATTENTION_KERNEL = re.compile(
+    r"flash|fmha|xqa|attention|attn|mha|sdpa|gqa|softmax", re.IGNORECASE
+)
+
+
+def cuda_kernels(model: Any) -> dict[str, Any]:
+    """The CUDA kernels a prefill and a decode step launch, as CUPTI records them
+    (through PyTorch's profiler, which sees every kernel of the process, ORT's
+    too): the attention ones by name, and the busiest, with their GPU time."""
+    try:
+        import torch  # noqa: F401 - the profiler needs it loaded
+        from torch.profiler import ProfilerActivity, profile
+    except ImportError:
+        return {"error": "no PyTorch here to read the CUDA kernels with"}
+    found: dict[str, Any] = {}
+    prompt = list(range(3, 259))
+    try:
+        for phase in ("prefill", "decode"):
+            model.reset()
+            if phase == "decode":
+                model.prefill(0, prompt)
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                if phase == "prefill":
+                    model.prefill(0, prompt)
+                else:
+                    for step in range(4):
+                        model.decode([5], [len(prompt) + step])
+            times = {
+                e.key: round(float(e.self_device_time_total), 1)
+                for e in prof.key_averages()
+                if e.self_device_time_total > 0
+            }
+            busiest = sorted(times.items(), key=lambda kv: -kv[1])
+            found[phase] = {
+                "attention": [k for k, _ in busiest if ATTENTION_KERNEL.search(k)][:6],
+                "busiest_us": busiest[:8],
+            }
+    except Exception as exc:  # noqa: BLE001 - CUPTI may be refused (a sandbox)
+        found["error"] = f"{type(exc).__name__}: {exc}"
+    return found
+
+
 def check(device: Device, out: Path, workdir: Path, run_8b: bool) -> dict[str, Any]:
     from ..engine.fused import FusedCausalLM
 
@@ -127,6 +170,7 @@ def check(device: Device, out: Path, workdir: Path, run_8b: bool) -> dict[str, A
     on_device = scripted_calls(model)
     profile = Path(model.session.end_profiling())
     report["attention"] = attention_kernels(profile)
+    report["cuda_kernels"] = cuda_kernels(model) if model.provider == CUDA else None
     reference = FusedCausalLM(path, Device.CPU, max_batch=8, max_len=1024)
     report["logits_against_cpu"] = compare(on_device, scripted_calls(reference))
     report["bench_8b"] = None
@@ -152,6 +196,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"- compute capability: {report['compute_capability_major']}",
             f"- attention nodes: {kernels or 'none in the profile'}",
             f"- ORT attention switches: {report['switches'] or 'none set'}",
+            f"- CUDA kernels: {json.dumps(report['cuda_kernels'])}",
             f"- logits against the CPU provider over {logits['calls']} calls: max "
             f"relative difference {logits['max_relative_difference']:.2e}, top-1 "
             f"agreement {logits['top1_agreement']:.4f}, within fp16 tolerance "
