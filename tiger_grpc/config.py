@@ -76,6 +76,12 @@ def ort_spin(env: Mapping[str, str] = os.environ) -> bool:
     return env.get("TIGER_ORT_SPIN", "1") != "0"
 
 
+def cuda_graphs(env: Mapping[str, str] = os.environ) -> bool:
+    """TIGER_CUDA_GRAPHS: whether decode steps on CUDA replay captured CUDA graphs
+    (the default; 0 launches every kernel from the CPU each step)."""
+    return env.get("TIGER_CUDA_GRAPHS", "1") != "0"
+
+
 def env_int(env: Mapping[str, str], name: str, default: int) -> int:
     value = env.get(name)
     if value is None or value == "":

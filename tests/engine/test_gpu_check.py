@@ -16,9 +16,15 @@ def test_the_dry_run_writes_its_report(tmp_path) -> None:
     main(["--device", "cpu", "--no-8b", "--out", str(out), "--workdir", str(tmp_path)])
     report = json.loads((out / "check.json").read_text())
     assert report["provider"] == "CPUExecutionProvider"
-    logits = report["logits_against_cpu"]
-    assert logits["calls"] == 40 and logits["within_tolerance"]
-    assert logits["max_relative_difference"] == 0.0  # the CPU against itself
+    assert report["cuda_graphs"] is True  # decode took CUDA graphs' path
+    assert report["two_models_at_once"] == {
+        "max_relative_difference": 0.0,
+        "within_tolerance": True,
+    }
+    for key in ("logits_against_cpu", "logits_against_cpu_without_graphs"):
+        logits = report[key]
+        assert logits["calls"] == 40 and logits["within_tolerance"]
+        assert logits["max_relative_difference"] == 0.0  # the CPU against itself
     assert len(report["attention"]) == 4
     assert {a["provider"] for a in report["attention"]} == {"CPUExecutionProvider"}
     assert "within fp16 tolerance (0.05): yes" in (out / "check.md").read_text()
@@ -32,3 +38,40 @@ def test_the_comparison_catches_a_wrong_step() -> None:
     device[1][2, 7] += 5.0  # one logit of one step, far off
     wrong = compare(device, cpu)
     assert not wrong["within_tolerance"] and wrong["max_relative_difference"] > 0.05
+
+
+def test_graph_decode_keeps_each_steps_logits_and_follows_the_cache(tmp_path) -> None:
+    """Decode through CUDA graphs' path (run here without capture): each step's
+    logits are its own (the fixed output buffer is read out, not handed out), a
+    moved slot and a new batch size give the plain path's logits, and a new cache
+    gets new graph ids (graphs hold the old one's addresses)."""
+    from tiger_grpc.config import Device
+    from tiger_grpc.engine.fused import FusedCausalLM
+    from tiger_grpc.tools.bench_gpu import random_graph
+
+    path = random_graph("tiny", "fp16", tmp_path)
+    plain = FusedCausalLM(path, Device.CPU, max_batch=4, max_len=256, graphs=False)
+    graphs = FusedCausalLM(path, Device.CPU, max_batch=4, max_len=256, graphs=True)
+    outputs = []
+    for model in (plain, graphs):
+        model.prefill(0, list(range(3, 60)))
+        model.prefill(1, list(range(7, 20)))
+        first = model.decode([11, 12], [57, 13])
+        second = model.decode([13, 14], [58, 14])
+        model.move(1, 2, 15)  # the scheduler's move: slot 1 into slot 2
+        model.prefill(1, list(range(9, 30)))
+        third = model.decode([15, 16, 17], [59, 21, 15])
+        outputs.append((first, second, third))
+    for a, b in zip(*outputs, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(outputs[1][0], outputs[1][1])
+    ids = {
+        n: s.options.get_run_config_entry("gpu_graph_id")
+        for n, s in graphs._graphs.steps.items()
+    }
+    assert sorted(ids) == [2, 3] and len(set(ids.values())) == 2
+    graphs.reset()
+    graphs.prefill(0, [5, 6, 7])
+    graphs.decode([8, 9], [3, 0])
+    renewed = graphs._graphs.steps[2].options.get_run_config_entry("gpu_graph_id")
+    assert renewed not in ids.values()

@@ -23,6 +23,8 @@ faulted in), against 0.16 s for its own row. Growing, zeroing and copying a slot
 (whole, or its first positions, head by head) are device-side copies, run by a
 second tiny graph (`Pad`) on the same execution provider, so CPU and CUDA share
 this code, and the CPU tests exercise the CUDA path's logic.
+
+On CUDA decode steps replay CUDA graphs (`cudagraph`).
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from ..config import CPU_MAX_BATCH, CUDA_MAX_BATCH, Device
+from ..config import CPU_MAX_BATCH, CUDA_MAX_BATCH, Device, cuda_graphs
+from .cudagraph import GraphDecoder, gpu_work, on_gpu
 from .device import Block, DeviceBuffers
 from .providers import (
     CUDA,
@@ -63,14 +67,60 @@ class FusedCausalLM:
         cache_gb: float | None = None,
         preallocate: bool | None = None,
         spin: bool = True,
+        graphs: bool | None = None,
     ) -> None:
         providers = choose_providers(device)
+        flash = CUDA in providers and (cuda_compute_major() or 8) >= 8
+        if graphs is None:  # with a preallocated cache: its addresses never move
+            graphs = flash and (preallocate is None or preallocate) and cuda_graphs()
+        asked: list[str | tuple[str, dict[str, str]]] = list(providers)
+        if graphs and CUDA in providers:
+            asked[providers.index(CUDA)] = (CUDA, {"enable_cuda_graph": "1"})
+        with gpu_work(CUDA in providers):
+            self._load(onnx_path, device, asked, spin, graphs)
+            self._size(onnx_path, max_batch, max_len, cache_gb, preallocate, flash)
+            self._buffers = DeviceBuffers(
+                len(self._past_names), self.dtype, providers, self.device_type
+            )
+            self.reset()
+        log.info(
+            "loaded %s on %s (%s cache, %d slots of up to %d tokens%s)",
+            onnx_path,
+            self.provider,
+            np.dtype(self.dtype).name,
+            self.max_batch,
+            self.max_len,
+            ", CUDA graphs" if self.graphs and self.device_type == "cuda" else "",
+        )
+
+    def _load(
+        self,
+        onnx_path: Path,
+        device: Device,
+        asked: list[Any],
+        spin: bool,
+        graphs: bool,
+    ) -> None:
         self.session = ort.InferenceSession(
-            str(onnx_path), session_options(spin), providers=providers
+            str(onnx_path), session_options(spin), providers=asked
         )
         self.provider = in_use(self.session, device, str(onnx_path))
         self.device_type = "cuda" if self.provider == CUDA else "cpu"
+        # Decode through fixed buffers and graph ids (on CPU the same code runs,
+        # without capture: the tests exercise it there).
+        self.graphs = bool(graphs)
+        self._graphs = GraphDecoder(self.session)
         self._read_cache_inputs()
+
+    def _size(
+        self,
+        onnx_path: Path,
+        max_batch: int | None,
+        max_len: int | None,
+        cache_gb: float | None,
+        preallocate: bool | None,
+        flash: bool,
+    ) -> None:
         cuda = self.device_type == "cuda"
         self.max_batch = max_batch or (CUDA_MAX_BATCH if cuda else CPU_MAX_BATCH)
         # Bytes of cache one token takes in every layer: the budget caps the length.
@@ -87,24 +137,12 @@ class FusedCausalLM:
         if preallocate is None:
             # Preallocation needs flash attention (Ampere and later): without it,
             # ORT's GQA makes scratch buffers as long as the whole cache per call.
-            preallocate = cuda and (cuda_compute_major() or 8) >= 8
+            preallocate = cuda and flash
         self.fixed = preallocate
-        self._buffers = DeviceBuffers(
-            len(self._past_names), self.dtype, providers, self.device_type
-        )
         self.capacity = 0
         self._cache: Block | None = None
         self._bindings: dict[tuple[int, int], tuple[ort.IOBinding, np.ndarray]] = {}
         self.vocab_size = int(self.session.get_outputs()[0].shape[-1])
-        self.reset()
-        log.info(
-            "loaded %s on %s (%s cache, %d slots of up to %d tokens)",
-            onnx_path,
-            self.provider,
-            np.dtype(self.dtype).name,
-            self.max_batch,
-            self.max_len,
-        )
 
     def _longest(
         self, onnx_path: Path, max_len: int | None, cache_gb: float | None, cuda: bool
@@ -156,10 +194,12 @@ class FusedCausalLM:
         length = self.capacity if capacity is None else capacity
         return self.kv_heads * length * self.head_dim * self._buffers.itemsize
 
+    @on_gpu
     def reset(self) -> None:
         """Drops every slot's cache and goes back to the initial capacity (on CUDA,
         the whole cache: it is allocated once, up front)."""
         self._cache, self._bindings = None, {}  # freed before the new ones are made
+        self._graphs.drop()
         self.capacity = (
             self.max_len if self.fixed else min(INITIAL_CAPACITY, self.max_len)
         )
@@ -171,6 +211,7 @@ class FusedCausalLM:
         zero = self.device_type != "cpu"
         self._cache = self._buffers.allocate(self._shape(self.capacity), zero=zero)
 
+    @on_gpu
     def shrink(self, keep: Mapping[int, int] | None = None) -> None:
         """Gives a grown cache back (call when no sequence runs): down to the
         initial capacity, or to what the rows in `keep` need (row: the positions
@@ -189,6 +230,7 @@ class FusedCausalLM:
         else:
             self.reset()
 
+    @on_gpu
     def ensure_capacity(
         self, length: int, rows: Mapping[int, int] | None = None
     ) -> None:
@@ -225,6 +267,7 @@ class FusedCausalLM:
                 min(length, self.capacity, capacity),
             )
         self._cache, self.capacity, self._bindings = resized, capacity, {}
+        self._graphs.drop()
 
     def _copy(
         self,
@@ -256,29 +299,25 @@ class FusedCausalLM:
                 shape,
             )
 
+    def bind_cache(self, rows: slice) -> ort.IOBinding:
+        """A binding with cache rows `rows` as both past and present."""
+        binding = self.session.io_binding()
+        shape = [rows.stop - rows.start, self.kv_heads, self.capacity, self.head_dim]
+        offset = rows.start * self._row_bytes()
+        for past, present, start in zip(
+            self._past_names, self._present_names, self._block.addresses, strict=True
+        ):
+            device = (self.device_type, 0, self.dtype, shape, start + offset)
+            binding.bind_input(past, *device)
+            binding.bind_output(present, *device)
+        return binding
+
     def _binding(self, rows: slice) -> tuple[ort.IOBinding, np.ndarray]:
         """The binding of cache rows `rows` (made once per batch shape and capacity):
         the KV buffers' rows as past and present, logits into a host array."""
         key = (rows.start, rows.stop)
         if key not in self._bindings:
-            binding = self.session.io_binding()
-            shape = [
-                rows.stop - rows.start,
-                self.kv_heads,
-                self.capacity,
-                self.head_dim,
-            ]
-            offset = rows.start * self._row_bytes()
-            for past, present, start in zip(
-                self._past_names,
-                self._present_names,
-                self._block.addresses,
-                strict=True,
-            ):
-                address = start + offset
-                device = (self.device_type, 0, self.dtype, shape, address)
-                binding.bind_input(past, *device)
-                binding.bind_output(present, *device)
+            binding = self.bind_cache(rows)
             logits = np.empty((rows.stop - rows.start, self.vocab_size), np.float32)
             binding.bind_output(
                 "logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data
@@ -300,9 +339,13 @@ class FusedCausalLM:
         }
         for name, array in feeds.items():
             binding.bind_cpu_input(name, array)
-        self.session.run_with_iobinding(binding)
+        if self.graphs:
+            self.session.run_with_iobinding(binding, self._graphs.outside)
+        else:
+            self.session.run_with_iobinding(binding)
         return logits
 
+    @on_gpu
     def prefill(self, slot: int, token_ids: list[int], start: int = 0) -> np.ndarray:
         """Writes `token_ids[start:]` into a slot that holds `token_ids[:start]`
         (nothing when `start` is 0); returns the last position's logits. A long
@@ -315,14 +358,18 @@ class FusedCausalLM:
         )
         return logits[0].copy()
 
+    @on_gpu
     def decode(self, tokens: list[int], lengths: list[int]) -> np.ndarray:
         """One token for each of slots [0, n); returns logits (n, vocab)."""
         n = len(tokens)
         self.ensure_capacity(max(lengths) + 1)
-        return self._run(
-            slice(0, n), np.asarray(tokens)[:, None], np.asarray(lengths)
-        ).copy()
+        if not self.graphs:
+            return self._run(
+                slice(0, n), np.asarray(tokens)[:, None], np.asarray(lengths)
+            ).copy()
+        return self._graphs.decode(self, tokens, lengths)
 
+    @on_gpu
     def move(self, src: int, dst: int, length: int | None = None) -> None:
         """Copies a slot's cache to another slot (to keep the batch contiguous, or
         to share a prefix): its first `length` positions, or its whole row."""

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Device, default_home, ort_spin
+from ..config import Device, cuda_graphs, default_home, ort_spin
 from ..models.precision import GRAPH_TYPES, resolve_precision
 from ..models.store import ModelStore
 from .bench_report import gpu_markdown
@@ -337,6 +337,7 @@ def main(argv: list[str] | None = None) -> None:
         "precision": precision,
         "prompt_tokens": args.prompt_tokens,
         "decode_tokens": args.tokens,
+        "cuda_graphs": cuda_graphs(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     table = gpu_markdown(rows, meta, parity)

@@ -152,7 +152,8 @@ def gpu_markdown(rows: list[Any], meta: dict[str, Any], parity: dict | None) -> 
     lines = [
         f"Tiger GPU benchmark ({meta['gpu'] or 'no GPU'}, peak "
         f"{meta['bandwidth_tbs'] or '?'} TB/s), greedy, {meta['decode_tokens']} tokens "
-        f"after a {meta['prompt_tokens']}-token prompt, engine in-process",
+        f"after a {meta['prompt_tokens']}-token prompt, engine in-process"
+        + ("" if meta.get("cuda_graphs", True) else ", CUDA graphs off"),
         "",
         "| model | provider | weights | streams | prefill ms | ms/step "
         "| tok/s per stream | aggregate tok/s | batch-1 bound | of bound |",
