@@ -71,6 +71,7 @@ class FusedCausalLM:
     ) -> None:
         providers = choose_providers(device)
         flash = CUDA in providers and (cuda_compute_major() or 8) >= 8
+        chosen = graphs is None
         if graphs is None:  # with a preallocated cache: its addresses never move
             graphs = flash and (preallocate is None or preallocate) and cuda_graphs()
         asked: list[str | tuple[str, dict[str, str]]] = list(providers)
@@ -83,6 +84,8 @@ class FusedCausalLM:
                 len(self._past_names), self.dtype, providers, self.device_type
             )
             self.reset()
+        if chosen and self.device_type != "cuda":  # `auto` that fell back to CPU
+            self.graphs = False
         log.info(
             "loaded %s on %s (%s cache, %d slots of up to %d tokens%s)",
             onnx_path,
