@@ -67,11 +67,11 @@ def test_graph_decode_keeps_each_steps_logits_and_follows_the_cache(tmp_path) ->
     assert not np.array_equal(outputs[1][0], outputs[1][1])
     ids = {
         n: s.options.get_run_config_entry("gpu_graph_id")
-        for n, s in graphs._graphs.steps.items()
+        for n, s in graphs._decoder.steps.items()
     }
     assert sorted(ids) == [2, 3] and len(set(ids.values())) == 2
     graphs.reset()
     graphs.prefill(0, [5, 6, 7])
     graphs.decode([8, 9], [3, 0])
-    renewed = graphs._graphs.steps[2].options.get_run_config_entry("gpu_graph_id")
+    renewed = graphs._decoder.steps[2].options.get_run_config_entry("gpu_graph_id")
     assert renewed not in ids.values()

@@ -112,7 +112,7 @@ class FusedCausalLM:
         # Decode through fixed buffers and graph ids (on CPU the same code runs,
         # without capture: the tests exercise it there).
         self.graphs = bool(graphs)
-        self._graphs = GraphDecoder(self.session)
+        self._decoder = GraphDecoder(self.session)
         self._read_cache_inputs()
 
     def _size(
@@ -201,8 +201,8 @@ class FusedCausalLM:
     def reset(self) -> None:
         """Drops every slot's cache and goes back to the initial capacity (on CUDA,
         the whole cache: it is allocated once, up front)."""
-        self._cache, self._bindings = None, {}  # freed before the new ones are made
-        self._graphs.drop()
+        self._cache = None  # freed before the new one is made
+        self._forget_bindings()
         self.capacity = (
             self.max_len if self.fixed else min(INITIAL_CAPACITY, self.max_len)
         )
@@ -269,8 +269,14 @@ class FusedCausalLM:
                 (resized, capacity, row),
                 min(length, self.capacity, capacity),
             )
-        self._cache, self.capacity, self._bindings = resized, capacity, {}
-        self._graphs.drop()
+        self._cache, self.capacity = resized, capacity
+        self._forget_bindings()
+
+    def _forget_bindings(self) -> None:
+        """The cache moved: every binding made on its addresses, and every graph
+        captured on them, is dropped (the next ones are made on the new cache)."""
+        self._bindings = {}
+        self._decoder.drop()
 
     def _copy(
         self,
@@ -343,7 +349,7 @@ class FusedCausalLM:
         for name, array in feeds.items():
             binding.bind_cpu_input(name, array)
         if self.graphs:
-            self.session.run_with_iobinding(binding, self._graphs.outside)
+            self.session.run_with_iobinding(binding, self._decoder.outside)
         else:
             self.session.run_with_iobinding(binding)
         return logits
@@ -370,7 +376,7 @@ class FusedCausalLM:
             return self._run(
                 slice(0, n), np.asarray(tokens)[:, None], np.asarray(lengths)
             ).copy()
-        return self._graphs.decode(self, tokens, lengths)
+        return self._decoder.decode(self, tokens, lengths)
 
     @on_gpu
     def move(self, src: int, dst: int, length: int | None = None) -> None:

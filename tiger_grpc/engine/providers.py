@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import importlib.util
 import logging
 import os
 import sys
@@ -111,37 +110,26 @@ CUDA_LIBRARIES = (
 )
 
 
-def _site_dirs() -> list[Path]:
-    """The directories packages are imported from: onnxruntime's own first, then
-    the rest of `sys.path` (a GPU machine's PyTorch and its NVIDIA packages often
-    live in another environment than an onnxruntime put on `PYTHONPATH`)."""
-    dirs = [Path(ort.__file__).resolve().parent.parent]
-    torch = importlib.util.find_spec("torch")  # found, not imported
-    if torch is not None and torch.origin:
-        dirs.append(Path(torch.origin).resolve().parent.parent)
-    dirs += [Path(p) for p in sys.path if p]
-    unique: list[Path] = []
-    for directory in dirs:
-        if directory.is_dir() and directory not in unique:
-            unique.append(directory)
-    return unique
+def _existing(paths: list[Path]) -> list[Path]:
+    """The directories among `paths`, each once, in order."""
+    return [d for i, d in enumerate(paths) if d.is_dir() and d not in paths[:i]]
 
 
 def library_dirs(env: dict[str, str] | None = None) -> list[Path]:
     """Where CUDA and cuDNN may be, in order: the operator's `TIGER_CUDA_LIB_DIR`
-    (`:`-separated), then in each package directory (onnxruntime's, PyTorch's,
-    the rest of `sys.path`) NVIDIA's pip packages and PyTorch's own `torch/lib`."""
+    (`:`-separated), then in each package directory, onnxruntime's first, then the
+    rest of `sys.path` (PyTorch's among them: a GPU machine's CUDA often comes with
+    PyTorch, in another environment than an onnxruntime put on `PYTHONPATH`),
+    NVIDIA's pip packages and PyTorch's own `torch/lib`."""
     env = dict(os.environ) if env is None else env
     given = [Path(p) for p in env.get("TIGER_CUDA_LIB_DIR", "").split(os.pathsep) if p]
+    ort_site = Path(ort.__file__).resolve().parent.parent
+    sites = [ort_site, *(Path(p) for p in sys.path if p)]
     found: list[Path] = []
-    for site in _site_dirs():
+    for site in _existing(sites):
         found += [site / "nvidia" / "cu13" / "lib", *sorted(site.glob("nvidia/*/lib"))]
         found.append(site / "torch" / "lib")
-    dirs: list[Path] = []
-    for directory in [*given, *found]:
-        if directory.is_dir() and directory not in dirs:
-            dirs.append(directory)
-    return dirs
+    return _existing([*given, *found])
 
 
 def locate(names: tuple[str, ...], dirs: list[Path]) -> dict[str, Path]:

@@ -152,18 +152,24 @@ def cuda_kernels(model: Any) -> dict[str, Any]:
     return found
 
 
+def engine(path: Path, device: Device, graphs: bool | None = None) -> Any:
+    """The engine under check. Decode goes as the server runs it (`graphs` None:
+    through CUDA graphs on CUDA); on CPU (the dry run) through their path all the
+    same (fixed buffers written in place, one graph id per batch size), without
+    capture. `graphs=False`: every kernel launched from the CPU."""
+    from ..engine.fused import FusedCausalLM
+
+    if graphs is None and device is not Device.CUDA:
+        graphs = True
+    return FusedCausalLM(path, device, max_batch=8, max_len=1024, graphs=graphs)
+
+
 def two_models_at_once(path: Path, device: Device, alone: list[np.ndarray]) -> dict:
     """Two models of the same graph making the scripted calls from two threads at
     once (each capturing its CUDA graphs while the other works: the engine's GPU
     lock keeps one's capture from meeting the other's allocations), each compared
     with the calls made alone."""
-    from ..engine.fused import FusedCausalLM
-
-    graphs = None if device is Device.CUDA else True
-    models = [
-        FusedCausalLM(path, device, max_batch=8, max_len=1024, graphs=graphs)
-        for _ in range(2)
-    ]
+    models = [engine(path, device) for _ in range(2)]
     results: list[list[np.ndarray] | BaseException] = [[], []]
 
     def run(i: int) -> None:
@@ -188,23 +194,17 @@ def two_models_at_once(path: Path, device: Device, alone: list[np.ndarray]) -> d
 
 
 def check(device: Device, out: Path, workdir: Path, run_8b: bool) -> dict[str, Any]:
-    from ..engine.fused import FusedCausalLM
-
     started = time.monotonic()
     path = random_graph("tiny", "fp16", workdir)
     os.environ["TIGER_ORT_PROFILE"] = str(out / "ort-profile")
     try:  # every kernel launched from the CPU, profiled
-        plain = FusedCausalLM(path, device, max_batch=8, max_len=1024, graphs=False)
+        plain = engine(path, device, graphs=False)
     finally:
         os.environ.pop("TIGER_ORT_PROFILE", None)
     plain_calls = scripted_calls(plain)
     attention = attention_kernels(Path(plain.session.end_profiling()))
     del plain
-    # Decode as the server runs it: through CUDA graphs on CUDA; on CPU (the dry
-    # run) through their path all the same (fixed buffers written in place, one
-    # graph id per batch size), without capture.
-    graphs = None if device is Device.CUDA else True
-    model = FusedCausalLM(path, device, max_batch=8, max_len=1024, graphs=graphs)
+    model = engine(path, device)
     report: dict[str, Any] = {
         "device_asked": device.value,
         "provider": model.provider,
@@ -216,7 +216,7 @@ def check(device: Device, out: Path, workdir: Path, run_8b: bool) -> dict[str, A
     on_device = scripted_calls(model)
     report["cuda_kernels"] = cuda_kernels(model) if model.provider == CUDA else None
     report["two_models_at_once"] = two_models_at_once(path, device, on_device)
-    reference = FusedCausalLM(path, Device.CPU, max_batch=8, max_len=1024, graphs=False)
+    reference = engine(path, Device.CPU, graphs=False)
     cpu_calls = scripted_calls(reference)
     report["logits_against_cpu"] = compare(on_device, cpu_calls)
     report["logits_against_cpu_without_graphs"] = compare(plain_calls, cpu_calls)

@@ -65,7 +65,8 @@ def rope_parameters(config: Any) -> dict[str, Any]:
 
 
 def rope_tables(config: Any, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    rope_type = rope_parameters(config)["rope_type"]
+    params = rope_parameters(config)
+    rope_type = params["rope_type"]
     with IMPORT_LOCK:
         try:
             import torch
@@ -77,7 +78,7 @@ def rope_tables(config: Any, max_len: int) -> tuple[np.ndarray, np.ndarray]:
         # transformers 5.x has no "default" entry, and without torch there are
         # none: plain and Llama-3 RoPE are computed here (they agree with
         # transformers 4.x's to 1 ulp of the frequencies)
-        return _numpy_rope(config, max_len)
+        return _numpy_rope(config, params, max_len)
     if torch is None:
         raise ValueError(f"RoPE of type {rope_type!r} needs torch to compute")
     inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"))
@@ -92,9 +93,11 @@ def rope_tables(config: Any, max_len: int) -> tuple[np.ndarray, np.ndarray]:
 NUMPY_ROPE = ("default", "llama3")
 
 
-def _numpy_rope(config: Any, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin of plain or Llama-3 RoPE, as transformers computes them."""
-    params = rope_parameters(config)
+def _numpy_rope(
+    config: Any, params: dict[str, Any], max_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of plain or Llama-3 RoPE (`params`: `rope_parameters`), as
+    transformers computes them."""
     heads = config.num_attention_heads
     dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     dim = int(dim * getattr(config, "partial_rotary_factor", 1.0))
