@@ -75,3 +75,28 @@ def test_graph_decode_keeps_each_steps_logits_and_follows_the_cache(tmp_path) ->
     graphs.decode([8, 9], [3, 0])
     renewed = graphs._decoder.steps[2].options.get_run_config_entry("gpu_graph_id")
     assert renewed not in ids.values()
+
+
+def test_graph_decode_after_the_cache_grows(tmp_path) -> None:
+    """A cache that grows (on CPU it starts short) takes new graph steps bound to
+    the new buffers: decoding past the first capacity through the graph path gives
+    the plain path's logits."""
+    from tiger_grpc.config import Device
+    from tiger_grpc.engine.fused import INITIAL_CAPACITY, FusedCausalLM
+    from tiger_grpc.tools.bench_gpu import random_graph
+
+    path = random_graph("tiny", "fp16", tmp_path)
+    outputs = []
+    for graphs in (False, True):
+        model = FusedCausalLM(
+            path, Device.CPU, max_batch=2, max_len=2048, graphs=graphs
+        )
+        prompt = list(range(3, INITIAL_CAPACITY - 2))
+        model.prefill(0, prompt)
+        steps = [model.decode([7], [len(prompt)])]  # a graph step on the first cache
+        for i in range(1, 6):  # past the first capacity: the cache grows
+            steps.append(model.decode([7 + i], [len(prompt) + i]))
+        assert model.capacity > INITIAL_CAPACITY
+        outputs.append(steps)
+    for plain, graph in zip(*outputs, strict=True):
+        np.testing.assert_array_equal(plain, graph)

@@ -256,7 +256,8 @@ class FusedCausalLM:
             self._shape(capacity),
             [0, 0, 0, 0, 0, 0, capacity - self.capacity, 0],
         )
-        self._cache, self.capacity, self._bindings = grown, capacity, {}
+        self._cache, self.capacity = grown, capacity
+        self._forget_bindings()
 
     def _resize(self, capacity: int, rows: Mapping[int, int]) -> None:
         """A new cache `capacity` positions long, with the first positions of the
