@@ -143,6 +143,25 @@ def test_auto_lets_text_through_and_constrains_a_call(
             constraint.consume(token)
 
 
+def test_a_copy_starts_where_the_constraint_stands_and_goes_its_own_way(
+    chat_tokenizer, vocabulary
+) -> None:
+    """A request's choices share one compiled grammar: each gets a copy, whose
+    state is the prototype's and whose tokens are its own."""
+    grammar = request_grammar(vocabulary, params(tools=[WEATHER]))
+    prototype = Constraint(vocabulary, grammar)
+    first, second = prototype.copy(), prototype.copy()
+    assert (first.mask() == prototype.mask()).all()
+    start = '<tool_call>\n{"name": "get_weather", "arguments": {"town"'
+    ids = chat_tokenizer.encode(start, add_special_tokens=False)
+    with pytest.raises(RuntimeError):
+        for token in ids:
+            first.consume(token)
+    for token in chat_tokenizer.encode("Sure.", add_special_tokens=False):
+        second.consume(token)  # untouched by the first copy's refusal
+    assert (prototype.mask() == Constraint(vocabulary, grammar).mask()).all()
+
+
 @pytest.mark.parametrize(
     ("fields", "named"),
     [

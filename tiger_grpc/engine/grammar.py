@@ -210,6 +210,13 @@ class Constraint:
         self.matcher = llg.LLMatcher(vocabulary, grammar)
         self.words = llg_numpy.get_bitmask_shape(1, vocabulary.vocab_size)[1]
 
+    def copy(self) -> Constraint:
+        """Another sequence's constraint in this one's state, from a copy of the
+        compiled matcher (a request's choices compile their grammar once)."""
+        twin = object.__new__(Constraint)
+        twin.matcher, twin.words = self.matcher.deep_copy(), self.words
+        return twin
+
     def mask(self) -> np.ndarray:
         """The allowed tokens now, as a row of 32-bit words (bit i: token i)."""
         row = np.zeros((1, self.words), np.int32)

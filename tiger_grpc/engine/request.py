@@ -82,13 +82,13 @@ def new_sequences(
     texts: TokenTexts | None = None,
     received_at: float | None = None,
     sampling: Mapping[str, float] | None = None,
-    grammar: tuple[Any, str] | None = None,
+    constraint: Constraint | None = None,
 ) -> list[Sequence]:
     """The engine's form of a request: one sequence per choice (choice i samples
     with seed + i; the first scores the prompt when asked). `max_tokens` (or the
     server's default) is clamped to the `room` the prompt leaves; sampling fields
     it leaves unset are the model's defaults (`sampling`); each follows the
-    `grammar` (llguidance's vocabulary and the request's grammar) when given."""
+    `constraint` (the request's compiled grammar, copied for each) when given."""
     wanted = default_max_tokens if params.max_tokens is None else params.max_tokens
     max_tokens = min(wanted, room)
     received = time.monotonic() if received_at is None else received_at
@@ -107,7 +107,7 @@ def new_sequences(
             prompt_top=params.top_logprobs,
             texts=texts,
             salt=params.cache_salt,
-            constraint=None if grammar is None else Constraint(*grammar),
+            constraint=None if constraint is None else constraint.copy(),
         )
         for choice in range(params.n)
     ]

@@ -19,7 +19,12 @@ from ..api.errors import NotFoundError, UnavailableError
 from ..api.events import Delta, Event, Info, Model, Stop
 from ..api.params import ChatMessage, GenerateParams
 from ..config import DEFAULT_MODEL_ID, EngineOptions
-from ..engine.grammar import grammar_tokenizer, needs_grammar, request_grammar
+from ..engine.grammar import (
+    Constraint,
+    grammar_tokenizer,
+    needs_grammar,
+    request_grammar,
+)
 from ..engine.prefix import CacheStats
 from ..engine.providers import CUDA, choose_providers
 from ..engine.request import new_sequences, prompt_ids, room_after
@@ -99,12 +104,11 @@ class ModelRegistry:
         manifest = self.resolve(params.model)
         tokenizer = await self._tokenizer(manifest)
         prompt = await asyncio.to_thread(prompt_ids, tokenizer, params)
-        grammar = None
+        constraint = None
         if needs_grammar(params):  # a schema that cannot be enforced fails here
             vocabulary = await self._vocabulary(manifest, tokenizer)
-            grammar = (
-                vocabulary,
-                await asyncio.to_thread(request_grammar, vocabulary, params),
+            constraint = await asyncio.to_thread(
+                lambda: Constraint(vocabulary, request_grammar(vocabulary, params))
             )
         context = min(manifest.context_length, self.options.max_context or 2**31)
         need = 0 if params.max_tokens == 0 else 1  # scoring only: the prompt fits
@@ -128,7 +132,7 @@ class ModelRegistry:
             else None,
             received_at=received,
             sampling=manifest.sampling,
-            grammar=grammar,
+            constraint=constraint,
         )
         metrics.PROMPT_TOKENS.labels(manifest.id).inc(len(prompt))
         meter = metrics.TOKENS_USED.get()
