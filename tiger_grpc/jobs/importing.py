@@ -27,7 +27,7 @@ from ..models.pipeline import Reporting, build_model
 from ..models.precision import resolve_precision
 from ..models.store import ModelStore, canonical_id
 from ..runtime.ml import IMPORT_LOCK
-from .checkpoint import copy_vetted, vet_checkpoint, vet_path
+from .checkpoint import Checkpoint, copy_vetted, vet_checkpoint, vet_path
 from .worker import Emit, stream_job
 
 
@@ -57,12 +57,14 @@ def run_import(
     emit: Callable[[ImportEvent], None],
     cancel: threading.Event | None = None,
     precision: str | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> None:
     """The whole import, on a worker thread: the fused graph is `precision` (the
     device's default if None). A set `cancel` stops it at the next phase or layer
-    (the optimum export itself runs to its end), leaving nothing."""
+    (the optimum export itself runs to its end), leaving nothing. `checkpoint`:
+    `source` already vetted (its copy is vetted again as it is made)."""
     started = time.monotonic()
-    checkpoint = vet_checkpoint(source)
+    checkpoint = checkpoint or vet_checkpoint(source)
     cuda = choose_providers(device)[0] == CUDA
     precision = precision or resolve_precision(None, device)
 
@@ -107,7 +109,7 @@ class Importer:
         """Streams the import's phases; raises `TigerError` before the first one."""
         out_id = canonical_id(params.id)
         source = vet_path(params.path, self._roots)
-        await asyncio.to_thread(vet_checkpoint, source)
+        checkpoint = await asyncio.to_thread(vet_checkpoint, source)
         if self._store.get(out_id) is not None or self._store.path(out_id).exists():
             raise AlreadyExistsError(f"a model named {out_id!r} already exists")
         if not self._busy.acquire(blocking=False):
@@ -115,7 +117,14 @@ class Importer:
 
         def job(emit: Emit, cancel: threading.Event) -> None:
             run_import(
-                source, out_id, self._store, self._device, emit, cancel, self._precision
+                source,
+                out_id,
+                self._store,
+                self._device,
+                emit,
+                cancel,
+                self._precision,
+                checkpoint,
             )
 
         # Closed with this generator, so a caller that leaves cancels the job now.
