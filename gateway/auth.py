@@ -37,8 +37,14 @@ def call_metadata(
     if not (given.isascii() and given.isprintable()) or len(given) > 1024:
         raise Reject(Status.UNAUTHENTICATED, "invalid API key")
     expected = config.api_key
-    if expected is not None and not hmac.compare_digest(
-        given.encode(), f"Bearer {expected}".encode()
-    ):
+    if expected is not None and not bearer_matches(given, expected):
         raise Reject(Status.UNAUTHENTICATED, "invalid API key")
     return (("authorization", given), (REQUEST_ID_HEADER, request[REQUEST_ID_KEY]))
+
+
+def bearer_matches(given: str, expected: str) -> bool:
+    """Whether an `Authorization` header is `Bearer <expected>`, in constant time
+    (any text: bytes a client sent that are not UTF-8 compare as they came)."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), f"Bearer {expected}".encode()
+    )

@@ -3,7 +3,6 @@ document and the playground page."""
 
 from __future__ import annotations
 
-import hmac
 from pathlib import Path
 
 import grpc
@@ -14,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tiger_grpc.api.errors import Status
 from tiger_grpc.api.wire import SERVICE_NAME
 
+from .auth import bearer_matches
 from .backend import BACKEND
 from .chunks import error_message
 from .config import CONFIG
@@ -60,9 +60,7 @@ async def metrics(request: web.Request) -> web.Response:
     """GET /metrics: Prometheus text format (behind TIGER_METRICS_KEY when set)."""
     expected = request.app[CONFIG].metrics_key
     given = request.headers.get("Authorization", "")
-    if expected is not None and not hmac.compare_digest(
-        given.encode("utf-8", "surrogateescape"), f"Bearer {expected}".encode()
-    ):
+    if expected is not None and not bearer_matches(given, expected):
         return error_response(
             401, "/metrics needs `Authorization: Bearer <metrics key>`"
         )

@@ -49,12 +49,14 @@ class ChatShaper(ChunkMaker):
 
     chunk_kind = ChatCompletionChunk
 
-    def __init__(self, body: ChatCompletionRequest, model: str) -> None:
+    def __init__(
+        self, body: ChatCompletionRequest, model: str, tools_offered: bool
+    ) -> None:
         self.reply = Reply("chatcmpl", model)
         self.logprobs = body.logprobs
         self.include_usage = body.include_usage
         self.readers = [
-            ToolCallReader() if body.offers_tools else None for _ in range(body.n)
+            ToolCallReader() if tools_offered else None for _ in range(body.n)
         ]
         self.texts: list[list[str]] = [[] for _ in range(body.n)]
         self.calls: list[list[list[str]]] = [[] for _ in range(body.n)]
@@ -185,5 +187,5 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if body.user:
         log.info("chat completion for user %r", body.user[:128])
     call = request.app[BACKEND].tiger.Generate(params_to_pb(params), metadata=metadata)
-    shaper = ChatShaper(body, model)
+    shaper = ChatShaper(body, model, params.calls_tools)
     return await serve(request, [call], shaper, body.stream, body.include_usage)

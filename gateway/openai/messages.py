@@ -9,8 +9,8 @@ from typing import Annotated, Any, ClassVar
 from pydantic import ConfigDict, model_validator
 
 from tiger_grpc.api.fields import Rule, one_of
-from tiger_grpc.api.formats import NAME, PARAMETERS
-from tiger_grpc.api.params import BOOLEAN, STRING, RequestModel, fail_at
+from tiger_grpc.api.formats import NAME, PARAMETERS, Tool
+from tiger_grpc.api.params import STRING, RequestModel, fail_at
 
 ROLES = {"system": "system", "developer": "system", "user": "user"}
 ROLES |= {"assistant": "assistant", "tool": "tool"}
@@ -145,13 +145,9 @@ class OpenAIMessage(RequestModel):
         }
 
 
-class FunctionSpec(RequestModel):
-    expected: ClassVar[str] = "an object with `name`"
-
-    name: Annotated[str, NAME]
-    description: Annotated[str, STRING] = ""
-    parameters: Annotated[dict[str, Any], PARAMETERS] | None = None
-    strict: Annotated[bool, BOOLEAN] | None = None
+class FunctionSpec(Tool):
+    # OpenAI's function may leave `parameters` out (Tiger's tool then takes none)
+    parameters: Annotated[dict[str, Any], PARAMETERS] | None = None  # type: ignore[assignment]
 
 
 class OpenAITool(RequestModel):

@@ -222,10 +222,6 @@ class ChatCompletionRequest(_Sampling):
     def _tool_choice(cls, data: Any) -> Any:
         return named_choice(data) if isinstance(data, dict) else data
 
-    @property
-    def offers_tools(self) -> bool:
-        return bool(self.tools) and self.tool_choice != "none"
-
     @model_validator(mode="after")
     def _top_needs_logprobs(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
@@ -242,15 +238,7 @@ class ChatCompletionRequest(_Sampling):
                 "max_tokens": self.max_completion_tokens or self.max_tokens,
                 "logprobs": self.logprobs,
                 "top_logprobs": self.top_logprobs or 0,
-                "tools": [
-                    {
-                        "name": t.function.name,
-                        "description": t.function.description,
-                        "parameters": t.function.parameters,
-                        "strict": t.function.strict,
-                    }
-                    for t in self.tools
-                ],
+                "tools": [t.function.model_dump(exclude_none=True) for t in self.tools],
                 "tool_choice": self.tool_choice or "auto",
                 "tool_function": self.tool_function,
                 "parallel_tool_calls": self.parallel_tool_calls,

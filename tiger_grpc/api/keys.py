@@ -76,24 +76,32 @@ def parse_keys(text: str) -> list[Key]:
     if not isinstance(tables, list):
         raise KeyFileError("`key` must be an array of tables: write [[key]]")
     lines = [i + 1 for i, line in enumerate(text.splitlines()) if _HEADER.match(line)]
+
+    def where(i: int) -> str:
+        return f"line {lines[i]}" if i < len(lines) else f"key {i + 1}"
+
     keys: list[Key] = []
     for i, table in enumerate(tables):
-        where = f"line {lines[i]}" if i < len(lines) else f"key {i + 1}"
         try:
             keys.append(_key(table))
         except ValueError as exc:
-            raise KeyFileError(f"{where}: {exc}") from None
+            raise KeyFileError(f"{where(i)}: {exc}") from None
+    names: dict[str, int] = {}  # each name and digest: the first key with it
+    digests: dict[bytes, int] = {}
     for i, key in enumerate(keys):
-        where = f"line {lines[i]}" if i < len(lines) else f"key {i + 1}"
         if key.name == RESERVED:
-            raise KeyFileError(f"{where}: the name {RESERVED} is the environment key's")
-        for other in keys[:i]:
-            if other.name == key.name:
-                raise KeyFileError(f"{where}: the name {key.name!r} is used twice")
-            if other.sha256 == key.sha256:
-                raise KeyFileError(
-                    f"{where}: key {key.name!r} has the same sha256 as {other.name!r}"
-                )
+            raise KeyFileError(
+                f"{where(i)}: the name {RESERVED} is the environment key's"
+            )
+        same_name, same_digest = names.get(key.name), digests.get(key.sha256)
+        if same_name is not None and (same_digest is None or same_name <= same_digest):
+            raise KeyFileError(f"{where(i)}: the name {key.name!r} is used twice")
+        if same_digest is not None:
+            raise KeyFileError(
+                f"{where(i)}: key {key.name!r} has the same sha256 as "
+                f"{keys[same_digest].name!r}"
+            )
+        names[key.name], digests[key.sha256] = i, i
     return keys
 
 

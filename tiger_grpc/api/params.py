@@ -123,9 +123,7 @@ class Turn(ChatMessage):
     @classmethod
     def of(cls, message: ChatMessage) -> Turn:
         """A guide's message (or a training example's) as a turn."""
-        if isinstance(message, Turn):
-            return message
-        return cls(role=message.role, content=message.content)
+        return message if isinstance(message, Turn) else cls.model_validate(message)
 
     @model_validator(mode="after")
     def _tool_fields(self) -> Turn:

@@ -72,7 +72,7 @@ def request_grammar(vocabulary: Any, params: GenerateParams) -> str:
     fmt = params.response_format
     answer = fmt if fmt is not None and fmt.constrained else None
     for i, tool in enumerate(params.tools if params.calls_tools else ()):
-        arguments = _schema_grammar({**tool.parameters, "type": "object"})
+        arguments = _schema_grammar(_arguments(tool.parameters))
         _check(vocabulary, arguments, f"tools[{i}].parameters")
     if not params.calls_tools:
         assert answer is not None
@@ -158,7 +158,7 @@ def _slashes_escaped(pattern: str) -> str:
 
 def _arguments(parameters: dict[str, Any]) -> dict[str, Any]:
     """A function's arguments are a JSON object, whatever else its schema says."""
-    return _with_options({**parameters, "type": "object"})
+    return {**parameters, "type": "object"}
 
 
 def _tools_lark(
@@ -174,7 +174,7 @@ def _tools_lark(
     in the response format, or calls."""
     functions = [
         f"fn_{i}: {json.dumps(f'{HEAD}{json.dumps(t.name)}{ARGUMENTS}')} "
-        f'%json {json.dumps(_arguments(t.parameters))} "}}"'
+        f'%json {json.dumps(_with_options(_arguments(t.parameters)))} "}}"'
         for i, t in enumerate(tools)
     ]
     body = "body: " + " | ".join(f"fn_{i}" for i in range(len(tools)))

@@ -33,9 +33,9 @@ AUDITED = ("Train", "ImportModel")
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates, authorizes and limits every `tiger.v1` call."""
 
-    def __init__(self, keys: KeyRing, limits: Limits | None = None) -> None:
+    def __init__(self, keys: KeyRing) -> None:
         self.keys = keys
-        self.limits = limits or Limits()
+        self.limits = Limits()
 
     async def intercept_service(
         self,

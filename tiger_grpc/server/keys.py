@@ -49,7 +49,6 @@ class KeyRing:
         )
         self._keys: list[Key] = []
         self._seen: tuple[float, int, int] | None = None
-        self.reloads = 0
         if keys_file is not None:
             self._seen = _stamp(keys_file)  # before reading: a change after it shows
             self._keys = read_keys(keys_file)  # at start, a bad file is fatal
@@ -87,7 +86,6 @@ class KeyRing:
             return False
         self._keys = keys
         self._index()
-        self.reloads += 1
         log.info("key file %s loaded: %d keys", path, len(keys))
         return True
 
