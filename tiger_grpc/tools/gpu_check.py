@@ -18,6 +18,9 @@ in a few minutes, and writes what it saw to `--out` (check.json, check.md).
 4. With CUDA in use, `make bench-gpu`'s Llama-3.1-8B shape at 1/8/32 streams, the
    time to first token of a 2,000-token prompt and the share of the bandwidth
    bound, written next to the report (`--no-8b` skips it).
+5. With `--serve HOME`, the server end to end on the device (`serve_check`): the
+   real server and gateway serving the embedded model of the store HOME at fp16,
+   driven over HTTP, each greedy answer compared with a server on CPU.
 
 Without a GPU, `--device cpu` is the dry run CI makes: the same steps on the CPU
 provider against itself. It needs no model preparation (no GGUF, no optimum).
@@ -269,6 +272,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("gpu-check"))
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--no-8b", action="store_true", help="skip the 8B bench")
+    parser.add_argument(
+        "--serve",
+        metavar="HOME",
+        type=Path,
+        help="then the server end to end on the device, serving the embedded model "
+        "of the store HOME at fp16, answers compared with CPU (serve_check)",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tiger-gpu-check-"))
@@ -287,6 +297,13 @@ def main(argv: list[str] | None = None) -> None:
         )
     ):
         raise SystemExit("logits outside tolerance (see the report)")
+    if args.serve:
+        from .serve_check import main as serve_check
+
+        serve_check(
+            ["--device", args.device, "--home", str(args.serve), "--out", str(args.out)]
+            + (["--against", "cpu"] if args.device == "cuda" else [])
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,46 @@
+"""`gpu-check --serve`'s server check, as it runs without a GPU: the real server
+and gateway on the CPU provider serving a model's fp16 graph, driven over HTTP, and
+compared with a second server on CPU (the same greedy answers)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers import TINY_MODEL_ID
+from tiger_grpc.tools.serve_check import agreement, main
+
+pytestmark = pytest.mark.e2e
+
+
+def test_the_server_check_drives_both_servers_and_compares(
+    store_home, tiny_model, tmp_path
+) -> None:
+    out = tmp_path / "out"
+    args = ["--device", "cpu", "--home", str(store_home), "--model", TINY_MODEL_ID]
+    report = main([*args, "--against", "cpu", "--out", str(out)])
+    assert report["failed"] == []
+    assert report["model"]["provider"] == "CPUExecutionProvider"
+    assert report["dropped"]["dropped"] and len(report["eight_streams"]["texts"]) == 8
+    first, second, third = report["chat"]
+    assert (
+        first["prompt_tokens"] - 8 <= second["cached_tokens"] < second["prompt_tokens"]
+    )
+    assert second["prompt_tokens"] - 8 <= third["cached_tokens"]
+    assert set(json.loads(report["json_schema"]["text"])) == {"city", "country"}
+    assert report["against_cpu"] == {"answers": 14, "identical": 14, "parted": []}
+    assert (out / "serve.md").read_text().startswith("# serve-check")
+    assert (out / "serve-server-cpu.log").is_file()
+
+
+def test_the_comparison_says_where_answers_part() -> None:
+    same = agreement(["Paris.", "abc"], ["Paris.", "abd"])
+    assert same == {
+        "answers": 2,
+        "identical": 1,
+        "parted": [{"answer": 1, "same_chars": 2, "of": 3}],
+    }
+    assert agreement(["ab"], ["abc"])["parted"] == [
+        {"answer": 0, "same_chars": 2, "of": 3}
+    ]
