@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 
-from tiger_grpc.tools.gpu_check import compare, main
+from tiger_grpc.tools.gpu_check import attention_times, compare, main
 
 
 def test_the_dry_run_writes_its_report(tmp_path) -> None:
@@ -26,8 +26,33 @@ def test_the_dry_run_writes_its_report(tmp_path) -> None:
         assert logits["calls"] == 40 and logits["within_tolerance"]
         assert logits["max_relative_difference"] == 0.0  # the CPU against itself
     assert len(report["attention"]) == 4
+    assert report["attention_times"]["calls"] == 40
+    assert report["cuda_attention"] == "flash"
     assert {a["provider"] for a in report["attention"]} == {"CPUExecutionProvider"}
     assert "within fp16 tolerance (0.05): yes" in (out / "check.md").read_text()
+
+
+def test_attention_times_show_a_kernel_that_prepares_each_new_shape(tmp_path) -> None:
+    """As an H100's profile showed cuDNN's SDPA: the first attention node of a call
+    with a new shape far slower than the rest (its plan built, then shared)."""
+    events = [{"cat": "Session", "name": "model_run", "dur": 5}]
+    for first in (780.0, 0.1, 45.0, 0.1, 0.12, 0.1):
+        for layer in range(4):
+            events.append(
+                {
+                    "name": f"layers.{layer}.attn_kernel_time",
+                    "dur": (first if layer == 0 else 0.1) * 1000,
+                    "args": {"op_name": "GroupQueryAttention"},
+                }
+            )
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps(events))
+    assert attention_times(profile) == {
+        "calls": 6,
+        "median_ms": 0.11,
+        "slowest_ms": 780.0,
+        "calls_over_10x_median": 2,
+    }
 
 
 def test_the_comparison_catches_a_wrong_step() -> None:

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Device
+from ..config import Device, cuda_attention
 from ..engine.providers import CPU, CUDA, cuda_can_load, cuda_compute_major
 from .bench_gpu import random_graph
 
@@ -111,6 +111,35 @@ def attention_kernels(profile: Path) -> list[dict[str, str]]:
             name = str(event.get("name", "")).removesuffix("_kernel_time")
             found[name] = args.get("provider", "?")
     return [{"node": n, "provider": p} for n, p in sorted(found.items())][:4]
+
+
+def attention_times(profile: Path) -> dict[str, Any]:
+    """Each engine call's slowest attention node, from an ORT profile: a kernel
+    that prepares itself for each new shape (cuDNN's SDPA builds an execution plan
+    the first time it meets a prompt length or a batch size) shows as calls far
+    slower than the median."""
+    events = json.loads(profile.read_text())
+    runs: list[float] = []
+    for event in events:
+        args = event.get("args") or {}
+        if args.get("op_name") != "GroupQueryAttention":
+            continue
+        if not str(event.get("name", "")).endswith("_kernel_time"):
+            continue
+        ms = float(event.get("dur", 0)) / 1000
+        if str(event["name"]).startswith("layers.0.") or not runs:
+            runs.append(ms)  # a call's first attention node
+        else:
+            runs[-1] = max(runs[-1], ms)
+    if not runs:
+        return {"calls": 0}
+    median = float(np.median(runs))
+    return {
+        "calls": len(runs),
+        "median_ms": round(median, 3),
+        "slowest_ms": round(max(runs), 1),
+        "calls_over_10x_median": sum(r > 10 * median for r in runs),
+    }
 
 
 ATTENTION_KERNEL = re.compile(
@@ -205,7 +234,8 @@ def check(device: Device, out: Path, workdir: Path, run_8b: bool) -> dict[str, A
     finally:
         os.environ.pop("TIGER_ORT_PROFILE", None)
     plain_calls = scripted_calls(plain)
-    attention = attention_kernels(Path(plain.session.end_profiling()))
+    profile = Path(plain.session.end_profiling())
+    attention = attention_kernels(profile)
     del plain
     model = engine(path, device)
     report: dict[str, Any] = {
@@ -213,8 +243,10 @@ def check(device: Device, out: Path, workdir: Path, run_8b: bool) -> dict[str, A
         "provider": model.provider,
         "compute_capability_major": cuda_compute_major(),
         "cuda_graphs": model.graphs,
+        "cuda_attention": cuda_attention(),
         "switches": {k: os.environ[k] for k in SWITCHES if k in os.environ},
         "attention": attention,
+        "attention_times": attention_times(profile),
     }
     on_device = scripted_calls(model)
     report["cuda_kernels"] = cuda_kernels(model) if model.provider == CUDA else None
@@ -247,7 +279,11 @@ def markdown(report: dict[str, Any]) -> str:
             f"- compute capability: {report['compute_capability_major']}",
             f"- decode through CUDA graphs' path: {report['cuda_graphs']}",
             f"- attention nodes: {kernels or 'none in the profile'}",
-            f"- ORT attention switches: {report['switches'] or 'none set'}",
+            f"- attention per engine call (ORT's profile, without CUDA graphs): "
+            f"{json.dumps(report['attention_times'])}",
+            f"- attention kernels allowed (TIGER_CUDA_ATTENTION): "
+            f"{report['cuda_attention']}; ORT attention switches: "
+            f"{report['switches'] or 'none set'}",
             f"- CUDA kernels: {json.dumps(report['cuda_kernels'])}",
             f"- logits against the CPU provider over {logits['calls']} calls: max "
             f"relative difference {logits['max_relative_difference']:.2e}, top-1 "
