@@ -82,6 +82,29 @@ def cuda_graphs(env: Mapping[str, str] = os.environ) -> bool:
     return env.get("TIGER_CUDA_GRAPHS", "1") != "0"
 
 
+# TIGER_CUDA_ATTENTION's values: which attention kernels ORT's CUDA provider may run.
+CUDA_ATTENTION = {
+    # ORT's flash attention (memory-efficient attention where flash cannot run):
+    # compiled ahead for every shape.
+    "flash": "3",
+    # ORT's own choice: on compute capability 9 and later it prefers cuDNN's SDPA,
+    # which builds an execution plan for each new shape (a new prompt length, a
+    # new batch size) the first time it meets it.
+    "ort": "",
+}
+
+
+def cuda_attention(env: Mapping[str, str] = os.environ) -> str:
+    """TIGER_CUDA_ATTENTION: `flash` (the default) or `ort` (see CUDA_ATTENTION)."""
+    value = env.get("TIGER_CUDA_ATTENTION") or "flash"
+    if value not in CUDA_ATTENTION:
+        choices = ", ".join(CUDA_ATTENTION)
+        raise SystemExit(
+            f"TIGER_CUDA_ATTENTION must be one of {choices}, got {value!r}"
+        )
+    return value
+
+
 def env_int(env: Mapping[str, str], name: str, default: int) -> int:
     value = env.get(name)
     if value is None or value == "":

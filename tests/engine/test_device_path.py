@@ -472,3 +472,34 @@ def test_llama3_rope_without_torch_and_transformers5_configs(monkeypatch) -> Non
     assert (
         np.abs(rope_tables(plain, 512)[0] - rope_tables(reference, 512)[0]).max() < 1e-6
     )
+
+
+def test_cuda_sessions_pin_the_attention_kernels(store_home, tiny_model, monkeypatch):
+    """On compute capability 9+, ORT prefers cuDNN's SDPA unless kernels are pinned;
+    cuDNN builds a plan for each new shape (on an H100: 45 to 780 ms for each new
+    prompt length or batch size). `sdpa_kernel` pins ORT's flash attention, with
+    decode's CUDA graphs; TIGER_CUDA_ATTENTION=ort leaves ORT its own choice."""
+    from tiger_grpc.engine import fused
+    from tiger_grpc.engine.providers import CPU, CUDA, cuda_options
+
+    asked: list = []
+
+    def session(path, options, providers):
+        asked.append(providers)
+        raise RuntimeError("asked")
+
+    monkeypatch.setattr(fused, "choose_providers", lambda device: [CUDA, CPU])
+    monkeypatch.setattr(fused.ort, "InferenceSession", session)
+    path = graph(store_home, tiny_model, "fp16")
+    with pytest.raises(RuntimeError, match="asked"):
+        FusedCausalLM(path, Device.CUDA)
+    monkeypatch.setenv("TIGER_CUDA_ATTENTION", "ort")
+    with pytest.raises(RuntimeError, match="asked"):
+        FusedCausalLM(path, Device.CUDA, graphs=False)
+    assert asked == [
+        [(CUDA, {"enable_cuda_graph": "1", "sdpa_kernel": "3"}), CPU],
+        [(CUDA, {}), CPU],
+    ]
+    monkeypatch.setenv("TIGER_CUDA_ATTENTION", "cudnn")
+    with pytest.raises(SystemExit, match="TIGER_CUDA_ATTENTION must be one of flash"):
+        cuda_options(False)

@@ -24,7 +24,10 @@ faulted in), against 0.16 s for its own row. Growing, zeroing and copying a slot
 second tiny graph (`Pad`) on the same execution provider, so CPU and CUDA share
 this code, and the CPU tests exercise the CUDA path's logic.
 
-On CUDA decode steps replay CUDA graphs (`cudagraph`).
+On CUDA decode steps replay CUDA graphs (`cudagraph`), and attention is pinned to
+ORT's flash kernels (`TIGER_CUDA_ATTENTION`): on compute capability 9 ORT would
+otherwise prefer cuDNN's SDPA, which on an H100 spent 45-780 ms building a plan for
+each new prompt length and batch size.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from .providers import (
     CUDA,
     choose_providers,
     cuda_compute_major,
+    cuda_options,
     default_cuda_cache_gb,
     in_use,
     session_options,
@@ -75,8 +79,8 @@ class FusedCausalLM:
         if graphs is None:  # with a preallocated cache: its addresses never move
             graphs = flash and (preallocate is None or preallocate) and cuda_graphs()
         asked: list[str | tuple[str, dict[str, str]]] = list(providers)
-        if graphs and CUDA in providers:
-            asked[providers.index(CUDA)] = (CUDA, {"enable_cuda_graph": "1"})
+        if CUDA in providers:
+            asked[providers.index(CUDA)] = (CUDA, cuda_options(graphs))
         with gpu_work(CUDA in providers):
             self._load(onnx_path, device, asked, spin, graphs)
             self._size(onnx_path, max_batch, max_len, cache_gb, preallocate, flash)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from ..config import Device
+from ..config import CUDA_ATTENTION, Device, cuda_attention
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,18 @@ def load_cuda_libraries(env: dict[str, str] | None = None) -> dict[str, str]:
         loaded[name] = str(path) if path else "the system's library path"
         log.info("loaded %s from %s", name, loaded[name])
     return loaded
+
+
+def cuda_options(graphs: bool, attention: str | None = None) -> dict[str, str]:
+    """The CUDA provider's options: decode through CUDA graphs, and the attention
+    kernels it may run (TIGER_CUDA_ATTENTION; `flash` pins ORT's flash and
+    memory-efficient kernels through `sdpa_kernel`, which also keeps ORT from
+    preferring cuDNN's SDPA on compute capability 9 and later)."""
+    options = {"enable_cuda_graph": "1"} if graphs else {}
+    kernels = CUDA_ATTENTION[attention or cuda_attention()]
+    if kernels:
+        options["sdpa_kernel"] = kernels
+    return options
 
 
 def session_options(spin: bool = True) -> ort.SessionOptions:
