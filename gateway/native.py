@@ -78,8 +78,8 @@ async def train(request: web.Request) -> web.StreamResponse:
 
 @_rejecting
 async def import_model(request: web.Request) -> web.StreamResponse:
-    """POST /v1/models/import: a local HF Llama checkpoint (on the server) becomes a
-    served model; NDJSON phases or the final object."""
+    """POST /v1/models/import: a local HF Llama checkpoint or Llama GGUF file (on
+    the server) becomes a served model; NDJSON phases or the final object."""
     metadata, params = await _accepted(request, ImportParams)
     pb_request = import_params_to_pb(params)
     call = request.app[BACKEND].tiger.ImportModel(pb_request, metadata=metadata)

@@ -1,4 +1,5 @@
-"""Importing a local Hugging Face Llama checkpoint: CLI, gRPC and HTTP."""
+"""Importing a local Hugging Face Llama checkpoint or GGUF file: CLI, gRPC and
+HTTP."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.helpers import API_KEY, Process, run_cli
+from tests.helpers import API_KEY, DEFAULT_MODEL_ID, Process, run_cli
 
 pytestmark = pytest.mark.e2e
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
@@ -65,6 +66,7 @@ def test_cli_import_then_the_guide_request_works(
     [
         ({"path": "relative/dir", "id": "x"}, 400, "must be absolute"),
         ({"path": "/nonexistent/dir", "id": "x"}, 404, "no checkpoint"),
+        ({"path": "/etc/passwd", "id": "x"}, 400, "or a .gguf file"),
         ({"path": "/tmp", "id": "../bad"}, 400, "`id`"),
         ({"id": "x"}, 400, "`path` is required"),
     ],
@@ -86,6 +88,38 @@ async def test_http_import_streams_phases(checkpoint, base_url: str) -> None:
             chunks = [json.loads(line) async for line in r.content if line.strip()]
     assert [c["type"] for c in chunks][-1] == "stop" and chunks[-1]["model"] == model_id
     assert sum(c["type"] == "info" for c in chunks) >= 3
+
+
+async def test_a_gguf_file_is_served_with_its_own_blocks(base_url, store_home) -> None:
+    """The embedded model's GGUF file imported as any user's would be: its int4
+    graph takes the file's Q4_1/Q8_0 blocks as they are, so it answers exactly as
+    the embedded model (prepared from the same file) does."""
+    from tiger_grpc.models.embedded import find_gguf
+
+    model_id = f"gguf-{uuid.uuid4().hex[:4]}"
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(headers=HEADERS, timeout=timeout) as s:
+        body = {"path": str(find_gguf()), "id": model_id, "stream": True}
+        async with s.post(f"{base_url}/v1/models/import", json=body) as r:
+            chunks = [json.loads(line) async for line in r.content if line.strip()]
+        assert chunks[-1]["type"] == "stop", chunks[-1]
+        said = " ".join(c["message"] for c in chunks if c["type"] == "info")
+        assert "the int4 graph takes its Q4_1/Q8_0 blocks as they are" in said
+        manifest = json.loads(
+            (store_home / "models" / model_id / "model.json").read_text()
+        )
+        assert manifest["quantization"] == {"int4": "source blocks"}
+        answers = []
+        for model in (model_id, DEFAULT_MODEL_ID):
+            ask = {
+                "model": model,
+                "messages": [{"role": "user", "content": "Name three colours."}],
+                "temperature": 0,
+                "max_tokens": 24,
+            }
+            async with s.post(f"{base_url}/v1/generate_response", json=ask) as r:
+                answers.append((await r.json())["content"])
+    assert answers[0] and answers[0] == answers[1]
 
 
 async def test_a_client_that_leaves_stops_the_import_and_it_leaves_nothing(

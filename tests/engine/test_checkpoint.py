@@ -188,3 +188,81 @@ def test_a_file_swapped_for_a_link_after_vetting_is_not_copied(
     with pytest.raises(InvalidArgumentError, match="link out of the checkpoint"):
         copy_vetted(vetted, tmp_path / "store")
     assert not (tmp_path / "store" / "tokenizer.json").exists()
+
+
+def write_gguf(
+    path: Path, arch: str = "llama", tokenizer: bool = True, layers: int = LAYERS
+) -> Path:
+    """A small GGUF file of `arch`, written with gguf's own writer (random weights,
+    a 16-token vocabulary)."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_embedding_length(HIDDEN)
+    writer.add_feed_forward_length(FFN)
+    writer.add_block_count(LAYERS)
+    writer.add_head_count(HEADS)
+    writer.add_head_count_kv(HEADS)
+    writer.add_context_length(256)
+    if tokenizer:
+        writer.add_tokenizer_model("gpt2")
+        writer.add_token_list([f"t{i}" for i in range(16)])
+    rng = np.random.default_rng(0)
+
+    def tensor(name: str, rows: int, columns: int) -> None:
+        writer.add_tensor(name, rng.standard_normal((rows, columns), np.float32))
+
+    tensor("token_embd.weight", 16, HIDDEN)
+    for i in range(layers):
+        tensor(f"blk.{i}.attn_q.weight", HIDDEN, HIDDEN)
+        tensor(f"blk.{i}.attn_k.weight", HIDDEN, HIDDEN)
+        tensor(f"blk.{i}.ffn_gate.weight", FFN, HIDDEN)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_gguf_file_is_read_as_data_and_vetted(tmp_path) -> None:
+    from tiger_grpc.jobs.checkpoint import vet_source
+    from tiger_grpc.jobs.importing import gguf_plan
+
+    vetted = vet_source(write_gguf(tmp_path / "model.gguf"))
+    assert vetted.config["hidden_size"] == HIDDEN and vetted.config["vocab_size"] == 16
+    assert vetted.kinds == {"F32": 1 + 3 * LAYERS}
+    assert "ONNX Runtime quantizes them again" in gguf_plan(vetted, "int4")
+    assert "fp16 graph takes them dequantized" in gguf_plan(vetted, "fp16")
+    refusals = {
+        "only Llama-architecture checkpoints can be imported, this one is 'qwen2'": (
+            write_gguf(tmp_path / "qwen.gguf", arch="qwen2")
+        ),
+        "carries no tokenizer": write_gguf(tmp_path / "bare.gguf", tokenizer=False),
+        "has 1 layers, its metadata says 2": write_gguf(tmp_path / "l.gguf", layers=1),
+    }
+    text = tmp_path / "notes.gguf"
+    text.write_text("hello")
+    refusals["notes.gguf is not a GGUF file"] = text
+    whole = (tmp_path / "model.gguf").read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(whole[: len(whole) - 64])  # the last tensor's bytes missing
+    refusals["cut.gguf is not a GGUF file Tiger can read: cannot reshape"] = cut
+    other = tmp_path / "weights.bin"
+    other.write_bytes(whole)
+    refusals["is a file: give a Hugging Face checkpoint directory or a .gguf"] = other
+    for needle, path in refusals.items():
+        with pytest.raises(InvalidArgumentError, match=needle.replace("(", r"\(")):
+            vet_source(path)
+
+
+def test_the_embedded_gguf_is_a_llama_of_exact_blocks() -> None:
+    from tiger_grpc.jobs.checkpoint import vet_source
+    from tiger_grpc.jobs.importing import gguf_plan
+    from tiger_grpc.models.embedded import find_gguf
+
+    vetted = vet_source(find_gguf())
+    assert vetted.kinds == {"F32": 61, "Q4_1": 210, "Q8_0": 1}
+    assert vetted.config["num_hidden_layers"] == 30
+    assert gguf_plan(vetted, "int4").endswith(
+        "the int4 graph takes its Q4_1/Q8_0 blocks as they are"
+    )

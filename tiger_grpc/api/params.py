@@ -327,7 +327,7 @@ class TrainParams(RequestModel):
 
 
 class ImportParams(RequestModel):
-    """An import request: a Hugging Face checkpoint the server reads."""
+    """An import request: a Hugging Face checkpoint or GGUF file the server reads."""
 
     expected: ClassVar[str] = "a JSON object"
 

@@ -197,10 +197,11 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt")
     generation(sub.add_parser("chat", help="an interactive multi-turn chat"))
     importing = sub.add_parser(
-        "import", help="serve a local Hugging Face Llama checkpoint"
+        "import", help="serve a local Hugging Face Llama checkpoint or GGUF file"
     )
     importing.add_argument(
-        "path", help="the checkpoint directory (readable by the server)"
+        "path",
+        help="the checkpoint directory or .gguf file (readable by the server)",
     )
     importing.add_argument("--id", required=True, help="the id to serve it under")
     train = sub.add_parser(

@@ -1,7 +1,10 @@
-"""Importing a local Hugging Face Llama checkpoint as a served model.
+"""Importing a local Hugging Face Llama checkpoint, or a Llama GGUF file, as a
+served model.
 
 The checkpoint's vetted files are copied (never hard-linked) into a scratch
-directory of the store and go through the build pipeline: exported with optimum
+directory of the store (a GGUF file is converted there into Hugging Face weights
+by transformers; its int4 graph takes the file's Q4_0/Q4_1/Q8_0 blocks as they
+are) and go through the build pipeline: exported with optimum
 (fp16 on the GPU for CUDA, fp32 for CPU), given the fused graph the server serves,
 and renamed into place, so a failed import leaves nothing behind. Weights over 2 GB
 are kept as external data next to each `model.onnx`. Long phases report progress:
@@ -23,15 +26,17 @@ from ..api.params import ImportParams
 from ..config import Device
 from ..engine.providers import CUDA, choose_providers
 from ..models.export import checkpoint_parameters
+from ..models.fromgguf import convert_gguf
+from ..models.graph.gguf import EXACT_BLOCKS
 from ..models.pipeline import Reporting, build_model
 from ..models.precision import resolve_precision
 from ..models.store import ModelStore, canonical_id
 from ..runtime.ml import IMPORT_LOCK
-from .checkpoint import Checkpoint, copy_vetted, vet_checkpoint, vet_path
+from .checkpoint import Checkpoint, GgufCheckpoint, copy_vetted, vet_path, vet_source
 from .worker import Emit, stream_job
 
 
-def export_settings(cuda: bool, hf_dir: Path) -> tuple[str, str, str | None]:
+def export_settings(cuda: bool, parameters: int | None) -> tuple[str, str, str | None]:
     """(dtype, device, why not the GPU) of the optimum export: fp16 on the GPU for
     CUDA when PyTorch can use it and the GPU has room for the model twice over
     (optimum exports fp16 only there; models being served hold GPU memory too), fp32
@@ -43,7 +48,7 @@ def export_settings(cuda: bool, hf_dir: Path) -> tuple[str, str, str | None]:
     if not torch.cuda.is_available():
         return "fp32", "cpu", "PyTorch here has no CUDA"
     free, _ = torch.cuda.mem_get_info()
-    need = 2 * 2 * (checkpoint_parameters(hf_dir) or 0)  # fp16, twice
+    need = 2 * 2 * (parameters or 0)  # fp16, twice
     if free < need:
         return "fp32", "cpu", f"the GPU has {free / 2**30:.1f} GiB free"
     return "fp16", "cuda", None
@@ -57,36 +62,56 @@ def run_import(
     emit: Callable[[ImportEvent], None],
     cancel: threading.Event | None = None,
     precision: str | None = None,
-    checkpoint: Checkpoint | None = None,
+    checkpoint: Checkpoint | GgufCheckpoint | None = None,
 ) -> None:
     """The whole import, on a worker thread: the fused graph is `precision` (the
     device's default if None). A set `cancel` stops it at the next phase or layer
     (the optimum export itself runs to its end), leaving nothing. `checkpoint`:
-    `source` already vetted (its copy is vetted again as it is made)."""
+    `source` already vetted (a directory's copy is vetted again as it is made)."""
     started = time.monotonic()
-    checkpoint = checkpoint or vet_checkpoint(source)
+    checkpoint = checkpoint or vet_source(source)
     cuda = choose_providers(device)[0] == CUDA
     precision = precision or resolve_precision(None, device)
-
-    dtype, export_device, why = export_settings(cuda, source)
+    gguf = isinstance(checkpoint, GgufCheckpoint)
+    parameters = (
+        checkpoint.parameters if gguf else checkpoint_parameters(checkpoint.directory)
+    )
+    dtype, export_device, why = export_settings(cuda, parameters)
     if why:
         emit(Info(f"{why}: the optimum export runs on the CPU"))
 
-    def copy(hf_dir: Path) -> None:
-        emit(Info(f"Copying {source} into the model store"))
-        copy_vetted(checkpoint, hf_dir)
+    def write_hf(hf_dir: Path) -> None:
+        if isinstance(checkpoint, GgufCheckpoint):
+            emit(Info(gguf_plan(checkpoint, precision)))
+            convert_gguf(source, hf_dir)
+        else:
+            emit(Info(f"Copying {source} into the model store"))
+            copy_vetted(checkpoint, hf_dir)
 
     say = lambda message: emit(Info(message))  # noqa: E731
     build_model(
         store,
         out_id,
         f"imported from {source}",
-        copy,
+        write_hf,
         [precision],
         Reporting(say=say, tick=say, cancel=cancel, engine="CUDA" if cuda else "CPU"),
         export_as=(dtype, export_device),
+        gguf=source if gguf else None,
     )
     emit(Imported(out_id, int((time.monotonic() - started) * 1000)))
+
+
+def gguf_plan(checkpoint: GgufCheckpoint, precision: str) -> str:
+    """What becomes of a GGUF file's blocks, in words."""
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(checkpoint.kinds.items()))
+    said = f"Converting {checkpoint.path.name} ({kinds}) to Hugging Face weights"
+    exact = sorted(EXACT_BLOCKS & set(checkpoint.kinds))
+    if precision != "int4":
+        return f"{said}; the {precision} graph takes them dequantized"
+    if not exact:
+        return f"{said}; ONNX Runtime quantizes them again for the int4 graph"
+    return f"{said}; the int4 graph takes its {'/'.join(exact)} blocks as they are"
 
 
 class Importer:
@@ -109,7 +134,7 @@ class Importer:
         """Streams the import's phases; raises `TigerError` before the first one."""
         out_id = canonical_id(params.id)
         source = vet_path(params.path, self._roots)
-        checkpoint = await asyncio.to_thread(vet_checkpoint, source)
+        checkpoint = await asyncio.to_thread(vet_source, source)
         if self._store.get(out_id) is not None or self._store.path(out_id).exists():
             raise AlreadyExistsError(f"a model named {out_id!r} already exists")
         if not self._busy.acquire(blocking=False):

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DEFAULT_MODEL_ID, Device, default_home
-from ..runtime.ml import IMPORT_LOCK, quiet_third_party_warnings
+from ..runtime.ml import quiet_third_party_warnings
+from .fromgguf import convert_gguf
 from .graph.llama import SOURCE_BLOCKS
 from .pipeline import Reporting, add_graph, build_model
 from .precision import PRECISIONS, resolve_precision
@@ -55,29 +56,6 @@ def find_gguf() -> Path:
     if not path.is_file():
         raise RuntimeError(f"{path} is missing from the {GGUF_PACKAGE} package")
     return path
-
-
-def save_hf_from_gguf(gguf: Path, hf_dir: Path) -> tuple[Any, Any]:
-    """Dequantizes the GGUF file into HF weights and a fast tokenizer in `hf_dir`."""
-    with IMPORT_LOCK:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # Fix what the conversion gets wrong so every later user of hf/ (training
-    # included) sees the model's real end of turn, and plain text gets no BOS.
-    vocab = tokenizer.get_vocab()
-    if "<|im_end|>" in vocab:
-        tokenizer.eos_token = "<|im_end|>"
-        tokenizer.pad_token = "<|im_end|>"
-    if hasattr(tokenizer, "add_bos_token"):
-        tokenizer.add_bos_token = False
-    # The GGUF carries no sampling advice; the model card's goes in the generation
-    # config, where the manifest (and any model trained from this one) takes it.
-    model.generation_config.update(do_sample=True, **CARD_SAMPLING)
-    model.save_pretrained(hf_dir)
-    tokenizer.save_pretrained(hf_dir)
-    return tokenizer, model
 
 
 def ensure_default_model(
@@ -156,7 +134,7 @@ def _missing(manifest: ModelManifest, precision: str) -> bool:
 
 def _convert(gguf: Path, hf_dir: Path, say: Any) -> None:
     say(f"Converting {gguf.name} to Hugging Face weights")
-    save_hf_from_gguf(gguf, hf_dir)
+    convert_gguf(gguf, hf_dir, CARD_SAMPLING)
 
 
 def main(argv: list[str] | None = None) -> None:

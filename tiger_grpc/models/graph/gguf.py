@@ -138,6 +138,7 @@ def _q8_0(raw: np.ndarray) -> Blocks:
 
 
 _READERS = {"Q4_0": _q4_0, "Q4_1": _q4_1, "Q8_0": _q8_0}
+EXACT_BLOCKS = frozenset(_READERS)  # the block types MatMulNBits takes as they are
 _BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}
 
 

@@ -102,8 +102,9 @@ class TigerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ImportModel(self, request, context):
-        """Turns a local Hugging Face Llama checkpoint (a directory the server can read)
-        into a served model: optimum export, the fused graph for the fast engine,
+        """Turns a local Hugging Face Llama checkpoint (a directory the server can read),
+        or a Llama GGUF file, into a served model: optimum export, the fused graph for
+        the fast engine (an int4 one takes a GGUF's Q4_0/Q4_1/Q8_0 blocks as they are),
         written into the model store atomically. Streams `info` chunks for the phases,
         then one `stop` (or one `error`). An existing `id` is ALREADY_EXISTS.
         """
