@@ -5,6 +5,7 @@ safetensors headers. All refused before anything is copied."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import struct
@@ -233,6 +234,11 @@ def test_a_gguf_file_is_read_as_data_and_vetted(tmp_path) -> None:
     assert vetted.kinds == {"F32": 1 + 3 * LAYERS}
     assert "ONNX Runtime quantizes them again" in gguf_plan(vetted, "int4")
     assert "fp16 graph takes them dequantized" in gguf_plan(vetted, "fp16")
+    mixed = dataclasses.replace(vetted, kinds={"F32": 3, "Q8_0": 2, "Q6_K": 1})
+    assert gguf_plan(mixed, "int4").endswith(
+        "takes its Q8_0 blocks as they are where a projection is all of them, "
+        "and ONNX Runtime quantizes the rest (Q6_K) again"
+    )
     refusals = {
         "only Llama-architecture checkpoints can be imported, this one is 'qwen2'": (
             write_gguf(tmp_path / "qwen.gguf", arch="qwen2")

@@ -199,10 +199,7 @@ def parser() -> argparse.ArgumentParser:
     importing = sub.add_parser(
         "import", help="serve a local Hugging Face Llama checkpoint or GGUF file"
     )
-    importing.add_argument(
-        "path",
-        help="the checkpoint directory or .gguf file (readable by the server)",
-    )
+    importing.add_argument("path", help="a checkpoint directory or .gguf file")
     importing.add_argument("--id", required=True, help="the id to serve it under")
     train = sub.add_parser(
         "train", help="fine-tune a model on a JSONL file of conversations"

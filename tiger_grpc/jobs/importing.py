@@ -35,6 +35,8 @@ from ..runtime.ml import IMPORT_LOCK
 from .checkpoint import Checkpoint, GgufCheckpoint, copy_vetted, vet_path, vet_source
 from .worker import Emit, stream_job
 
+FLOAT_TENSORS = frozenset({"F32", "F16", "BF16"})  # no blocks to keep or to requantize
+
 
 def export_settings(cuda: bool, parameters: int | None) -> tuple[str, str, str | None]:
     """(dtype, device, why not the GPU) of the optimum export: fp16 on the GPU for
@@ -107,11 +109,18 @@ def gguf_plan(checkpoint: GgufCheckpoint, precision: str) -> str:
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(checkpoint.kinds.items()))
     said = f"Converting {checkpoint.path.name} ({kinds}) to Hugging Face weights"
     exact = sorted(EXACT_BLOCKS & set(checkpoint.kinds))
+    others = sorted(set(checkpoint.kinds) - EXACT_BLOCKS - FLOAT_TENSORS)
     if precision != "int4":
         return f"{said}; the {precision} graph takes them dequantized"
     if not exact:
         return f"{said}; ONNX Runtime quantizes them again for the int4 graph"
-    return f"{said}; the int4 graph takes its {'/'.join(exact)} blocks as they are"
+    if not others:
+        return f"{said}; the int4 graph takes its {'/'.join(exact)} blocks as they are"
+    return (
+        f"{said}; the int4 graph takes its {'/'.join(exact)} blocks as they are "
+        f"where a projection is all of them, and ONNX Runtime quantizes the rest "
+        f"({', '.join(others)}) again"
+    )
 
 
 class Importer:
