@@ -232,8 +232,10 @@ def test_a_gguf_file_is_read_as_data_and_vetted(tmp_path) -> None:
     vetted = vet_source(write_gguf(tmp_path / "model.gguf"))
     assert vetted.config["hidden_size"] == HIDDEN and vetted.config["vocab_size"] == 16
     assert vetted.kinds == {"F32": 1 + 3 * LAYERS}
-    assert "ONNX Runtime quantizes them again" in gguf_plan(vetted, "int4")
+    assert "ONNX Runtime quantizes its float weights" in gguf_plan(vetted, "int4")
     assert "fp16 graph takes them dequantized" in gguf_plan(vetted, "fp16")
+    k_quants = dataclasses.replace(vetted, kinds={"F32": 3, "Q4_K": 2, "Q6_K": 1})
+    assert "ONNX Runtime quantizes them again" in gguf_plan(k_quants, "int4")
     mixed = dataclasses.replace(vetted, kinds={"F32": 3, "Q8_0": 2, "Q6_K": 1})
     assert gguf_plan(mixed, "int4").endswith(
         "takes its Q8_0 blocks as they are where a projection is all of them, "

@@ -112,6 +112,8 @@ def gguf_plan(checkpoint: GgufCheckpoint, precision: str) -> str:
     others = sorted(set(checkpoint.kinds) - EXACT_BLOCKS - FLOAT_TENSORS)
     if precision != "int4":
         return f"{said}; the {precision} graph takes them dequantized"
+    if not exact and not others:
+        return f"{said}; ONNX Runtime quantizes its float weights for the int4 graph"
     if not exact:
         return f"{said}; ONNX Runtime quantizes them again for the int4 graph"
     if not others:

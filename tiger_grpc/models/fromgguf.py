@@ -10,6 +10,7 @@ K-quants) are quantized again by ONNX Runtime, and the manifest says which.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,12 @@ def convert_gguf(
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
     meta = gguf_metadata(GGUFReader(gguf))
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # Read from a directory of its own: transformers would also take a
+    # tokenizer_config.json or config.json lying next to the file.
+    with tempfile.TemporaryDirectory(prefix="tiger-gguf-") as alone:
+        (Path(alone) / gguf.name).symlink_to(gguf.resolve())
+        tokenizer = AutoTokenizer.from_pretrained(alone, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(alone, gguf_file=gguf.name)
     tokens = tokenizer.convert_ids_to_tokens
     if isinstance(meta.get("tokenizer.ggml.eos_token_id"), int):
         tokenizer.eos_token = tokens(meta["tokenizer.ggml.eos_token_id"])
