@@ -159,7 +159,8 @@ def vet_gguf(path: Path) -> GgufCheckpoint:
         data_ok = all(t.data.nbytes == t.n_bytes for t in tensors.values())
     except Exception as exc:  # noqa: BLE001 - whatever a malformed file raises
         raise InvalidArgumentError(
-            f"{path.name} is not a GGUF file Tiger can read: {exc}"
+            f"{path.name} is not a GGUF file Tiger can read (truncated or damaged?): "
+            f"{exc}"
         ) from None
     if not data_ok:
         raise InvalidArgumentError(
