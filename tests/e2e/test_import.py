@@ -4,6 +4,7 @@ HTTP."""
 from __future__ import annotations
 
 import asyncio
+import filecmp
 import json
 import uuid
 from pathlib import Path
@@ -12,6 +13,8 @@ import aiohttp
 import pytest
 
 from tests.helpers import API_KEY, DEFAULT_MODEL_ID, Process, run_cli
+from tiger_grpc.models.pipeline import add_graph
+from tiger_grpc.models.store import ModelStore
 
 pytestmark = pytest.mark.e2e
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
@@ -105,10 +108,14 @@ async def test_a_gguf_file_is_served_with_its_own_blocks(base_url, store_home) -
         assert chunks[-1]["type"] == "stop", chunks[-1]
         said = " ".join(c["message"] for c in chunks if c["type"] == "info")
         assert "the int4 graph takes its Q4_1/Q8_0 blocks as they are" in said
-        manifest = json.loads(
-            (store_home / "models" / model_id / "model.json").read_text()
-        )
+        stored = store_home / "models" / model_id
+        manifest = json.loads((stored / "model.json").read_text())
         assert manifest["quantization"] == {"int4": "source blocks"}
+        # The file is kept (a copy), so a graph built again keeps its blocks too.
+        assert filecmp.cmp(find_gguf(), stored / "source.gguf", shallow=False)
+        with ModelStore(store_home).lock(model_id):
+            again = add_graph(ModelStore(store_home), model_id, "int4")
+        assert again.quantization == {"int4": "source blocks"}
         answers = []
         for model in (model_id, DEFAULT_MODEL_ID):
             ask = {

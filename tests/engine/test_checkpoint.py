@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -192,15 +193,21 @@ def test_a_file_swapped_for_a_link_after_vetting_is_not_copied(
 
 
 def write_gguf(
-    path: Path, arch: str = "llama", tokenizer: bool = True, layers: int = LAYERS
+    path: Path,
+    arch: str = "llama",
+    tokenizer: bool = True,
+    layers: int = LAYERS,
+    extra: str | None = None,
+    eos: int = 2,
+    ffn: int = FFN,
 ) -> Path:
-    """A small GGUF file of `arch`, written with gguf's own writer (random weights,
-    a 16-token vocabulary)."""
+    """A small Llama GGUF file, written with gguf's own writer (random weights, a
+    16-token vocabulary); the arguments spoil it one way or another."""
     import gguf
 
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_embedding_length(HIDDEN)
-    writer.add_feed_forward_length(FFN)
+    writer.add_feed_forward_length(ffn)
     writer.add_block_count(LAYERS)
     writer.add_head_count(HEADS)
     writer.add_head_count_kv(HEADS)
@@ -208,16 +215,24 @@ def write_gguf(
     if tokenizer:
         writer.add_tokenizer_model("gpt2")
         writer.add_token_list([f"t{i}" for i in range(16)])
+        writer.add_eos_token_id(eos)
     rng = np.random.default_rng(0)
 
-    def tensor(name: str, rows: int, columns: int) -> None:
-        writer.add_tensor(name, rng.standard_normal((rows, columns), np.float32))
+    def tensor(name: str, *shape: int) -> None:
+        writer.add_tensor(name, rng.standard_normal(shape, np.float32))
 
     tensor("token_embd.weight", 16, HIDDEN)
+    tensor("output_norm.weight", HIDDEN)
     for i in range(layers):
-        tensor(f"blk.{i}.attn_q.weight", HIDDEN, HIDDEN)
-        tensor(f"blk.{i}.attn_k.weight", HIDDEN, HIDDEN)
-        tensor(f"blk.{i}.ffn_gate.weight", FFN, HIDDEN)
+        for norm in ("attn_norm", "ffn_norm"):
+            tensor(f"blk.{i}.{norm}.weight", HIDDEN)
+        for square in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            tensor(f"blk.{i}.{square}.weight", HIDDEN, HIDDEN)
+        tensor(f"blk.{i}.ffn_gate.weight", ffn, HIDDEN)
+        tensor(f"blk.{i}.ffn_up.weight", ffn, HIDDEN)
+        tensor(f"blk.{i}.ffn_down.weight", HIDDEN, ffn)
+    if extra:
+        tensor(extra, HIDDEN)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -226,12 +241,12 @@ def write_gguf(
 
 
 def test_a_gguf_file_is_read_as_data_and_vetted(tmp_path) -> None:
-    from tiger_grpc.jobs.checkpoint import vet_source
+    from tiger_grpc.jobs.gguffile import vet_source
     from tiger_grpc.jobs.importing import gguf_plan
 
     vetted = vet_source(write_gguf(tmp_path / "model.gguf"))
     assert vetted.config["hidden_size"] == HIDDEN and vetted.config["vocab_size"] == 16
-    assert vetted.kinds == {"F32": 1 + 3 * LAYERS}
+    assert vetted.kinds == {"F32": 2 + 9 * LAYERS}
     assert "ONNX Runtime quantizes its float weights" in gguf_plan(vetted, "int4")
     assert "fp16 graph takes them dequantized" in gguf_plan(vetted, "fp16")
     k_quants = dataclasses.replace(vetted, kinds={"F32": 3, "Q4_K": 2, "Q6_K": 1})
@@ -241,38 +256,91 @@ def test_a_gguf_file_is_read_as_data_and_vetted(tmp_path) -> None:
         "takes its Q8_0 blocks as they are where a projection is all of them, "
         "and ONNX Runtime quantizes the rest (Q6_K) again"
     )
-    refusals = {
+
+
+def test_a_gguf_file_that_lies_is_refused_before_anything_reads_it(tmp_path) -> None:
+    """Each refusal names its reason; none lets gguf's reader (which trusts every
+    count) near the file."""
+    from tiger_grpc.jobs.gguffile import vet_source
+
+    whole = write_gguf(tmp_path / "model.gguf").read_bytes()
+    files = {
         "only Llama-architecture checkpoints can be imported, this one is 'qwen2'": (
             write_gguf(tmp_path / "qwen.gguf", arch="qwen2")
         ),
         "carries no tokenizer": write_gguf(tmp_path / "bare.gguf", tokenizer=False),
-        "has 1 layers, its metadata says 2": write_gguf(tmp_path / "l.gguf", layers=1),
+        "blk.1.attn_norm.weight is missing": write_gguf(tmp_path / "l.gguf", layers=1),
+        "holds tensors a Llama does not have: blk.0.extra.weight": write_gguf(
+            tmp_path / "x.gguf", extra="blk.0.extra.weight"
+        ),
+        "its eos token id 99 is outside its vocabulary": write_gguf(
+            tmp_path / "e.gguf", eos=99
+        ),
     }
-    text = tmp_path / "notes.gguf"
-    text.write_text("hello")
-    refusals["notes.gguf is not a GGUF file"] = text
-    whole = (tmp_path / "model.gguf").read_bytes()
-    cut = tmp_path / "cut.gguf"
-    cut.write_bytes(whole[: len(whole) - 64])  # the last tensor's bytes missing
-    refusals[
-        "cut.gguf is not a GGUF file Tiger can read .truncated or damaged.*reshape"
-    ] = cut
-    other = tmp_path / "weights.bin"
-    other.write_bytes(whole)
-    refusals["is a file: give a Hugging Face checkpoint directory or a .gguf"] = other
-    for needle, path in refusals.items():
-        with pytest.raises(InvalidArgumentError, match=needle.replace("(", r"\(")):
+    raw = {
+        "notes.gguf is not a GGUF file": b"hello",
+        # The last tensor's bytes missing.
+        "cut.gguf: blk.1.ffn_down.weight overlaps another tensor or lies past": (
+            whole[: len(whole) - 64]
+        ),
+        "head.gguf: the header ends early": whole[:30],
+        "weights.bin is a file: give a Hugging Face checkpoint directory or a .gguf": (
+            whole
+        ),
+    }
+    # A few bytes that claim an array of 2**40 items, then one of 2**40 strings:
+    # gguf's reader loops over such counts and allocates without end.
+    start = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1) + b"k"
+    huge = "a value runs past the end of the file"
+    raw[f"huge.gguf: {huge}"] = start + struct.pack("<IIQ", 9, 0, 1 << 40) + b"\0" * 40
+    strings = "an array runs past the end of the file"
+    raw[f"words.gguf: {strings}"] = (
+        start + struct.pack("<IIQ", 9, 8, 1 << 40) + bytes(40)
+    )
+    # Two tensors over the same bytes: a file far smaller than what it declares.
+    name = b"blk.0.attn_k.weight"
+    at = whole.index(name) + len(name) + 4 + 2 * 8 + 4  # its data offset
+    q = whole.index(b"blk.0.attn_q.weight") + len(b"blk.0.attn_q.weight") + 4 + 16 + 4
+    raw["shared.gguf: blk.0.attn_"] = whole[:at] + whole[q : q + 8] + whole[at + 8 :]
+    for needle, data in raw.items():
+        file = tmp_path / needle.split(" ")[0].rstrip(":")
+        file.write_bytes(data)
+        files[needle] = file
+    for needle, path in files.items():
+        with pytest.raises(InvalidArgumentError, match=re.escape(needle)):
             vet_source(path)
 
 
+def test_a_gguf_file_changed_after_vetting_is_not_imported(tmp_path) -> None:
+    """The import works from a copy, vetted again: a file spoilt, replaced or
+    swapped for a link since it was vetted is refused."""
+    from tiger_grpc.jobs.gguffile import copy_gguf, vet_gguf
+
+    path = write_gguf(tmp_path / "model.gguf")
+    vetted = vet_gguf(path)
+    copy = copy_gguf(vetted, tmp_path / "copy.gguf")
+    assert copy.path.read_bytes() == path.read_bytes()
+    write_gguf(path, layers=1)
+    with pytest.raises(InvalidArgumentError, match="blk.1.attn_norm.weight is missing"):
+        copy_gguf(vetted, tmp_path / "spoilt.gguf")
+    write_gguf(path, ffn=32)
+    with pytest.raises(InvalidArgumentError, match="changed while it was imported"):
+        copy_gguf(vetted, tmp_path / "other.gguf")
+    path.unlink()
+    path.symlink_to(write_gguf(tmp_path / "elsewhere.gguf"))
+    with pytest.raises(InvalidArgumentError, match="changed into a link or vanished"):
+        copy_gguf(vetted, tmp_path / "linked.gguf")
+
+
 def test_the_embedded_gguf_is_a_llama_of_exact_blocks() -> None:
-    from tiger_grpc.jobs.checkpoint import vet_source
+    from tiger_grpc.jobs.gguffile import vet_source
     from tiger_grpc.jobs.importing import gguf_plan
     from tiger_grpc.models.embedded import find_gguf
 
     vetted = vet_source(find_gguf())
     assert vetted.kinds == {"F32": 61, "Q4_1": 210, "Q8_0": 1}
     assert vetted.config["num_hidden_layers"] == 30
+    assert vetted.parameters == 134_515_008
     assert gguf_plan(vetted, "int4").endswith(
         "the int4 graph takes its Q4_1/Q8_0 blocks as they are"
     )

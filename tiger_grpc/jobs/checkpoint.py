@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from ..api.errors import InvalidArgumentError, NotFoundError, PermissionDeniedError
-from ..runtime.ml import IMPORT_LOCK
 
 MAX_CONFIG_BYTES = 1 << 20
 MAX_TOKENIZER_BYTES = 64 << 20
@@ -113,111 +112,13 @@ def vet_checkpoint(directory: Path) -> Checkpoint:
             f"{directory} has no tokenizer (tokenizer.json or tokenizer.model)"
         )
     config = _json(directory / "config.json", MAX_CONFIG_BYTES)
-    _check_config(config)
+    check_config(config)
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         if name in names:
             _json(directory / name, MAX_TOKENIZER_BYTES)
     _check_shapes(config, [directory / w for w in weights])
     kept = sorted(n for n in names if n in DATA_FILES or n.endswith(".safetensors"))
     return Checkpoint(directory, config, tuple(kept))
-
-
-@dataclass(frozen=True)
-class GgufCheckpoint:
-    path: Path
-    config: dict[str, Any]  # its sizes, named as a Hugging Face config names them
-    kinds: dict[str, int]  # how many tensors of each block type it holds
-    parameters: int
-
-
-# The GGUF metadata a Llama's sizes come from, by Hugging Face config name.
-GGUF_SIZES = {
-    "hidden_size": "llama.embedding_length",
-    "intermediate_size": "llama.feed_forward_length",
-    "num_hidden_layers": "llama.block_count",
-    "num_attention_heads": "llama.attention.head_count",
-    "num_key_value_heads": "llama.attention.head_count_kv",
-    "max_position_embeddings": "llama.context_length",
-}
-
-
-def vet_gguf(path: Path) -> GgufCheckpoint:
-    """A GGUF file, read as data (gguf's own reader, the file memory-mapped, no
-    code): a Llama of sane sizes with its tokenizer inside, every tensor's shape
-    the metadata's and its bytes within the file."""
-    with path.open("rb") as f:
-        if f.read(4) != b"GGUF":
-            raise InvalidArgumentError(f"{path.name} is not a GGUF file")
-    from ..models.fromgguf import gguf_metadata
-
-    with IMPORT_LOCK:
-        from gguf import GGUFReader
-    try:
-        reader = GGUFReader(path)
-        meta = gguf_metadata(reader)
-        tensors = {t.name: t for t in reader.tensors}
-        data_ok = all(t.data.nbytes == t.n_bytes for t in tensors.values())
-    except Exception as exc:  # noqa: BLE001 - whatever a malformed file raises
-        raise InvalidArgumentError(
-            f"{path.name} is not a GGUF file Tiger can read (truncated or damaged?): "
-            f"{exc}"
-        ) from None
-    if not data_ok:
-        raise InvalidArgumentError(
-            f"{path.name}: a tensor lies past the end of the file"
-        )
-    architecture = meta.get("general.architecture")
-    config = {
-        "model_type": architecture,
-        "vocab_size": meta.get("tokenizer.ggml.tokens.count"),
-    }
-    config.update({name: meta.get(key) for name, key in GGUF_SIZES.items()})
-    if architecture == "llama" and not meta.get("tokenizer.ggml.model"):
-        raise InvalidArgumentError(f"{path.name} carries no tokenizer")
-    _check_config(config, f"{path.name}'s metadata")
-    _check_gguf_shapes(path.name, config, tensors)
-    kinds: dict[str, int] = {}
-    for tensor in tensors.values():
-        kinds[tensor.tensor_type.name] = kinds.get(tensor.tensor_type.name, 0) + 1
-    parameters = sum(int(t.n_elements) for t in tensors.values())
-    return GgufCheckpoint(path, config, kinds, parameters)
-
-
-def _check_gguf_shapes(name: str, config: dict[str, Any], tensors: dict) -> None:
-    """GGUF shapes are listed innermost first: (inputs, outputs)."""
-    hidden, heads = config["hidden_size"], config["num_attention_heads"]
-    kv, head_dim = config["num_key_value_heads"] or heads, hidden // heads
-    expected = {
-        "token_embd.weight": [hidden, config["vocab_size"]],
-        "blk.0.attn_q.weight": [hidden, heads * head_dim],
-        "blk.0.attn_k.weight": [hidden, kv * head_dim],
-        "blk.0.ffn_gate.weight": [hidden, config["intermediate_size"]],
-    }
-    for key, shape in expected.items():
-        tensor = tensors.get(key)
-        found = [int(n) for n in tensor.shape] if tensor is not None else None
-        if found != shape:
-            raise InvalidArgumentError(
-                f"{name}: {key} is {found}, its metadata says {shape}"
-            )
-    layers = {k.split(".")[1] for k in tensors if k.startswith("blk.")}
-    if len(layers) != config["num_hidden_layers"]:
-        raise InvalidArgumentError(
-            f"{name} has {len(layers)} layers, its metadata says "
-            f"{config['num_hidden_layers']}"
-        )
-
-
-def vet_source(path: Path) -> Checkpoint | GgufCheckpoint:
-    """What an import reads: a Hugging Face checkpoint directory or a GGUF file."""
-    if path.is_file():
-        if path.suffix.lower() != ".gguf":
-            raise InvalidArgumentError(
-                f"{path.name} is a file: give a Hugging Face checkpoint directory "
-                "or a .gguf file"
-            )
-        return vet_gguf(path)
-    return vet_checkpoint(path)
 
 
 def _files(directory: Path) -> set[str]:
@@ -251,7 +152,7 @@ def _json(path: Path, limit: int) -> dict[str, Any]:
     return value
 
 
-def _check_config(config: dict[str, Any], source: str = "config.json") -> None:
+def check_config(config: dict[str, Any], source: str = "config.json") -> None:
     if config.get("model_type") != "llama":
         raise InvalidArgumentError(
             "only Llama-architecture checkpoints can be imported, this one is "

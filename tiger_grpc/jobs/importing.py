@@ -2,10 +2,11 @@
 served model.
 
 The checkpoint's vetted files are copied (never hard-linked) into a scratch
-directory of the store (a GGUF file is converted there into Hugging Face weights
-by transformers; its int4 graph takes the file's Q4_0/Q4_1/Q8_0 blocks as they
-are) and go through the build pipeline: exported with optimum
-(fp16 on the GPU for CUDA, fp32 for CPU), given the fused graph the server serves,
+directory of the store (a GGUF file is copied there, vetted again, kept, and
+converted into Hugging Face weights by transformers; its int4 graph takes the
+file's Q4_0/Q4_1/Q8_0 blocks as they are) and go through the build pipeline:
+exported with optimum (fp16 on the GPU for CUDA, fp32 for CPU), given the fused
+graph the server serves,
 and renamed into place, so a failed import leaves nothing behind. Weights over 2 GB
 are kept as external data next to each `model.onnx`. Long phases report progress:
 the optimum export with a heartbeat, the fused graph layer by layer.
@@ -28,11 +29,12 @@ from ..engine.providers import CUDA, choose_providers
 from ..models.export import checkpoint_parameters
 from ..models.fromgguf import convert_gguf
 from ..models.graph.gguf import EXACT_BLOCKS
-from ..models.pipeline import Reporting, build_model
+from ..models.pipeline import SOURCE_GGUF, Reporting, build_model
 from ..models.precision import resolve_precision
 from ..models.store import ModelStore, canonical_id
 from ..runtime.ml import IMPORT_LOCK
-from .checkpoint import Checkpoint, GgufCheckpoint, copy_vetted, vet_path, vet_source
+from .checkpoint import Checkpoint, copy_vetted, vet_path
+from .gguffile import GgufCheckpoint, copy_gguf, vet_source
 from .worker import Emit, stream_job
 
 FLOAT_TENSORS = frozenset({"F32", "F16", "BF16"})  # no blocks to keep or to requantize
@@ -85,7 +87,8 @@ def run_import(
     def write_hf(hf_dir: Path) -> None:
         if isinstance(checkpoint, GgufCheckpoint):
             emit(Info(gguf_plan(checkpoint, precision)))
-            convert_gguf(source, hf_dir)
+            copy = copy_gguf(checkpoint, hf_dir.parent / SOURCE_GGUF)
+            convert_gguf(copy.path, hf_dir)
         else:
             emit(Info(f"Copying {source} into the model store"))
             copy_vetted(checkpoint, hf_dir)
@@ -99,7 +102,7 @@ def run_import(
         [precision],
         Reporting(say=say, tick=say, cancel=cancel, engine="CUDA" if cuda else "CPU"),
         export_as=(dtype, export_device),
-        gguf=source if gguf else None,
+        gguf=Path(SOURCE_GGUF) if gguf else None,
     )
     emit(Imported(out_id, int((time.monotonic() - started) * 1000)))
 

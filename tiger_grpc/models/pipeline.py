@@ -21,6 +21,8 @@ from .export import checkpoint_facts, export_onnx, sampling_defaults
 from .precision import GRAPH_TYPES, graph_dir, graph_path
 from .store import HF_DIR, ONNX_DIR, ModelManifest, ModelStore
 
+SOURCE_GGUF = "source.gguf"  # the GGUF file an import came from, kept with the model
+
 Say = Callable[[str], None]
 HEARTBEAT_S = 15.0
 
@@ -131,7 +133,8 @@ def build_model(
 ) -> ModelManifest:
     """Builds `model_id` into the store: `write_hf(dir)` writes the checkpoint, then
     the export (`export_as`: its dtype and device), a fused graph per precision
-    (from `gguf`'s own blocks where they fit: see `build_graph`), `check(scratch)`
+    (from `gguf`'s own blocks where they fit: see `build_graph`; a relative path is
+    a file `write_hf` put in the model's directory, kept there), `check(scratch)`
     if given, and the manifest; renamed into place at the end."""
     with store.lock(model_id), store.staging(model_id) as scratch:
         hf_dir = scratch / HF_DIR
@@ -142,7 +145,10 @@ def build_model(
         for precision in precisions:
             stop_if_cancelled(report.cancel)
             out = scratch / graph_dir(precision)
-            quantization[precision] = build_graph(hf_dir, out, precision, report, gguf)
+            blocks = scratch / gguf if gguf and not gguf.is_absolute() else gguf
+            quantization[precision] = build_graph(
+                hf_dir, out, precision, report, blocks
+            )
         stop_if_cancelled(report.cancel)
         if check is not None:
             check(scratch)
@@ -170,8 +176,11 @@ def add_graph(
     gguf: Path | None = None,
 ) -> ModelManifest:
     """Builds a stored model's fused graph of `precision` from its HF weights (and
-    `gguf`: see `build_graph`), replacing one it has; hold `store.lock(model_id)`."""
+    `gguf`: see `build_graph`; by default the GGUF file an import kept), replacing
+    one it has; hold `store.lock(model_id)`."""
     hf_dir = store.path(model_id) / HF_DIR
+    kept = store.path(model_id) / SOURCE_GGUF
+    gguf = gguf or (kept if kept.is_file() else None)
     return store.add_fused_graph(
         model_id,
         precision,
