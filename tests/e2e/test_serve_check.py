@@ -9,7 +9,8 @@ import json
 import pytest
 
 from tests.helpers import TINY_MODEL_ID
-from tiger_grpc.tools.serve_check import agreement, main
+from tiger_grpc.tools.serve_check import main
+from tiger_grpc.tools.serve_report import agreement
 
 pytestmark = pytest.mark.e2e
 
@@ -23,6 +24,7 @@ def test_the_server_check_drives_both_servers_and_compares(
     assert report["failed"] == []
     assert report["model"]["provider"] == "CPUExecutionProvider"
     assert report["dropped"]["dropped"] and len(report["eight_streams"]["texts"]) == 8
+    assert report["running_after"] == 0  # the dropped stream's slot came back
     first, second, third = report["chat"]
     assert (
         first["prompt_tokens"] - 8 <= second["cached_tokens"] < second["prompt_tokens"]

@@ -4,12 +4,12 @@
 start on free local ports, serving a prepared model of a store (`--home`,
 `--model`), and are driven over HTTP as clients drive them:
 
-1. `/v1/models` names the provider the model is loaded on: a CUDA run that got
-   anything else stops here.
+1. Once `/readyz` says it is loaded, `/v1/models` names the provider the model
+   runs on: a CUDA run that got anything else fails.
 2. The seed guide's stream (`/v1/generate_response`, NDJSON), and a stream of
    128 tokens alone: time to first token, tokens/s.
-3. A stream dropped by its client after three deltas; then eight streams at once
-   (all eight served: the dropped one's slot came back), their aggregate tokens/s.
+3. A stream dropped by its client after three deltas; then eight streams at once,
+   their aggregate tokens/s; then no sequence may still hold a slot.
 4. A three-turn chat (`/v1/chat/completions`): turns 2 and 3 report the earlier
    turns' prompt as cached (the prefix cache's copies on the device).
 5. A JSON-schema answer (`response_format`): it parses and has the schema's keys.
@@ -35,6 +35,7 @@ from typing import Any
 
 from ..config import DEFAULT_MODEL_ID, default_home
 from ..runtime.process import start_process
+from .serve_report import REQUIRED, agreement, answers, markdown, verdicts
 
 QUESTION = "What is the capital of France? Answer in one sentence."
 TOPICS = ("rivers", "bread", "stars", "chess", "rain", "music", "bees", "tea")
@@ -44,11 +45,10 @@ SCHEMA = {
         "city": {"type": "string", "maxLength": 24},
         "country": {"type": "string", "maxLength": 24},
     },
-    "required": ["city", "country"],
+    "required": list(REQUIRED),
     "additionalProperties": False,
 }
 KEY = "serve-check-key"
-SLACK = 8  # tokens at the end of an earlier turn's prompt a later one may not share
 
 
 class CheckFailed(RuntimeError):
@@ -81,7 +81,6 @@ def served(home: Path, model: str, device: str, workdir: Path) -> Iterator[str]:
         workdir,
         f"server-{device}",
         env,
-        timeout=300,
     )
     try:
         target = f"127.0.0.1:{server.port}"
@@ -113,7 +112,12 @@ async def stream(session: Any, url: str, body: dict, drop_after: int = 0) -> dic
         async for line in response.content:
             if not line.strip():
                 continue
-            chunk = json.loads(line)
+            try:
+                chunk = json.loads(line)
+            except ValueError:
+                raise CheckFailed(
+                    f"a line of the stream is not JSON: {line!r}"
+                ) from None
             if chunk["type"] == "delta":
                 first = first or time.monotonic()
                 pieces.append(chunk["delta"])
@@ -125,8 +129,9 @@ async def stream(session: Any, url: str, body: dict, drop_after: int = 0) -> dic
             elif chunk["type"] == "error":
                 raise CheckFailed(f"error chunk: {chunk}")
     ended = time.monotonic()
-    if not stop or first is None:
+    if not stop:
         raise CheckFailed(f"the stream ended without a stop chunk: {pieces}")
+    first = first or ended  # a stop with no text
     tokens = stop["usage"]["output_tokens"]
     return {
         "text": "".join(pieces),
@@ -140,14 +145,41 @@ async def stream(session: Any, url: str, body: dict, drop_after: int = 0) -> dic
     }
 
 
+async def fetch(session: Any, method: str, url: str, **request: Any) -> Any:
+    """A JSON reply; anything else (an error status, a body that is not JSON) is a
+    `CheckFailed` that says what came back."""
+    async with session.request(method, url, **request) as response:
+        text = await response.text()
+    if response.status != 200:
+        raise CheckFailed(f"{method} {url}: HTTP {response.status}: {text[:500]}")
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise CheckFailed(f"{method} {url}: not JSON: {text[:500]}") from None
+
+
 async def chat(session: Any, url: str, body: dict) -> dict:
     """One `/v1/chat/completions` answer (greedy)."""
     body = {"temperature": 0, **body}
-    async with session.post(f"{url}/v1/chat/completions", json=body) as response:
-        reply = await response.json()
-        if response.status != 200:
-            raise CheckFailed(f"HTTP {response.status}: {reply}")
-    return reply
+    return await fetch(session, "POST", f"{url}/v1/chat/completions", json=body)
+
+
+async def ready(session: Any, url: str, model: str, seconds: float = 300) -> dict:
+    """The model's `/v1/models` entry once the server says it is ready (its model
+    loaded: only then is the provider the one in use, not the one asked for)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        async with session.get(f"{url}/readyz") as response:
+            if response.status == 200:
+                break
+        if time.monotonic() > deadline:
+            raise CheckFailed(f"not ready after {seconds:.0f} s")
+        await asyncio.sleep(0.5)
+    models = (await fetch(session, "GET", f"{url}/v1/models"))["models"]
+    entry = next((m for m in models if m["id"] == model), None)
+    if entry is None or not entry.get("loaded"):
+        raise CheckFailed(f"{model} is not loaded: {models}")
+    return entry
 
 
 def ask(model: str, content: str, tokens: int) -> dict[str, Any]:
@@ -239,103 +271,14 @@ async def drive(url: str, model: str) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {KEY}"}
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
-        async with session.get(f"{url}/v1/models") as response:
-            models = (await response.json())["models"]
-        entry = next((m for m in models if m["id"] == model), None)
-        if entry is None:
-            raise CheckFailed(f"{model} is not in /v1/models: {models}")
-        return {
-            "model": entry,
-            **await streams(session, url, model),
-            "chat": await chat_turns(session, url, model),
-            "json_schema": await json_answer(session, url, model),
-        }
-
-
-def verdicts(report: dict[str, Any], device: str) -> list[str]:
-    """What failed, in words (empty: all passed)."""
-    failed = []
-    provider = report["model"].get("provider", "")
-    if device == "cuda" and provider != "CUDAExecutionProvider":
-        failed.append(f"asked for CUDA, the model is on {provider!r}")
-    if not report["dropped"].get("dropped"):
-        failed.append("the stream to drop ended before three deltas")
-    if len(report["eight_streams"]["texts"]) != len(TOPICS):
-        failed.append("not every one of the eight streams was served")
-    later = report["chat"][1:]
-    for turn, before in zip(later, report["chat"], strict=False):
-        # The template may render the end of a turn anew (a stripped answer).
-        reused = before["prompt_tokens"] - SLACK <= turn["cached_tokens"]
-        if not reused or turn["cached_tokens"] >= turn["prompt_tokens"]:
-            failed.append(f"a later turn reused too little of the chat: {turn}")
-    schema = report["json_schema"]
-    if schema["finish_reason"] == "stop":
-        value = json.loads(schema["text"])
-        if set(value) != set(SCHEMA["required"]) or not all(
-            isinstance(v, str) for v in value.values()
-        ):
-            failed.append(f"the JSON answer does not fit the schema: {value}")
-    else:
-        failed.append(f"the JSON answer did not finish: {schema}")
-    return failed
-
-
-def answers(report: dict[str, Any]) -> list[str]:
-    """The greedy answers, in order, for comparing two devices."""
-    return [
-        report["seed_stream"]["text"],
-        report["one_stream"]["text"],
-        *report["eight_streams"]["texts"],
-        *(turn["text"] for turn in report["chat"]),
-        report["json_schema"]["text"],
-    ]
-
-
-def agreement(device: list[str], cpu: list[str]) -> dict[str, Any]:
-    """How many answers are the same word for word, and where the others part."""
-    parted = []
-    for i, (a, b) in enumerate(zip(device, cpu, strict=True)):
-        if a != b:
-            pairs = enumerate(zip(a, b, strict=False))
-            same = next((k for k, (x, y) in pairs if x != y), None)
-            same = min(len(a), len(b)) if same is None else same
-            parted.append({"answer": i, "same_chars": same, "of": max(len(a), len(b))})
-    identical = len(device) - len(parted)
-    return {"answers": len(device), "identical": identical, "parted": parted}
-
-
-def markdown(report: dict[str, Any]) -> str:
-    seed = report["seed_stream"]
-    one = report["one_stream"]
-    many = report["eight_streams"]
-    lines = [
-        "# serve-check",
-        "",
-        f"- model: {report['model']['id']} on {report['model'].get('provider')} "
-        f"(asked: {report['device']})",
-        f"- seed guide's stream: {seed['usage']['output_tokens']} tokens, time to "
-        f"first token {seed['ttft_ms']} ms, {seed['tokens_per_s']} tok/s: "
-        f"{seed['text']!r}",
-        f"- one stream of {one['usage']['output_tokens']} tokens: time to first "
-        f"token {one['ttft_ms']} ms, {one['tokens_per_s']} tok/s",
-        f"- dropped after three deltas: {report['dropped']['text']!r}",
-        f"- eight streams at once: {many['output_tokens']} tokens, "
-        f"{many['aggregate_tokens_per_s']} tok/s together, time to first token "
-        f"{min(many['ttft_ms'])}-{max(many['ttft_ms'])} ms",
-        "- chat turns (prompt tokens, cached): "
-        + ", ".join(
-            f"{t['prompt_tokens']}/{t['cached_tokens']}" for t in report["chat"]
-        ),
-        f"- JSON schema: {report['json_schema']['text']}",
-    ]
-    if "against_cpu" in report:
-        a = report["against_cpu"]
-        lines.append(
-            f"- against the same server on CPU: {a['identical']} of {a['answers']} "
-            f"greedy answers identical; parted: {json.dumps(a['parted'])}"
-        )
-    lines.append(f"- failed: {'; '.join(report['failed']) or 'nothing'}")
-    return "\n".join([*lines, ""])
+        entry = await ready(session, url, model)
+        report = {"model": entry, **await streams(session, url, model)}
+        models = (await fetch(session, "GET", f"{url}/v1/models"))["models"]
+        # Every stream ended or was dropped: none may still hold a slot.
+        report["running_after"] = next(m for m in models if m["id"] == model)["running"]
+        report["chat"] = await chat_turns(session, url, model)
+        report["json_schema"] = await json_answer(session, url, model)
+        return report
 
 
 def check(
@@ -346,8 +289,12 @@ def check(
     report["device"] = device
     report["failed"] = verdicts(report, device)
     if against:
-        with served(home, model, against, workdir) as url:
-            other = asyncio.run(drive(url, model))
+        try:
+            with served(home, model, against, workdir) as url:
+                other = asyncio.run(drive(url, model))
+        except (CheckFailed, RuntimeError) as exc:  # the device's results stand
+            report["failed"].append(f"on {against}: {exc}")
+            return report
         report["against_cpu"] = agreement(answers(report), answers(other))
         report["failed"] += [f"on {against}: {f}" for f in verdicts(other, against)]
     return report
@@ -367,12 +314,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             report = check(
                 args.home, args.model, args.device, args.against, Path(workdir)
             )
+            said = markdown(report)
+        except (CheckFailed, RuntimeError) as exc:  # a server that did not start
+            report = {"device": args.device, "failed": [str(exc)]}
+            said = f"# serve-check\n\n- failed: {exc}\n"
         finally:
             for log in Path(workdir).glob("*.log"):
                 (args.out / f"serve-{log.name}").write_bytes(log.read_bytes())
     (args.out / "serve.json").write_text(json.dumps(report, indent=2))
-    (args.out / "serve.md").write_text(markdown(report))
-    print(markdown(report))
+    (args.out / "serve.md").write_text(said)
+    print(said)
     if report["failed"]:
         raise SystemExit("serve-check failed: " + "; ".join(report["failed"]))
     return report
