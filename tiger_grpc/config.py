@@ -99,7 +99,7 @@ def cuda_attention(env: Mapping[str, str] = os.environ) -> str:
     value = env.get("TIGER_CUDA_ATTENTION") or "flash"
     if value not in CUDA_ATTENTION:
         choices = ", ".join(CUDA_ATTENTION)
-        raise SystemExit(
+        raise ValueError(
             f"TIGER_CUDA_ATTENTION must be one of {choices}, got {value!r}"
         )
     return value

@@ -501,5 +501,5 @@ def test_cuda_sessions_pin_the_attention_kernels(store_home, tiny_model, monkeyp
         [(CUDA, {}), CPU],
     ]
     monkeypatch.setenv("TIGER_CUDA_ATTENTION", "cudnn")
-    with pytest.raises(SystemExit, match="TIGER_CUDA_ATTENTION must be one of flash"):
+    with pytest.raises(ValueError, match="TIGER_CUDA_ATTENTION must be one of flash"):
         cuda_options(False)

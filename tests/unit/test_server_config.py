@@ -32,3 +32,10 @@ def test_models_to_preload_come_from_flags_or_the_environment(env) -> None:
     assert parse_config(["--preload", "a", "--preload", "b"])[0].preload == ("a", "b")
     env.setenv("TIGER_PRELOAD", "a, b,")
     assert parse_config([])[0].preload == ("a", "b")
+
+
+def test_a_bad_cuda_attention_setting_stops_the_server_at_start(env, capsys) -> None:
+    env.setenv("TIGER_CUDA_ATTENTION", "cudnn")
+    with pytest.raises(SystemExit):
+        parse_config(["--device", "cpu"])
+    assert "TIGER_CUDA_ATTENTION must be one of flash, ort" in capsys.readouterr().err

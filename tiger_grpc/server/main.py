@@ -19,6 +19,7 @@ from ..config import (
     EngineOptions,
     ServerConfig,
     TlsFiles,
+    cuda_attention,
     default_home,
     env_int,
     keys_file,
@@ -191,6 +192,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[ServerConfig, Path | No
     try:
         precision = resolve_precision(args.precision, device)
         check_device(device, precision)
+        cuda_attention(env)  # checked at start, not at the first load
     except (ValueError, DeviceError) as exc:
         parser.error(str(exc))
     engine = EngineOptions(
