@@ -198,7 +198,7 @@ def write_gguf(
     tokenizer: bool = True,
     layers: int = LAYERS,
     extra: str | None = None,
-    eos: int = 2,
+    eos: int | str = 2,
     ffn: int = FFN,
 ) -> Path:
     """A small Llama GGUF file, written with gguf's own writer (random weights, a
@@ -215,7 +215,10 @@ def write_gguf(
     if tokenizer:
         writer.add_tokenizer_model("gpt2")
         writer.add_token_list([f"t{i}" for i in range(16)])
-        writer.add_eos_token_id(eos)
+        if isinstance(eos, str):  # a string where an id belongs
+            writer.add_string("tokenizer.ggml.eos_token_id", eos)
+        else:
+            writer.add_eos_token_id(eos)
     rng = np.random.default_rng(0)
 
     def tensor(name: str, *shape: int) -> None:
@@ -275,6 +278,9 @@ def test_a_gguf_file_that_lies_is_refused_before_anything_reads_it(tmp_path) -> 
         ),
         "its eos token id 99 is outside its vocabulary": write_gguf(
             tmp_path / "e.gguf", eos=99
+        ),
+        "its eos token id 'two' is outside its vocabulary": write_gguf(
+            tmp_path / "s.gguf", eos="two"
         ),
     }
     raw = {

@@ -203,9 +203,11 @@ def vet_gguf(path: Path) -> GgufCheckpoint:
         )
     for name in TOKEN_IDS:
         value = meta.get(f"tokenizer.ggml.{name}_token_id")
-        if value is not None and not 0 <= value < config["vocab_size"]:
+        if value is not None and (
+            not isinstance(value, int) or not 0 <= value < config["vocab_size"]
+        ):
             raise InvalidArgumentError(
-                f"{path.name}: its {name} token id {value} is outside its vocabulary"
+                f"{path.name}: its {name} token id {value!r} is outside its vocabulary"
             )
     _check_tensors(path.name, config, tensors)
     kinds: dict[str, int] = {}
