@@ -187,25 +187,23 @@ def vet_gguf(path: Path) -> GgufCheckpoint:
     """A Llama GGUF file whose header, sizes, tokenizer and tensors all hold."""
     meta, tensors = read_header(path)
     tokens = meta.get("tokenizer.ggml.tokens")
-    config = {
+    config: dict[str, Any] = {
         "model_type": meta.get("general.architecture"),
         "vocab_size": tokens.count if isinstance(tokens, _Array) else None,
     }
     config.update({name: meta.get(key) for name, key in GGUF_SIZES.items()})
     if config["model_type"] == "llama" and not meta.get("tokenizer.ggml.model"):
         raise InvalidArgumentError(f"{path.name} carries no tokenizer")
-    check_config(config, f"{path.name}'s metadata")
-    hidden, heads = config["hidden_size"], config["num_attention_heads"]
-    kv = config["num_key_value_heads"] or heads
+    check_config(config, f"{path.name}'s metadata")  # integers from here on
+    hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+    kv, vocab = int(config["num_key_value_heads"] or heads), int(config["vocab_size"])
     if hidden % heads or heads % kv:
         raise InvalidArgumentError(
             f"{path.name}: {heads} heads over {kv} KV heads do not divide {hidden}"
         )
     for name in TOKEN_IDS:
         value = meta.get(f"tokenizer.ggml.{name}_token_id")
-        if value is not None and (
-            not isinstance(value, int) or not 0 <= value < config["vocab_size"]
-        ):
+        if value is not None and (not isinstance(value, int) or not 0 <= value < vocab):
             raise InvalidArgumentError(
                 f"{path.name}: its {name} token id {value!r} is outside its vocabulary"
             )

@@ -77,9 +77,10 @@ def run_import(
     cuda = choose_providers(device)[0] == CUDA
     precision = precision or resolve_precision(None, device)
     gguf = isinstance(checkpoint, GgufCheckpoint)
-    parameters = (
-        checkpoint.parameters if gguf else checkpoint_parameters(checkpoint.directory)
-    )
+    if isinstance(checkpoint, GgufCheckpoint):
+        parameters: int | None = checkpoint.parameters
+    else:
+        parameters = checkpoint_parameters(checkpoint.directory)
     dtype, export_device, why = export_settings(cuda, parameters)
     if why:
         emit(Info(f"{why}: the optimum export runs on the CPU"))

@@ -57,9 +57,10 @@ def convert_gguf(
         tokenizer, "add_bos_token"
     ):
         tokenizer.add_bos_token = meta["tokenizer.ggml.add_bos_token"]
-    if tokenizer.eos_token_id is not None:
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-    if sampling:
-        model.generation_config.update(do_sample=True, **sampling)
+    generation = model.generation_config
+    if generation is not None and tokenizer.eos_token_id is not None:
+        generation.eos_token_id = tokenizer.eos_token_id
+    if generation is not None and sampling:
+        generation.update(do_sample=True, **sampling)
     model.save_pretrained(hf_dir)
     tokenizer.save_pretrained(hf_dir)
