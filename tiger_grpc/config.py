@@ -134,6 +134,8 @@ class EngineOptions:
     # Requests reuse the KV cache of earlier ones that start the same way
     # (TIGER_PREFIX_CACHE=0 turns it off).
     prefix_cache: bool = True
+    # The attention kernels ORT's CUDA provider may run (TIGER_CUDA_ATTENTION).
+    cuda_attention: str = "flash"
 
 
 @dataclass(frozen=True)

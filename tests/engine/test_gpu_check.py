@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 
-from tiger_grpc.tools.gpu_check import attention_times, compare, main
+from tiger_grpc.tools.gpu_check import attention_nodes, attention_times, compare, main
 
 
 def test_the_dry_run_writes_its_report(tmp_path) -> None:
@@ -47,7 +47,7 @@ def test_attention_times_show_a_kernel_that_prepares_each_new_shape(tmp_path) ->
             )
     profile = tmp_path / "profile.json"
     profile.write_text(json.dumps(events))
-    assert attention_times(profile) == {
+    assert attention_times(attention_nodes(profile)) == {
         "calls": 6,
         "median_ms": 0.11,
         "slowest_ms": 780.0,

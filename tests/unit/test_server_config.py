@@ -35,6 +35,9 @@ def test_models_to_preload_come_from_flags_or_the_environment(env) -> None:
 
 
 def test_a_bad_cuda_attention_setting_stops_the_server_at_start(env, capsys) -> None:
+    assert parse_config([])[0].engine.cuda_attention == "flash"
+    env.setenv("TIGER_CUDA_ATTENTION", "ort")
+    assert parse_config([])[0].engine.cuda_attention == "ort"
     env.setenv("TIGER_CUDA_ATTENTION", "cudnn")
     with pytest.raises(SystemExit):
         parse_config(["--device", "cpu"])

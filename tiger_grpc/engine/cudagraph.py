@@ -12,8 +12,9 @@ device. Prefill runs outside the graphs (`gpu_graph_id` -1). A new cache (new
 addresses) takes new graph ids.
 
 While a graph is captured no other thread may allocate or synchronize on the GPU
-(CUDA invalidates the capture), so every model's GPU work (loading, steps, cache
-copies) takes one process-wide lock; on CPU nothing is locked. On CPU the same
+(CUDA invalidates the capture), so every fused model's GPU work (loading, steps,
+cache copies) takes one process-wide lock; on CPU nothing is locked. (A model
+served from its optimum export, `OnnxCausalLM`, does not take it.) On CPU the same
 decode path runs without capture (the tests exercise it there).
 """
 

@@ -70,6 +70,7 @@ class FusedCausalLM:
         preallocate: bool | None = None,
         spin: bool = True,
         graphs: bool | None = None,
+        attention: str | None = None,
     ) -> None:
         providers = choose_providers(device)
         flash = CUDA in providers and (cuda_compute_major() or 8) >= 8
@@ -78,7 +79,7 @@ class FusedCausalLM:
             graphs = flash and (preallocate is None or preallocate) and cuda_graphs()
         asked: list[str | tuple[str, dict[str, str]]] = list(providers)
         if CUDA in providers:
-            asked[providers.index(CUDA)] = (CUDA, cuda_options(graphs))
+            asked[providers.index(CUDA)] = (CUDA, cuda_options(graphs, attention))
         with gpu_work(CUDA in providers):
             self._load(onnx_path, device, asked, spin, graphs)
             self._size(onnx_path, max_batch, max_len, cache_gb, preallocate, flash)

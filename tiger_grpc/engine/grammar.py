@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -141,19 +142,13 @@ def _answer_lark(fmt: ResponseFormat) -> str:
     return "%json " + json.dumps(_with_options(_json_schema(fmt)))
 
 
+_ESCAPE_OR_SLASH = re.compile(r"\\.|/", re.S)  # an escape (any two) or a slash
+
+
 def _slashes_escaped(pattern: str) -> str:
     """A regular expression inside Lark's `/.../`: each `/` not already escaped
-    gets its backslash (escapes are walked in pairs, so `\\\\/` is handled)."""
-    out, i = [], 0
-    while i < len(pattern):
-        char = pattern[i]
-        if char == "\\" and i + 1 < len(pattern):
-            out.append(pattern[i : i + 2])
-            i += 2
-            continue
-        out.append("\\/" if char == "/" else char)
-        i += 1
-    return "".join(out)
+    gets its backslash (escapes are matched in pairs, so `\\\\/` is handled)."""
+    return _ESCAPE_OR_SLASH.sub(lambda m: r"\/" if m[0] == "/" else m[0], pattern)
 
 
 def _arguments(parameters: dict[str, Any]) -> dict[str, Any]:

@@ -169,9 +169,10 @@ def load_cuda_libraries(env: dict[str, str] | None = None) -> dict[str, str]:
 
 def cuda_options(graphs: bool, attention: str | None = None) -> dict[str, str]:
     """The CUDA provider's options: decode through CUDA graphs, and the attention
-    kernels it may run (TIGER_CUDA_ATTENTION; `flash` pins ORT's flash and
-    memory-efficient kernels through `sdpa_kernel`, which also keeps ORT from
-    preferring cuDNN's SDPA on compute capability 9 and later)."""
+    kernels it may run (`attention`, the server's setting; None, as the tools
+    leave it: TIGER_CUDA_ATTENTION). `flash` pins ORT's flash and memory-efficient
+    kernels through `sdpa_kernel`, which also keeps ORT from preferring cuDNN's
+    SDPA on compute capability 9 and later."""
     options = {"enable_cuda_graph": "1"} if graphs else {}
     kernels = CUDA_ATTENTION[attention or cuda_attention()]
     if kernels:

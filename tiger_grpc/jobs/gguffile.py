@@ -1,34 +1,26 @@
 """What a GGUF import may read, judged before anything else reads the file.
 
-The header is parsed here, every count and length checked against the bytes that
-remain: gguf's own reader trusts them, and a few bytes claiming a huge array make
-it loop and allocate without end. Then the file must be a Llama of sane sizes with
-its tokenizer inside and token ids within it, every layer's tensors present with
-the shapes its metadata implies and nothing else, each tensor's bytes within the
-file and overlapping no other. The import then works from a copy of the file in
+The header is read with every count and length bounded (`models.fromgguf`, never
+gguf's own reader, which trusts them). Then the file must be a Llama of sane sizes
+with its tokenizer inside and token ids within it, every layer's tensors present
+with the shapes its metadata implies and nothing else, each tensor's bytes within
+the file and overlapping no other. The import then works from a copy of the file in
 the store, vetted again (the user's file may change after it was vetted).
 """
 
 from __future__ import annotations
 
-import mmap
+import math
 import os
 import shutil
 import stat
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..api.errors import InvalidArgumentError
+from ..models.fromgguf import Array, read_header
 from .checkpoint import Checkpoint, check_config, vet_checkpoint
-
-MAX_KEYS = MAX_TENSORS = 1 << 16
-MAX_DIMS = 4
-# GGUF's value types: the fixed-size ones by struct format; 8 string, 9 array.
-SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q"}
-SCALARS |= {11: "q", 12: "d"}
-STRING, ARRAY = 8, 9
 
 
 @dataclass(frozen=True)
@@ -37,14 +29,6 @@ class GgufCheckpoint:
     config: dict[str, Any]  # its sizes, named as a Hugging Face config names them
     kinds: dict[str, int]  # how many tensors of each block type it holds
     parameters: int
-
-
-@dataclass(frozen=True)
-class Tensor:
-    shape: list[int]  # innermost first, as GGUF lists it: (inputs, outputs)
-    kind: str
-    offset: int
-    size: int  # bytes
 
 
 # The GGUF metadata a Llama's sizes come from, by Hugging Face config name.
@@ -59,137 +43,13 @@ GGUF_SIZES = {
 TOKEN_IDS = ("bos", "eos", "padding", "unknown")
 
 
-class _Cursor:
-    """Reads a GGUF header from `data`, never past its end."""
-
-    def __init__(self, data: memoryview, name: str) -> None:
-        self.data, self.at, self.name = data, 0, name
-
-    def refuse(self, what: str) -> InvalidArgumentError:
-        return InvalidArgumentError(f"{self.name}: {what} (truncated or damaged?)")
-
-    def take(self, fmt: str) -> Any:
-        size = struct.calcsize("<" + fmt)
-        if self.at + size > len(self.data):
-            raise self.refuse("the header ends early")
-        (value,) = struct.unpack_from("<" + fmt, self.data, self.at)
-        self.at += size
-        return value
-
-    def skip(self, size: int) -> None:
-        if size > len(self.data) - self.at:
-            raise self.refuse("a value runs past the end of the file")
-        self.at += size
-
-    def string(self) -> str:
-        size = self.take("Q")
-        start = self.at
-        self.skip(size)
-        return bytes(self.data[start : self.at]).decode("utf-8", "replace")
-
-    def value(self, kind: int) -> Any:
-        """A scalar or a string; an array is skipped and its length returned."""
-        if kind in SCALARS:
-            return self.take(SCALARS[kind])
-        if kind == STRING:
-            return self.string()
-        if kind != ARRAY:
-            raise self.refuse(f"unknown value type {kind}")
-        item, count = self.take("I"), self.take("Q")
-        if item in SCALARS:
-            self.skip(count * struct.calcsize("<" + SCALARS[item]))
-        elif item == STRING:
-            if count * 8 > len(self.data) - self.at:
-                raise self.refuse("an array runs past the end of the file")
-            for _ in range(count):
-                self.skip(self.take("Q"))
-        else:
-            raise self.refuse(f"an array of value type {item}")
-        return _Array(count)
-
-
-@dataclass(frozen=True)
-class _Array:
-    count: int
-
-
-def read_header(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """The file's metadata (arrays as their lengths) and tensors, all bounded."""
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        if size < 24 or f.read(4) != b"GGUF":
-            raise InvalidArgumentError(f"{path.name} is not a GGUF file")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as whole:
-            view = memoryview(whole)
-            try:
-                cursor = _Cursor(view, path.name)
-                cursor.skip(4)
-                version, tensors, keys = (cursor.take(t) for t in ("I", "Q", "Q"))
-                if version not in (2, 3) or tensors > MAX_TENSORS or keys > MAX_KEYS:
-                    raise cursor.refuse(
-                        f"version {version}, {tensors} tensors, {keys} keys"
-                    )
-                meta = {}
-                for _ in range(keys):
-                    key = cursor.string()
-                    meta[key] = cursor.value(cursor.take("I"))
-                infos = []
-                for _ in range(tensors):
-                    name, dims = cursor.string(), cursor.take("I")
-                    if dims > MAX_DIMS:
-                        raise cursor.refuse(f"{name} has {dims} dimensions")
-                    shape = [cursor.take("Q") for _ in range(dims)]
-                    infos.append((name, shape, cursor.take("I"), cursor.take("Q")))
-                header_end = cursor.at
-            finally:
-                del cursor
-                view.release()
-    return meta, _tensors(path.name, meta, infos, header_end, size)
-
-
-def _tensors(
-    name: str, meta: dict[str, Any], infos: list, header_end: int, size: int
-) -> dict[str, Tensor]:
-    """The tensors' places and sizes: each within the file, none overlapping."""
-    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    alignment = meta.get("general.alignment", 32)
-    if not isinstance(alignment, int) or not 0 < alignment <= 1 << 16:
-        raise InvalidArgumentError(f"{name}: alignment {alignment!r}")
-    data = -(-header_end // alignment) * alignment
-    found: dict[str, Tensor] = {}
-    for key, shape, code, offset in infos:
-        try:
-            kind = GGMLQuantizationType(code)
-            block, block_bytes = GGML_QUANT_SIZES[kind]
-        except (ValueError, KeyError):
-            raise InvalidArgumentError(
-                f"{name}: {key} has block type {code}, unknown"
-            ) from None
-        count = _count(shape)
-        if not shape or shape[0] % block or key in found:
-            raise InvalidArgumentError(f"{name}: tensor {key} is malformed")
-        found[key] = Tensor(
-            shape, kind.name, data + offset, count // block * block_bytes
-        )
-    end = data
-    for key, tensor in sorted(found.items(), key=lambda item: item[1].offset):
-        if tensor.offset < end or tensor.offset + tensor.size > size:
-            raise InvalidArgumentError(
-                f"{name}: {key} overlaps another tensor or lies past the end "
-                "of the file"
-            )
-        end = tensor.offset + tensor.size
-    return found
-
-
 def vet_gguf(path: Path) -> GgufCheckpoint:
     """A Llama GGUF file whose header, sizes, tokenizer and tensors all hold."""
     meta, tensors = read_header(path)
     tokens = meta.get("tokenizer.ggml.tokens")
     config: dict[str, Any] = {
         "model_type": meta.get("general.architecture"),
-        "vocab_size": tokens.count if isinstance(tokens, _Array) else None,
+        "vocab_size": tokens.count if isinstance(tokens, Array) else None,
     }
     config.update({name: meta.get(key) for name, key in GGUF_SIZES.items()})
     if config["model_type"] == "llama" and not meta.get("tokenizer.ggml.model"):
@@ -211,15 +71,8 @@ def vet_gguf(path: Path) -> GgufCheckpoint:
     kinds: dict[str, int] = {}
     for tensor in tensors.values():
         kinds[tensor.kind] = kinds.get(tensor.kind, 0) + 1
-    parameters = sum(_count(t.shape) for t in tensors.values())
+    parameters = sum(math.prod(t.shape) for t in tensors.values())
     return GgufCheckpoint(path, config, kinds, parameters)
-
-
-def _count(shape: list[int]) -> int:
-    total = 1
-    for n in shape:
-        total *= n
-    return total
 
 
 def _check_tensors(name: str, config: dict[str, Any], tensors: dict) -> None:

@@ -40,7 +40,9 @@ from .worker import Emit, stream_job
 FLOAT_TENSORS = frozenset({"F32", "F16", "BF16"})  # no blocks to keep or to requantize
 
 
-def export_settings(cuda: bool, parameters: int | None) -> tuple[str, str, str | None]:
+def export_settings(
+    cuda: bool, checkpoint: Checkpoint | GgufCheckpoint
+) -> tuple[str, str, str | None]:
     """(dtype, device, why not the GPU) of the optimum export: fp16 on the GPU for
     CUDA when PyTorch can use it and the GPU has room for the model twice over
     (optimum exports fp16 only there; models being served hold GPU memory too), fp32
@@ -52,6 +54,10 @@ def export_settings(cuda: bool, parameters: int | None) -> tuple[str, str, str |
     if not torch.cuda.is_available():
         return "fp32", "cpu", "PyTorch here has no CUDA"
     free, _ = torch.cuda.mem_get_info()
+    if isinstance(checkpoint, GgufCheckpoint):
+        parameters: int | None = checkpoint.parameters
+    else:  # the safetensors headers, read only here
+        parameters = checkpoint_parameters(checkpoint.directory)
     need = 2 * 2 * (parameters or 0)  # fp16, twice
     if free < need:
         return "fp32", "cpu", f"the GPU has {free / 2**30:.1f} GiB free"
@@ -76,12 +82,7 @@ def run_import(
     checkpoint = checkpoint or vet_source(source)
     cuda = choose_providers(device)[0] == CUDA
     precision = precision or resolve_precision(None, device)
-    gguf = isinstance(checkpoint, GgufCheckpoint)
-    if isinstance(checkpoint, GgufCheckpoint):
-        parameters: int | None = checkpoint.parameters
-    else:
-        parameters = checkpoint_parameters(checkpoint.directory)
-    dtype, export_device, why = export_settings(cuda, parameters)
+    dtype, export_device, why = export_settings(cuda, checkpoint)
     if why:
         emit(Info(f"{why}: the optimum export runs on the CPU"))
 
@@ -103,7 +104,7 @@ def run_import(
         [precision],
         Reporting(say=say, tick=say, cancel=cancel, engine="CUDA" if cuda else "CPU"),
         export_as=(dtype, export_device),
-        gguf=Path(SOURCE_GGUF) if gguf else None,
+        gguf=Path(SOURCE_GGUF) if isinstance(checkpoint, GgufCheckpoint) else None,
     )
     emit(Imported(out_id, int((time.monotonic() - started) * 1000)))
 

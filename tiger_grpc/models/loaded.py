@@ -48,6 +48,7 @@ class LoadedModel:
                 options.max_context,
                 cache_gb=options.kv_cache_gb,
                 spin=options.ort_spin,
+                attention=options.cuda_attention,
             )
             self.provider, self.max_len = runner.provider, runner.max_len
             self.graph = fused

@@ -192,7 +192,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[ServerConfig, Path | No
     try:
         precision = resolve_precision(args.precision, device)
         check_device(device, precision)
-        cuda_attention(env)  # checked at start, not at the first load
+        attention = cuda_attention(env)
     except (ValueError, DeviceError) as exc:
         parser.error(str(exc))
     engine = EngineOptions(
@@ -205,6 +205,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[ServerConfig, Path | No
         default_max_tokens=args.default_max_tokens,
         ort_spin=ort_spin(env),
         prefix_cache=not args.no_prefix_cache,
+        cuda_attention=attention,
     )
     config = ServerConfig(
         home=args.home,

@@ -41,7 +41,7 @@ from ..models.precision import resolve_precision
 from ..models.store import ModelStore
 from ..pb.tiger.v1 import tiger_pb2 as pb
 from ..pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
-from .bench_chat import API_KEY, scenario, served
+from .bench_chat import scenario
 from .bench_keys import markdown as keys_markdown
 from .bench_keys import measure as measure_keys
 from .bench_keys import targets as keys_targets
@@ -57,6 +57,7 @@ from .bench_stats import PROMPTS, Level, messages, timed
 from .bench_structured import markdown as structured_markdown
 from .bench_structured import scenario as structured_scenario
 from .bench_structured import targets as structured_targets
+from .stack import API_KEY, served
 
 LEVELS = [1, 4, 8, 16]
 SOLO_ROUNDS = 4  # rounds of a single stream, per round of the other levels

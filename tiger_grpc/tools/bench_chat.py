@@ -38,11 +38,10 @@ from ..config import DEFAULT_MODEL_ID, default_home
 from ..models.embedded import find_gguf
 from ..models.loaded import load_tokenizer
 from ..models.store import HF_DIR, ModelStore
-from ..runtime.process import start_process
 from .bench_report import chat_markdown
 from .bench_stats import PROMPTS, percentile
+from .stack import API_KEY, served
 
-API_KEY = "bench-key"
 TURNS = 6
 SYSTEM_TOKENS = 2000
 ANSWER_TOKENS = 48
@@ -170,29 +169,6 @@ def tiger(home: Path, prefix_cache: bool) -> Iterator[str]:
     """Tiger's server and gateway on free ports; yields the gateway's URL."""
     with served(home, TIGER_PREFIX_CACHE="1" if prefix_cache else "0") as (_, port):
         yield f"http://127.0.0.1:{port}"
-
-
-@contextlib.contextmanager
-def served(home: Path, **env: str) -> Iterator[tuple[str, int]]:
-    """Tiger's server and gateway on free local ports, with the bench's key (and
-    `env` set): yields the server's gRPC target and the gateway's port."""
-    workdir = Path(tempfile.mkdtemp(prefix="tiger-bench-"))
-    env = {**os.environ, "TIGER_HOME": str(home), "TIGER_API_KEY": API_KEY, **env}
-    local = ["--port", "0", "--host", "127.0.0.1", "--log-level", "WARNING"]
-    server = start_process(
-        ["tiger_grpc.server", *local, "--metrics-port", "-1"], workdir, "server", env
-    )
-    try:
-        target = f"127.0.0.1:{server.port}"
-        gateway = start_process(
-            ["gateway.main", *local, "--grpc-target", target], workdir, "gateway", env
-        )
-        try:
-            yield target, gateway.port
-        finally:
-            gateway.stop(timeout=30)
-    finally:
-        server.stop(timeout=30)
 
 
 @contextlib.contextmanager

@@ -24,8 +24,8 @@ from ..api.keys import add_key, entry
 from ..config import default_home
 from ..pb.tiger.v1 import tiger_pb2 as pb
 from ..pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
-from .bench_chat import API_KEY, served
 from .bench_report import target_lines
+from .stack import API_KEY, served
 
 CONCURRENCY = 32
 

@@ -40,8 +40,9 @@ from ..engine.fused import FusedCausalLM
 from ..models.embedded import ensure_default_model
 from ..models.pipeline import build_graph
 from ..models.store import HF_DIR, ModelStore
-from .bench_chat import API_KEY, llama_server
+from .bench_chat import llama_server
 from .bench_report import target_lines
+from .stack import API_KEY
 
 SHAPE = {
     "hidden_size": 2048,

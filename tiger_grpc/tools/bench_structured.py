@@ -29,9 +29,9 @@ import jsonschema_rs
 
 from ..config import DEFAULT_MODEL_ID, default_home
 from ..testing.schemas import sample
-from .bench_chat import API_KEY, served
 from .bench_report import target_lines
 from .bench_stats import percentile
+from .stack import API_KEY, served
 
 CATALOGUE = [{"role": "user", "content": "List the products of a hardware store."}]
 QUESTION = [{"role": "user", "content": "Who are you?"}]

@@ -101,33 +101,35 @@ def compare(device: list[np.ndarray], cpu: list[np.ndarray]) -> dict[str, Any]:
     }
 
 
-def attention_kernels(profile: Path) -> list[dict[str, str]]:
-    """The GroupQueryAttention nodes of an ORT profile and their providers."""
+def attention_nodes(profile: Path) -> list[dict[str, Any]]:
+    """The GroupQueryAttention kernels an ORT profile timed, in order."""
     events = json.loads(profile.read_text())
-    found = {}
-    for event in events:
-        args = event.get("args") or {}
-        if args.get("op_name") == "GroupQueryAttention":
-            name = str(event.get("name", "")).removesuffix("_kernel_time")
-            found[name] = args.get("provider", "?")
+    return [
+        event
+        for event in events
+        if (event.get("args") or {}).get("op_name") == "GroupQueryAttention"
+        and str(event.get("name", "")).endswith("_kernel_time")
+    ]
+
+
+def attention_kernels(nodes: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The attention nodes and their providers."""
+    found = {
+        str(n["name"]).removesuffix("_kernel_time"): n["args"].get("provider", "?")
+        for n in nodes
+    }
     return [{"node": n, "provider": p} for n, p in sorted(found.items())][:4]
 
 
-def attention_times(profile: Path) -> dict[str, Any]:
-    """Each engine call's slowest attention node, from an ORT profile: a kernel
-    that prepares itself for each new shape (cuDNN's SDPA builds an execution plan
-    the first time it meets a prompt length or a batch size) shows as calls far
-    slower than the median."""
-    events = json.loads(profile.read_text())
+def attention_times(nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each engine call's slowest attention node: a kernel that prepares itself
+    for each new shape (cuDNN's SDPA builds an execution plan the first time it
+    meets a prompt length or a batch size) shows as calls far slower than the
+    median."""
     runs: list[float] = []
-    for event in events:
-        args = event.get("args") or {}
-        if args.get("op_name") != "GroupQueryAttention":
-            continue
-        if not str(event.get("name", "")).endswith("_kernel_time"):
-            continue
-        ms = float(event.get("dur", 0)) / 1000
-        if str(event["name"]).startswith("layers.0.") or not runs:
+    for node in nodes:
+        ms = float(node.get("dur", 0)) / 1000
+        if str(node["name"]).startswith("layers.0.") or not runs:
             runs.append(ms)  # a call's first attention node
         else:
             runs[-1] = max(runs[-1], ms)
@@ -234,8 +236,7 @@ def check(device: Device, out: Path, workdir: Path, run_8b: bool) -> dict[str, A
     finally:
         os.environ.pop("TIGER_ORT_PROFILE", None)
     plain_calls = scripted_calls(plain)
-    profile = Path(plain.session.end_profiling())
-    attention = attention_kernels(profile)
+    nodes = attention_nodes(Path(plain.session.end_profiling()))
     del plain
     model = engine(path, device)
     report: dict[str, Any] = {
@@ -245,8 +246,8 @@ def check(device: Device, out: Path, workdir: Path, run_8b: bool) -> dict[str, A
         "cuda_graphs": model.graphs,
         "cuda_attention": cuda_attention(),
         "switches": {k: os.environ[k] for k in SWITCHES if k in os.environ},
-        "attention": attention,
-        "attention_times": attention_times(profile),
+        "attention": attention_kernels(nodes),
+        "attention_times": attention_times(nodes),
     }
     on_device = scripted_calls(model)
     report["cuda_kernels"] = cuda_kernels(model) if model.provider == CUDA else None

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -34,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DEFAULT_MODEL_ID, default_home
-from ..runtime.process import start_process
 from .serve_report import REQUIRED, agreement, answers, markdown, verdicts
+from .stack import API_KEY, served
 
 QUESTION = "What is the capital of France? Answer in one sentence."
 TOPICS = ("rivers", "bread", "stars", "chess", "rain", "music", "bees", "tea")
@@ -48,7 +47,6 @@ SCHEMA = {
     "required": list(REQUIRED),
     "additionalProperties": False,
 }
-KEY = "serve-check-key"
 
 
 class CheckFailed(RuntimeError):
@@ -56,46 +54,18 @@ class CheckFailed(RuntimeError):
 
 
 @contextmanager
-def served(home: Path, model: str, device: str, workdir: Path) -> Iterator[str]:
-    """The server (`model` loaded at start) and the gateway on `device`; yields
-    the gateway's base URL."""
-    env = {
-        **os.environ,
-        "TIGER_HOME": str(home),
-        "TIGER_API_KEY": KEY,
-        "TIGER_DEVICE": device,
-        "TIGER_PRECISION": "fp16",
-        "PYTHONUNBUFFERED": "1",
-    }
-    local = ("--host", "127.0.0.1", "--port", "0")
-    server = start_process(
-        [
-            "tiger_grpc.server",
-            *local,
-            "--no-prepare",
-            "--preload",
-            model,
-            "--metrics-port",
-            "-1",
-        ],
-        workdir,
-        f"server-{device}",
-        env,
-    )
-    try:
-        target = f"127.0.0.1:{server.port}"
-        gateway = start_process(
-            ["gateway.main", *local, "--grpc-target", target],
-            workdir,
-            f"gateway-{device}",
-            env,
-        )
-        try:
-            yield f"http://127.0.0.1:{gateway.port}"
-        finally:
-            gateway.stop()
-    finally:
-        server.stop()
+def served_on(home: Path, model: str, device: str, workdir: Path) -> Iterator[str]:
+    """The server (`model` loaded at start, fp16) and the gateway on `device`,
+    their logs in `workdir/<device>`; yields the gateway's base URL."""
+    with served(
+        home,
+        workdir / device,
+        ("--no-prepare", "--preload", model),
+        "INFO",  # each request's line, with its code and time
+        TIGER_DEVICE=device,
+        TIGER_PRECISION="fp16",
+    ) as (_, port):
+        yield f"http://127.0.0.1:{port}"
 
 
 async def stream(session: Any, url: str, body: dict, drop_after: int = 0) -> dict:
@@ -268,7 +238,7 @@ async def drive(url: str, model: str) -> dict[str, Any]:
     """Steps 1-5 against the gateway at `url`."""
     import aiohttp
 
-    headers = {"Authorization": f"Bearer {KEY}"}
+    headers = {"Authorization": f"Bearer {API_KEY}"}
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
         entry = await ready(session, url, model)
@@ -284,13 +254,13 @@ async def drive(url: str, model: str) -> dict[str, Any]:
 def check(
     home: Path, model: str, device: str, against: str | None, workdir: Path
 ) -> dict[str, Any]:
-    with served(home, model, device, workdir) as url:
+    with served_on(home, model, device, workdir) as url:
         report = asyncio.run(drive(url, model))
     report["device"] = device
     report["failed"] = verdicts(report, device)
     if against:
         try:
-            with served(home, model, against, workdir) as url:
+            with served_on(home, model, against, workdir) as url:
                 other = asyncio.run(drive(url, model))
         except (CheckFailed, RuntimeError) as exc:  # the device's results stand
             report["failed"].append(f"on {against}: {exc}")
@@ -319,8 +289,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             report = {"device": args.device, "failed": [str(exc)]}
             said = f"# serve-check\n\n- failed: {exc}\n"
         finally:
-            for log in Path(workdir).glob("*.log"):
-                (args.out / f"serve-{log.name}").write_bytes(log.read_bytes())
+            for log in Path(workdir).glob("*/*.log"):  # serve-server-cuda.log, ...
+                name = f"serve-{log.stem}-{log.parent.name}.log"
+                (args.out / name).write_bytes(log.read_bytes())
     (args.out / "serve.json").write_text(json.dumps(report, indent=2))
     (args.out / "serve.md").write_text(said)
     print(said)
