@@ -253,11 +253,15 @@ def test_a_gguf_file_is_read_as_data_and_vetted(tmp_path) -> None:
     assert "ONNX Runtime quantizes its float weights" in gguf_plan(vetted, "int4")
     assert "fp16 graph takes them dequantized" in gguf_plan(vetted, "fp16")
     k_quants = dataclasses.replace(vetted, kinds={"F32": 3, "Q4_K": 2, "Q6_K": 1})
-    assert "ONNX Runtime quantizes them again" in gguf_plan(k_quants, "int4")
-    mixed = dataclasses.replace(vetted, kinds={"F32": 3, "Q8_0": 2, "Q6_K": 1})
+    assert gguf_plan(k_quants, "int4").endswith(
+        "the int4 graph takes its Q4_K/Q6_K blocks as they are"
+    )
+    others = dataclasses.replace(vetted, kinds={"F32": 3, "IQ2_XS": 2, "Q3_K": 1})
+    assert "ONNX Runtime quantizes them again" in gguf_plan(others, "int4")
+    mixed = dataclasses.replace(vetted, kinds={"F32": 3, "Q8_0": 2, "Q2_K": 1})
     assert gguf_plan(mixed, "int4").endswith(
-        "takes its Q8_0 blocks as they are where a projection is all of them, "
-        "and ONNX Runtime quantizes the rest (Q6_K) again"
+        "takes its Q8_0 blocks as they are, "
+        "and ONNX Runtime quantizes the rest (Q2_K) again"
     )
 
 

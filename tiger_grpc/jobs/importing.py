@@ -124,9 +124,8 @@ def gguf_plan(checkpoint: GgufCheckpoint, precision: str) -> str:
     if not others:
         return f"{said}; the int4 graph takes its {'/'.join(exact)} blocks as they are"
     return (
-        f"{said}; the int4 graph takes its {'/'.join(exact)} blocks as they are "
-        f"where a projection is all of them, and ONNX Runtime quantizes the rest "
-        f"({', '.join(others)}) again"
+        f"{said}; the int4 graph takes its {'/'.join(exact)} blocks as they are, "
+        f"and ONNX Runtime quantizes the rest ({', '.join(others)}) again"
     )
 
 

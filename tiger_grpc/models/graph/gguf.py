@@ -9,11 +9,21 @@ an fp16 scale `d`:
   inputs: `x W = MatMulNBits(x; q, d) + S(x) C`, where S sums x over each block of
   32 and C holds the blocks' offsets (32 times fewer rows than W).
 - Q8_0: w = d * q, q int8: the 8-bit symmetric form, q shifted by 128.
+- Q5_0 and Q5_1: as Q4_0 and Q4_1 with 5-bit q (q - 16 about zero), held as 8-bit
+  blocks: every 5-bit value is an 8-bit one.
+- The K-quants, in super-blocks of 256 with a scale (and a minimum) per sub-block:
+  Q4_K, w = (d sc) q - (dmin m) over sub-blocks of 32, is Q4_1's form with scale
+  d sc and minimum -dmin m; Q5_K is the same with 5-bit q (8-bit blocks); Q6_K,
+  w = (d sc) (q - 32) over sub-blocks of 16, is the 8-bit symmetric form in blocks
+  of 16. The products d sc and dmin m are exact in float32 (an fp16 times a 6- or
+  8-bit integer), so the weights are the file's to float32 rounding.
 
-Only the nibble order differs: ggml keeps elements j and j + 16 in byte j, ORT
+Only the element order differs: ggml keeps elements j and j + 16 in byte j (in
+the K-quants, each 32-byte run holds two sub-blocks, low and high nibbles), ORT
 elements 2j and 2j + 1. llama.cpp's converter also permutes the rows of the query
 and key projections (its rotary layout); they are put back as transformers does.
-Other block types are not read here: their weights take ORT's quantizer.
+Other block types (Q2_K, Q3_K, the IQ types) are not read here: their weights take
+ORT's quantizer.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 BLOCK = 32
+ZERO = {4: 8, 8: 128}  # MatMulNBits's implicit zero point at each width
 _LAYER = {
     "self_attn.q_proj": "attn_q",
     "self_attn.k_proj": "attn_k",
@@ -37,21 +48,28 @@ _LAYER = {
 
 @dataclass(frozen=True)
 class Blocks:
-    """One weight (N outputs, K inputs) in `MatMulNBits`'s layout: `packed` (N,
-    K/32, 32 * bits / 8) uint8, `scales` (N, K/32) float32, and for Q4_1 the
-    blocks' offsets `m + 8d` (N, K/32) float32."""
+    """One weight (N outputs, K inputs) in `MatMulNBits`'s layout, in blocks of
+    `block` inputs: `packed` (N, K/block, block * bits / 8) uint8, `scales` (N,
+    K/block) float32, and for the types with a minimum the blocks' offsets (N,
+    K/block) float32: what each block adds to the symmetric form (`m + 8d` for
+    Q4_1), times the sum of its inputs."""
 
     kind: str
     bits: int
     packed: np.ndarray
     scales: np.ndarray
     offsets: np.ndarray | None
+    block: int = BLOCK
+
+    @property
+    def form(self) -> tuple[int, int]:
+        """What one `MatMulNBits` node needs its weights to share."""
+        return self.bits, self.block
 
     def dequantize(self) -> np.ndarray:
         """The (N, K) float32 weights these blocks stand for."""
         q = _unpack_ort(self.packed, self.bits).astype(np.float32)
-        zero = 8 if self.bits == 4 else 128
-        w = (q - zero) * self.scales[..., None]
+        w = (q - ZERO[self.bits]) * self.scales[..., None]
         if self.offsets is not None:
             w += self.offsets[..., None]
         return w.reshape(w.shape[0], -1)
@@ -137,9 +155,109 @@ def _q8_0(raw: np.ndarray) -> Blocks:
     return Blocks("Q8_0", 8, q.astype(np.uint8), _half(raw, 0), None)
 
 
-_READERS = {"Q4_0": _q4_0, "Q4_1": _q4_1, "Q8_0": _q8_0}
+def _high_bits(qh: np.ndarray) -> np.ndarray:
+    """Q5_0/Q5_1's 4 bytes of fifth bits -> one per element (bit j of the
+    little-endian word is element j's)."""
+    return np.unpackbits(qh, axis=-1, bitorder="little")
+
+
+def _q5_0(raw: np.ndarray) -> Blocks:
+    q = _nibbles_ggml(raw[..., 6:22]) | (_high_bits(raw[..., 2:6]) << 4)
+    return Blocks("Q5_0", 8, q + np.uint8(128 - 16), _half(raw, 0), None)
+
+
+def _q5_1(raw: np.ndarray) -> Blocks:
+    d, m = _half(raw, 0), _half(raw, 2)
+    q = _nibbles_ggml(raw[..., 8:24]) | (_high_bits(raw[..., 4:8]) << 4)
+    return Blocks("Q5_1", 8, q + np.uint8(128 - 16), d, m + 16 * d)
+
+
+def _k_scales(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 12 bytes of a Q4_K/Q5_K super-block -> its 8 sub-blocks' 6-bit scales
+    and minimums: bytes 0-3 hold scales 0-3 (and the top bits of scales 4-7), bytes
+    4-7 minimums 0-3 (and the top bits of minimums 4-7), bytes 8-11 the low bits of
+    scales 4-7 (low nibble) and minimums 4-7 (high nibble)."""
+    first, second, low = packed[..., 0:4], packed[..., 4:8], packed[..., 8:12]
+    scales = np.concatenate([first & 0x3F, (low & 0x0F) | ((first >> 2) & 0x30)], -1)
+    minima = np.concatenate([second & 0x3F, (low >> 4) | ((second >> 2) & 0x30)], -1)
+    return scales.astype(np.float32), minima.astype(np.float32)
+
+
+def _runs(qs: np.ndarray, width: int) -> np.ndarray:
+    """K-quant nibbles: each run of `width` bytes holds two runs of elements, the
+    low nibbles first -> (..., runs * 2, width) values."""
+    runs = qs.reshape(*qs.shape[:-1], -1, 1, width)
+    return np.concatenate([runs & 0x0F, runs >> 4], axis=-2).reshape(
+        *qs.shape[:-1], -1, width
+    )
+
+
+def _k_form(kind: str, bits: int, q: np.ndarray, raw: np.ndarray, zero: int) -> Blocks:
+    """Q4_K/Q5_K sub-blocks of 32: w = (d sc) q - dmin m, as scale d sc and the
+    offset zero * d sc - dmin m over the symmetric form about `zero`."""
+    d, dmin = _half(raw, 0)[..., None], _half(raw, 2)[..., None]
+    sc, m = _k_scales(raw[..., 4:16])
+    scales, minima = d * sc, dmin * m  # (rows, supers, 8)
+    rows = raw.shape[0]
+    values = q if bits == 8 else _pack_ort(q)
+    return Blocks(
+        kind,
+        bits,
+        values.reshape(rows, -1, values.shape[-1]),
+        scales.reshape(rows, -1),
+        (zero * scales - minima).reshape(rows, -1),
+    )
+
+
+def _q4_k(raw: np.ndarray) -> Blocks:
+    return _k_form("Q4_K", 4, _runs(raw[..., 16:144], 32), raw, 8)
+
+
+def _q5_k(raw: np.ndarray) -> Blocks:
+    low = _runs(raw[..., 48:176], 32)  # (rows, supers, 8, 32)
+    qh = raw[..., 16:48]  # bit i of byte j: element j of sub-block i's fifth bit
+    high = (qh[..., None, :] >> np.arange(8, dtype=np.uint8)[:, None]) & 1
+    q = low | (high << 4)
+    return _k_form("Q5_K", 8, q + np.uint8(128 - 16), raw, 16)
+
+
+def _q6_k(raw: np.ndarray) -> Blocks:
+    """Q6_K: 16 sub-blocks of 16, w = (d sc) (q - 32), q 6-bit: low nibbles in
+    two runs of 64 bytes, the top two bits four to a byte in two runs of 32."""
+    rows = raw.shape[0]
+    low = _runs(raw[..., 0:128], 64).reshape(*raw.shape[:-1], 8, 32)
+    qh = raw[..., 128:192].reshape(*raw.shape[:-1], 2, 1, 32)
+    shifts = np.array([0, 2, 4, 6], np.uint8)[:, None]
+    high = ((qh >> shifts) & 3).reshape(*raw.shape[:-1], 8, 32)
+    q = (low | (high << 4)) + np.uint8(128 - 32)
+    sc = raw[..., 192:208].view(np.int8).astype(np.float32)
+    d = raw[..., 208:210].copy().view(np.float16).astype(np.float32)
+    return Blocks(
+        "Q6_K", 8, q.reshape(rows, -1, 16), (d * sc).reshape(rows, -1), None, 16
+    )
+
+
+_READERS = {
+    "Q4_0": _q4_0,
+    "Q4_1": _q4_1,
+    "Q8_0": _q8_0,
+    "Q5_0": _q5_0,
+    "Q5_1": _q5_1,
+    "Q4_K": _q4_k,
+    "Q5_K": _q5_k,
+    "Q6_K": _q6_k,
+}
 EXACT_BLOCKS = frozenset(_READERS)  # the block types MatMulNBits takes as they are
-_BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}
+_BLOCK_BYTES = {
+    "Q4_0": 18,
+    "Q4_1": 20,
+    "Q8_0": 34,
+    "Q5_0": 22,
+    "Q5_1": 24,
+    "Q4_K": 144,
+    "Q5_K": 176,
+    "Q6_K": 210,
+}
 
 
 def _unpermute(blocks: Blocks, heads: int) -> Blocks:
@@ -153,4 +271,6 @@ def _unpermute(blocks: Blocks, heads: int) -> Blocks:
 
     packed, scales = rows(blocks.packed), rows(blocks.scales)
     assert packed is not None and scales is not None
-    return Blocks(blocks.kind, blocks.bits, packed, scales, rows(blocks.offsets))
+    return Blocks(
+        blocks.kind, blocks.bits, packed, scales, rows(blocks.offsets), blocks.block
+    )

@@ -20,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ...runtime.ml import IMPORT_LOCK
-from .gguf import BLOCK, Blocks, GgufBlocks
+from .gguf import Blocks, GgufBlocks
 from .shape import LlamaShape, rope_tables
 from .tensors import Tensors, checkpoint_tensors
 from .writer import GraphWriter, quantize_blocks
@@ -52,7 +52,7 @@ class _Decoder:
         self.g, self.s, self.tensors = g, s, tensors
         self.dtype, self.bits, self.blocks = dtype, bits, blocks
         self.residual: str | None = None
-        self.exact = self.requantized = 0  # projections written each way
+        self.exact = self.requantized = 0  # weights written each way
         self._axis = ""
 
     def param(self, name: str) -> np.ndarray:
@@ -84,56 +84,53 @@ class _Decoder:
 
     def linear(self, value: str, keys: list[str], name: str, rank: int = 3) -> str:
         """One projection of the (packed) weights `keys` applied to `value` (of
-        `rank` dimensions): `MatMul`, `MatMulNBits` of the source file's own blocks
-        when it has them, or `MatMulNBits` quantized as it is written."""
-        found = self._source_blocks(keys)
-        if found is not None:
-            self.exact += 1
-            return self._exact(value, found, name, rank)
-        self.requantized += self.bits is not None
-        parts = [self.param(k) for k in keys]
-        weight = (parts[0] if len(parts) == 1 else np.concatenate(parts)).T
+        `rank` dimensions): `MatMul`, or `MatMulNBits`, each weight in the source
+        file's own blocks when it has them, else quantized as it is written. Weights
+        whose blocks differ in width or length take a node each, concatenated."""
         if self.bits is None:
+            parts = [self.param(k) for k in keys]
+            weight = (parts[0] if len(parts) == 1 else np.concatenate(parts)).T
             (out,) = self.g.op(
                 "MatMul", [value, self.g.weight(f"{name}.weight", weight)], name=name
             )
             return out
+        found = [self._blocks(key) for key in keys]
+        k = min(inputs for _, inputs in found)
+        groups: list[list[Blocks]] = []
+        for blocks, _ in found:
+            if groups and groups[-1][0].form == blocks.form:
+                groups[-1].append(blocks)
+            else:
+                groups.append([blocks])
+        if len(groups) == 1:
+            return self._exact(value, _packed(groups[0]), name, rank, k)
+        outs = [
+            self._exact(value, _packed(group), f"{name}.{i}", rank, k)
+            for i, group in enumerate(groups)
+        ]
+        (out,) = self.g.op("Concat", outs, name=name, axis=-1)
+        return out
+
+    def _blocks(self, key: str) -> tuple[Blocks, int]:
+        """Weight `key` as blocks, and its inputs: the source file's own when an
+        int4 graph is written and the file has them in a type `MatMulNBits` takes
+        as it is, else ORT's quantization of it (padded to whole blocks)."""
+        found = self.blocks(key) if self.bits == 4 and self.blocks is not None else None
+        if found is not None:
+            self.exact += 1
+            return found, found.scales.shape[1] * found.block
+        assert self.bits is not None
+        self.requantized += 1
+        weight = self.param(key).T
         packed, scales = quantize_blocks(weight, self.bits)
         ort = Blocks(f"ORT int{self.bits}", self.bits, packed, scales, None)
-        return self._exact(value, ort, name, rank, k=weight.shape[0])
+        return ort, weight.shape[0]
 
-    def _source_blocks(self, keys: list[str]) -> Blocks | None:
-        """The source file's blocks of `keys`, packed along the outputs, when an
-        int4 graph is written and it has them all, of one width."""
-        if self.bits != 4 or self.blocks is None:
-            return None
-        found = [self.blocks(k) for k in keys]
-        if any(b is None for b in found) or len({b.bits for b in found if b}) != 1:
-            return None
-        parts = [b for b in found if b is not None]
-        if len(parts) == 1:
-            return parts[0]
-        offsets = None
-        if any(b.offsets is not None for b in parts):
-            offsets = np.concatenate(
-                [b.offsets if b.offsets is not None else 0 * b.scales for b in parts]
-            )
-        return Blocks(
-            "+".join(b.kind for b in parts),
-            parts[0].bits,
-            np.concatenate([b.packed for b in parts]),
-            np.concatenate([b.scales for b in parts]),
-            offsets,
-        )
-
-    def _exact(
-        self, value: str, blocks: Blocks, name: str, rank: int, k: int | None = None
-    ) -> str:
+    def _exact(self, value: str, blocks: Blocks, name: str, rank: int, k: int) -> str:
         """`MatMulNBits` over the blocks as they are (`k` inputs: all the blocks'
-        unless the last is padded); with Q4_1's offsets, plus the sums of each
-        block of inputs times the offsets (see `gguf`)."""
+        unless the last is padded); with offsets (Q4_1's and the like), plus the
+        sums of each block of inputs times the offsets (see `gguf`)."""
         n, k_blocks = blocks.scales.shape
-        k = k or k_blocks * BLOCK
         (out,) = self.g.op(
             "MatMulNBits",
             [
@@ -146,12 +143,12 @@ class _Decoder:
             K=k,
             N=n,
             bits=blocks.bits,
-            block_size=BLOCK,
+            block_size=blocks.block,
             accuracy_level=ACCURACY_LEVEL,
         )
         if blocks.offsets is None:
             return out
-        shape = np.array([0] * (rank - 1) + [k_blocks, BLOCK], np.int64)
+        shape = np.array([0] * (rank - 1) + [k_blocks, blocks.block], np.int64)
         grouping = self.g.weight(f"{name}.blocks", shape)
         (grouped,) = self.g.op("Reshape", [value, grouping], name=f"{name}.blocks")
         axis = self._last_axis()
@@ -276,6 +273,26 @@ class _Decoder:
         self.g.nodes.append(node)
 
 
+def _packed(parts: list[Blocks]) -> Blocks:
+    """Weights of one form as one, packed along the outputs (offsets of zero for
+    those without)."""
+    if len(parts) == 1:
+        return parts[0]
+    offsets = None
+    if any(b.offsets is not None for b in parts):
+        offsets = np.concatenate(
+            [b.offsets if b.offsets is not None else 0 * b.scales for b in parts]
+        )
+    return Blocks(
+        "+".join(b.kind for b in parts),
+        parts[0].bits,
+        np.concatenate([b.packed for b in parts]),
+        np.concatenate([b.scales for b in parts]),
+        offsets,
+        parts[0].block,
+    )
+
+
 def _io(s: LlamaShape, dtype: type) -> tuple[list[Any], list[Any]]:
     """The graph's inputs and outputs."""
     float_type = _ONNX_FLOAT[dtype]
@@ -360,7 +377,7 @@ def _quantization(bits: int | None, exact: int, requantized: int) -> str:
         return ort
     if not requantized:
         return SOURCE_BLOCKS
-    return f"{SOURCE_BLOCKS} ({exact} projections), {ort} ({requantized})"
+    return f"{SOURCE_BLOCKS} ({exact} weights), {ort} ({requantized})"
 
 
 def build_fused_llama(
