@@ -10,9 +10,10 @@ built with ORT's quantizer.
 
 With `--llama-server PATH`, llama.cpp's side runs too. The checkpoint goes
 through llama.cpp's own `convert_hf_to_gguf.py` (from the sources above the
-binary's `build/bin`; it needs `sentencepiece` importable) and `llama-quantize
-Q4_0`. Tiger then also builds its graph from that file's Q4_0 blocks, the same
-weights as llama.cpp's. `llama-server` (2 threads, 8 slots) decodes one stream
+binary's `build/bin`; it needs `sentencepiece` importable) and `llama-quantize`,
+to Q4_0 and to Q4_K_M (the common download: Q4_K with Q6_K for some layers' V and
+down projections). Tiger then also builds its graphs from those files' blocks, the
+same weights as llama.cpp's. `llama-server` (2 threads, 8 slots) decodes one stream
 (its own `predicted_per_second`) and eight concurrent ones (their tokens over the
 wall clock).
 
@@ -65,6 +66,7 @@ PROMPT = [504, 3777, 253, 655, 28, 1345, 30, 216]  # token ids (llama.cpp takes 
 TIGER_ORT = "Tiger int4 (ORT's quantizer)"
 TIGER_Q4_0 = "Tiger int4 (the GGUF's Q4_0 blocks)"
 LLAMA_Q4_0 = "llama.cpp Q4_0 (llama-server)"
+QUANTS = ("Q4_0", "Q4_K_M")  # llama-quantize's names
 
 
 def checkpoint(home: Path) -> Path:
@@ -107,11 +109,11 @@ def tiger_speed(graph: Path) -> dict[str, list[float]]:
     return speeds
 
 
-def llama_gguf(binary: Path, hf: Path) -> Path:
-    """The checkpoint as llama.cpp's Q4_0 (converted and quantized once)."""
-    q4 = hf.parent / "q4_0.gguf"
-    if q4.is_file():
-        return q4
+def llama_ggufs(binary: Path, hf: Path) -> dict[str, Path]:
+    """The checkpoint as llama.cpp's `QUANTS` (converted and quantized once)."""
+    files = {kind: hf.parent / f"{kind.lower()}.gguf" for kind in QUANTS}
+    if all(path.is_file() for path in files.values()):
+        return files
     sources = binary.resolve().parents[2]
     f16 = hf.parent / "f16.gguf"
     convert = [sys.executable, str(sources / "convert_hf_to_gguf.py"), str(hf)]
@@ -123,13 +125,14 @@ def llama_gguf(binary: Path, hf: Path) -> Path:
         env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)},
     )
     quantize = binary.parent / "llama-quantize"
-    subprocess.run(
-        [str(quantize), str(f16), str(q4), "Q4_0", "2"],
-        check=True,
-        capture_output=True,
-    )
+    for kind, path in files.items():
+        subprocess.run(
+            [str(quantize), str(f16), str(path), kind, "2"],
+            check=True,
+            capture_output=True,
+        )
     f16.unlink()
-    return q4
+    return files
 
 
 def llama_speed(binary: Path, gguf: Path) -> dict[str, list[float]]:
@@ -175,17 +178,20 @@ def measure(home: Path, llama: Path | None = None) -> list[dict[str, Any]]:
     rows.append({"engine": TIGER_ORT, **tiger_speed(out / "int4-ort" / "model.onnx")})
     if llama is not None:
         try:
-            gguf = llama_gguf(llama, hf)
+            ggufs = llama_ggufs(llama, hf)
         except (OSError, subprocess.CalledProcessError) as exc:
             detail = (getattr(exc, "stderr", b"") or b"").decode(errors="replace")
             reason = (detail.strip().splitlines() or [str(exc)])[-1]
             print(f"  llama.cpp side skipped: {reason}", file=sys.stderr)
             return rows
-        if not (out / "int4-q4_0" / "model.onnx").is_file():
-            build_graph(hf, out / "int4-q4_0", "int4", gguf=gguf)
-        graph = out / "int4-q4_0" / "model.onnx"
-        rows.append({"engine": TIGER_Q4_0, **tiger_speed(graph)})
-        rows.append({"engine": LLAMA_Q4_0, **llama_speed(llama, gguf)})
+        for kind, gguf in ggufs.items():
+            graph = out / f"int4-{kind.lower()}" / "model.onnx"
+            if not graph.is_file():
+                build_graph(hf, graph.parent, "int4", gguf=gguf)
+            tiger = f"Tiger int4 (the GGUF's {kind} blocks)"
+            rows.append({"engine": tiger, **tiger_speed(graph)})
+            peer = f"llama.cpp {kind} (llama-server)"
+            rows.append({"engine": peer, **llama_speed(llama, gguf)})
     return rows
 
 
@@ -217,6 +223,19 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         lines.append(f"| {r['engine']} | {_spread(r['one'])} | {_spread(r['eight'])} |")
+    by = {r["engine"]: r for r in rows}
+    tiger = by.get("Tiger int4 (the GGUF's Q4_K_M blocks)")
+    llama = by.get("llama.cpp Q4_K_M (llama-server)")
+    if tiger and llama:
+        one, eight = (
+            float(np.median(tiger[key]) / np.median(llama[key]))
+            for key in ("one", "eight")
+        )
+        lines += [
+            "",
+            f"Q4_K_M (no target): Tiger / llama.cpp {one:.2f} on one stream, "
+            f"{eight:.2f} at 8",
+        ]
     found = targets(rows)
     return "\n".join([*lines, *(target_lines(found) if found else [])]) + "\n"
 
