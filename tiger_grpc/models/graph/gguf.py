@@ -75,6 +75,26 @@ class Blocks:
         return w.reshape(w.shape[0], -1)
 
 
+def join(parts: list[Blocks]) -> Blocks:
+    """Weights of one form (`Blocks.form`) as one, packed along the outputs, with
+    offsets of zero for those without."""
+    if len(parts) == 1:
+        return parts[0]
+    offsets = None
+    if any(b.offsets is not None for b in parts):
+        offsets = np.concatenate(
+            [b.offsets if b.offsets is not None else 0 * b.scales for b in parts]
+        )
+    return Blocks(
+        "+".join(b.kind for b in parts),
+        parts[0].bits,
+        np.concatenate([b.packed for b in parts]),
+        np.concatenate([b.scales for b in parts]),
+        offsets,
+        parts[0].block,
+    )
+
+
 class GgufBlocks:
     """The Q4_0/Q4_1/Q8_0 projections of a Llama GGUF file, by HF parameter name."""
 

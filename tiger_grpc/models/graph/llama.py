@@ -20,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ...runtime.ml import IMPORT_LOCK
-from .gguf import Blocks, GgufBlocks
+from .gguf import Blocks, GgufBlocks, join
 from .shape import LlamaShape, rope_tables
 from .tensors import Tensors, checkpoint_tensors
 from .writer import GraphWriter, quantize_blocks
@@ -103,9 +103,9 @@ class _Decoder:
             else:
                 groups.append([blocks])
         if len(groups) == 1:
-            return self._exact(value, _packed(groups[0]), name, rank, k)
+            return self._exact(value, join(groups[0]), name, rank, k)
         outs = [
-            self._exact(value, _packed(group), f"{name}.{i}", rank, k)
+            self._exact(value, join(group), f"{name}.{i}", rank, k)
             for i, group in enumerate(groups)
         ]
         (out,) = self.g.op("Concat", outs, name=name, axis=-1)
@@ -271,26 +271,6 @@ class _Decoder:
                 "Cast", [logits], ["logits"], name="logits", to=TensorProto.FLOAT
             )
         self.g.nodes.append(node)
-
-
-def _packed(parts: list[Blocks]) -> Blocks:
-    """Weights of one form as one, packed along the outputs (offsets of zero for
-    those without)."""
-    if len(parts) == 1:
-        return parts[0]
-    offsets = None
-    if any(b.offsets is not None for b in parts):
-        offsets = np.concatenate(
-            [b.offsets if b.offsets is not None else 0 * b.scales for b in parts]
-        )
-    return Blocks(
-        "+".join(b.kind for b in parts),
-        parts[0].bits,
-        np.concatenate([b.packed for b in parts]),
-        np.concatenate([b.scales for b in parts]),
-        offsets,
-        parts[0].block,
-    )
 
 
 def _io(s: LlamaShape, dtype: type) -> tuple[list[Any], list[Any]]:
