@@ -44,6 +44,44 @@ def raw_blocks(kind: str, rows: int, inputs: int, seed: int) -> np.ndarray:
     return raw
 
 
+def test_a_files_query_and_key_blocks_are_put_back_in_rotary_order(tmp_path) -> None:
+    """Through `GgufBlocks` from a file gguf's own writer wrote: K-quant query
+    and key rows (offsets, blocks of 16) come back in transformers' order."""
+    from gguf import GGMLQuantizationType, GGUFWriter
+    from gguf.quants import dequantize
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    heads, kv_heads, width = 4, 2, 256
+    layout = {"attn_q": ("Q4_K", width), "attn_k": ("Q6_K", 128)}
+    layout |= {"attn_v": ("Q5_K", 128), "ffn_down": ("Q5_1", width)}
+    writer = GGUFWriter(str(tmp_path / "blocks.gguf"), "llama")
+    raws = {}
+    for i, (short, (kind, rows)) in enumerate(layout.items()):
+        raws[short] = raw_blocks(kind, rows, width, seed=50 + i)
+        writer.add_tensor(
+            f"blk.0.{short}.weight",
+            raws[short].reshape(rows, -1),
+            raw_dtype=GGMLQuantizationType[kind],
+        )
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    read = blocks_of.GgufBlocks(tmp_path / "blocks.gguf", heads, kv_heads)
+    hf = LlamaTensorProcessor(
+        {"num_attention_heads": heads, "num_key_value_heads": kv_heads}
+    )
+    parts = {"attn_q": "self_attn.q", "attn_k": "self_attn.k"}
+    parts |= {"attn_v": "self_attn.v", "ffn_down": "mlp.down"}
+    for short, (kind, rows) in layout.items():
+        flat = dequantize(raws[short].reshape(rows, -1), GGMLQuantizationType[kind])
+        expected = hf.process(flat, f"blk.0.{short}.weight").weights
+        got = read(f"model.layers.0.{parts[short]}_proj.weight")
+        assert got is not None and got.kind == kind
+        assert np.array_equal(got.dequantize(), expected), short
+
+
 @pytest.mark.parametrize("kind", TYPES)
 def test_each_block_type_reads_as_gguf_dequantizes_it(kind: str) -> None:
     from gguf import GGMLQuantizationType
@@ -158,9 +196,10 @@ def test_a_graph_of_mixed_block_types_computes_its_weights(tmp_path) -> None:
 
     # Every projection's nodes hold exactly the file's weights, to float32 rounding.
     held = onnx.load(tmp_path / "int4" / "model.onnx")
-    for i, layer in enumerate(LAYOUT):
-        for name, parts in (("qkv", "qkv"), ("o", "o"), ("gate_up", ["gate", "up"])):
-            keys = [p for p in ("q", "k", "v", "o", "gate", "up") if p in parts]
+    projections = {"qkv": "qkv", "o": "o", "gate_up": ["gate", "up"], "down": ["down"]}
+    for i in range(len(LAYOUT)):
+        for name, parts in projections.items():
+            keys = [p for p in ("q", "k", "v", "o", "gate", "up", "down") if p in parts]
             weights = np.concatenate([found[key_of(i, p)].dequantize() for p in keys])
             np.testing.assert_allclose(
                 node_weights(held, f"layers.{i}.{name}_proj"), weights, atol=1e-7

@@ -11,11 +11,11 @@ built with ORT's quantizer.
 With `--llama-server PATH`, llama.cpp's side runs too. The checkpoint goes
 through llama.cpp's own `convert_hf_to_gguf.py` (from the sources above the
 binary's `build/bin`; it needs `sentencepiece` importable) and `llama-quantize`,
-to Q4_0 and to Q4_K_M (the common download: Q4_K with Q6_K for some layers' V and
-down projections). Tiger then also builds its graphs from those files' blocks, the
-same weights as llama.cpp's. `llama-server` (2 threads, 8 slots) decodes one stream
-(its own `predicted_per_second`) and eight concurrent ones (their tokens over the
-wall clock).
+to Q4_0 and to Q4_K_M (the common download: Q4_K, with Q6_K for the embedding or
+head and for some layers' V and down projections). Tiger then also builds its
+graphs from those files' blocks, the same weights as llama.cpp's. `llama-server`
+(2 threads, 8 slots) decodes one stream (its own `predicted_per_second`) and eight
+concurrent ones (their tokens over the wall clock).
 
 `python -m tiger_grpc.tools.bench_scale [--llama-server PATH]` runs it alone.
 """
@@ -110,7 +110,8 @@ def tiger_speed(graph: Path) -> dict[str, list[float]]:
 
 
 def llama_ggufs(binary: Path, hf: Path) -> dict[str, Path]:
-    """The checkpoint as llama.cpp's `QUANTS` (converted and quantized once)."""
+    """The checkpoint as llama.cpp's `QUANTS` (converted and quantized once; each
+    file is written under another name and renamed when whole)."""
     files = {kind: hf.parent / f"{kind.lower()}.gguf" for kind in QUANTS}
     if all(path.is_file() for path in files.values()):
         return files
@@ -118,20 +119,24 @@ def llama_ggufs(binary: Path, hf: Path) -> dict[str, Path]:
     f16 = hf.parent / "f16.gguf"
     convert = [sys.executable, str(sources / "convert_hf_to_gguf.py"), str(hf)]
     paths = [str(sources / "gguf-py"), os.environ.get("PYTHONPATH", "")]
-    subprocess.run(
-        [*convert, "--outfile", str(f16), "--outtype", "f16"],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)},
-    )
-    quantize = binary.parent / "llama-quantize"
-    for kind, path in files.items():
+    try:
         subprocess.run(
-            [str(quantize), str(f16), str(path), kind, "2"],
+            [*convert, "--outfile", str(f16), "--outtype", "f16"],
             check=True,
             capture_output=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)},
         )
-    f16.unlink()
+        quantize = binary.parent / "llama-quantize"
+        for kind, path in files.items():
+            partial = path.with_suffix(".partial")
+            subprocess.run(
+                [str(quantize), str(f16), str(partial), kind, "2"],
+                check=True,
+                capture_output=True,
+            )
+            partial.rename(path)
+    finally:
+        f16.unlink(missing_ok=True)
     return files
 
 
@@ -185,9 +190,10 @@ def measure(home: Path, llama: Path | None = None) -> list[dict[str, Any]]:
             print(f"  llama.cpp side skipped: {reason}", file=sys.stderr)
             return rows
         for kind, gguf in ggufs.items():
+            # Built every run (seconds): a graph kept from older code could hold
+            # other weights (a head of ORT's blocks where the file's are read now).
             graph = out / f"int4-{kind.lower()}" / "model.onnx"
-            if not graph.is_file():
-                build_graph(hf, graph.parent, "int4", gguf=gguf)
+            build_graph(hf, graph.parent, "int4", gguf=gguf)
             tiger = f"Tiger int4 (the GGUF's {kind} blocks)"
             rows.append({"engine": tiger, **tiger_speed(graph)})
             peer = f"llama.cpp {kind} (llama-server)"

@@ -19,7 +19,8 @@ an fp16 scale `d`:
   8-bit integer), so the weights are the file's to float32 rounding.
 
 Only the element order differs: ggml keeps elements j and j + 16 in byte j (in
-the K-quants, each 32-byte run holds two sub-blocks, low and high nibbles), ORT
+the K-quants, each run of 32 bytes, 64 in Q6_K, holds two runs of elements, low
+and high nibbles), ORT
 elements 2j and 2j + 1. llama.cpp's converter also permutes the rows of the query
 and key projections (its rotary layout); they are put back as transformers does.
 Other block types (Q2_K, Q3_K, the IQ types) are not read here: their weights take
@@ -83,7 +84,10 @@ def join(parts: list[Blocks]) -> Blocks:
     offsets = None
     if any(b.offsets is not None for b in parts):
         offsets = np.concatenate(
-            [b.offsets if b.offsets is not None else 0 * b.scales for b in parts]
+            [
+                b.offsets if b.offsets is not None else np.zeros_like(b.scales)
+                for b in parts
+            ]
         )
     return Blocks(
         "+".join(b.kind for b in parts),
@@ -96,7 +100,8 @@ def join(parts: list[Blocks]) -> Blocks:
 
 
 class GgufBlocks:
-    """The Q4_0/Q4_1/Q8_0 projections of a Llama GGUF file, by HF parameter name."""
+    """The blocks of a Llama GGUF file's projections and head, by HF parameter
+    name, for the types read here (`EXACT_BLOCKS`)."""
 
     def __init__(self, path: Path, heads: int, kv_heads: int) -> None:
         from gguf import GGUFReader

@@ -95,7 +95,8 @@ class _Decoder:
             )
             return out
         found = [self._blocks(key) for key in keys]
-        k = min(inputs for _, inputs in found)
+        k = found[0][1]  # the packed weights share their input
+        assert all(inputs == k for _, inputs in found), (name, keys)
         groups: list[list[Blocks]] = []
         for blocks, _ in found:
             if groups and groups[-1][0].form == blocks.form:
