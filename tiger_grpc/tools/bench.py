@@ -48,6 +48,7 @@ from .bench_keys import targets as keys_targets
 from .bench_peers import hf_baselines
 from .bench_quality import markdown as quality_markdown
 from .bench_quality import measure as measure_quality
+from .bench_quality import measure_kquant
 from .bench_quality import targets as quality_targets
 from .bench_report import chart, chat_markdown, chat_targets, markdown, targets
 from .bench_scale import markdown as scale_markdown
@@ -294,11 +295,18 @@ def main() -> None:
     keys = measure_keys(default_home(), 2.0 if args.quick else 4.0)
     print("  quality of every precision against fp32...", file=sys.stderr)
     quality_rows = measure_quality(default_home(), 512 if args.quick else None)
+    kquant_rows = []
+    if args.llama_server:
+        print("  a Q4_K_M file's graphs against its weights...", file=sys.stderr)
+        kquant_rows = measure_kquant(
+            default_home(), args.llama_server, 512 if args.quick else None
+        )
     scale_rows = []
     if not args.quick:
         print("  a 1B model, Tiger against llama.cpp...", file=sys.stderr)
         scale_rows = measure_scale(default_home(), args.llama_server)
-    _write(args, rows, chat_rows, (structured, keys), quality_rows, scale_rows)
+    quality = (quality_rows, kquant_rows)
+    _write(args, rows, chat_rows, (structured, keys), quality, scale_rows)
 
 
 def _write(
@@ -306,12 +314,14 @@ def _write(
     rows: list[dict[str, Any]],
     chat_rows: list[dict[str, Any]],
     extra: tuple[dict[str, Any], dict[str, Any]],
-    quality_rows: list[dict[str, Any]],
+    quality: tuple[list[dict[str, Any]], list[dict[str, Any]]],
     scale_rows: list[dict[str, Any]],
 ) -> None:
     """bench.json, bench.md and bench.png under `args.out`; the tables printed.
-    `extra`: the structured-output and key-check rows."""
+    `extra`: the structured-output and key-check rows; `quality`: the embedded
+    model's precisions and the Q4_K_M file's graphs."""
     structured, keys = extra
+    quality_rows, kquant_rows = quality
     meta = {
         "model": DEFAULT_MODEL_ID,
         "precision": args.precision,
@@ -342,6 +352,7 @@ def _write(
         "structured": structured,
         "keys": keys,
         "quality": quality_rows,
+        "quality_q4_k_m": kquant_rows,
         "scale": scale_rows,
         "targets": met,
     }
@@ -349,7 +360,7 @@ def _write(
     tables = [markdown(rows, meta), chat_markdown(chat_rows)]
     tables.append(structured_markdown(structured))
     tables.append(keys_markdown(keys))
-    tables.append(quality_markdown(quality_rows))
+    tables.append(quality_markdown(quality_rows, kquant_rows))
     if scale_rows:
         tables.append(scale_markdown(scale_rows))
     table = "\n".join(tables)

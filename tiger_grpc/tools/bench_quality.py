@@ -6,12 +6,19 @@ own blocks (the default) and quantized again by ORT from the dequantized weights
 (what the int4 graph was before). The graphs are built into a scratch directory
 from the store's weights; the store is not touched.
 
-`python -m tiger_grpc.tools.bench_quality [--tokens N]` runs it alone.
+With llama.cpp's binaries (`--llama-server PATH`: `llama-quantize` is next to
+it), a Q4_K_M file is made from the embedded GGUF (`--allow-requantize`), and its
+int4 graphs, from its own blocks and from ORT's quantizer, are measured against
+the file's own weights in fp32 (its fused fp32 graph): what a K-quant import gets.
+
+`python -m tiger_grpc.tools.bench_quality [--tokens N] [--llama-server PATH]`
+runs it alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +31,7 @@ from ..engine.fused import FusedCausalLM
 from ..engine.optimum import OnnxCausalLM
 from ..models import quality
 from ..models.embedded import DEFAULT_MODEL_ID, ensure_default_model, find_gguf
+from ..models.fromgguf import convert_gguf
 from ..models.loaded import load_tokenizer
 from ..models.pipeline import build_graph
 from ..models.store import HF_DIR, ModelStore
@@ -75,6 +83,50 @@ def measure(home: Path, tokens: int | None = None) -> list[dict[str, Any]]:
     return rows
 
 
+def measure_kquant(
+    home: Path, llama_server: Path, tokens: int | None = None
+) -> list[dict[str, Any]]:
+    """A Q4_K_M file of the embedded model: its int4 graph from its own blocks and
+    from ORT's quantizer, against its own weights in fp32."""
+    store = ModelStore(home)
+    ensure_default_model(store, "int4")
+    tokenizer = load_tokenizer(str(store.path(DEFAULT_MODEL_ID) / HF_DIR))
+    ids = quality.held_out_ids(tokenizer, tokens)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tiger-kquant-") as scratch:
+        gguf, hf = Path(scratch) / "q4_k_m.gguf", Path(scratch) / "hf"
+        quantize = [str(llama_server.parent / "llama-quantize"), "--allow-requantize"]
+        subprocess.run(
+            [*quantize, str(find_gguf()), str(gguf), "Q4_K_M", "2"],
+            check=True,
+            capture_output=True,
+        )
+        convert_gguf(gguf, hf)
+        build_graph(hf, Path(scratch) / "fp32", "fp32")
+        fp32 = FusedCausalLM(
+            Path(scratch) / "fp32" / "model.onnx", Device.CPU, 1, len(ids) + 1
+        )
+        reference = quality.fused_logits(fp32, ids)
+        for name, exact in (("its own blocks", True), ("ORT's int4 over them", False)):
+            out = Path(scratch) / ("gguf" if exact else "ort")
+            how = build_graph(hf, out, "int4", gguf=gguf if exact else None)
+            model = FusedCausalLM(out / "model.onnx", Device.CPU, 1, len(ids) + 1)
+            measured = quality.compare(reference, quality.fused_logits(model, ids), ids)
+            rows.append(
+                {
+                    "graph": f"Q4_K_M file, {name}",
+                    "quantization": how,
+                    "tokens": measured.tokens,
+                    "top1": measured.top1,
+                    "kl": measured.kl,
+                    "perplexity": measured.perplexity,
+                    "perplexity_ratio": measured.perplexity_ratio,
+                    "decode_step_ms": _step_ms(model, ids),
+                }
+            )
+    return rows
+
+
 def _step_ms(model: FusedCausalLM, ids: list[int]) -> float:
     """The median of three runs of `STEPS` single-sequence decode steps."""
     runs = []
@@ -87,12 +139,30 @@ def _step_ms(model: FusedCausalLM, ids: list[int]) -> float:
     return float(np.median(runs))
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+def markdown(
+    rows: list[dict[str, Any]], kquant: list[dict[str, Any]] | None = None
+) -> str:
     tokens = rows[0]["tokens"] if rows else 0
     lines = [
         f"Quality against the fp32 optimum export, teacher-forced on {tokens} "
         "held-out tokens; decode step: one sequence, in-process",
         "",
+        *_table(rows),
+        *target_lines(targets(rows), digits=4),
+    ]
+    if kquant:
+        lines += [
+            "",
+            "A Q4_K_M file made from the embedded GGUF, against its own weights "
+            "in fp32 (its fused fp32 graph), the same text",
+            "",
+            *_table(kquant),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
         "| graph | top-1 agreement | KL (nats/token) | perplexity | ratio | "
         "decode step ms |",
         "|---|---:|---:|---:|---:|---:|",
@@ -103,7 +173,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"{r['perplexity']:.2f} | {r['perplexity_ratio']:.4f} | "
             f"{r['decode_step_ms']:.2f} |"
         )
-    return "\n".join([*lines, *target_lines(targets(rows), digits=4)]) + "\n"
+    return lines
 
 
 def targets(rows: list[dict[str, Any]]) -> list[tuple[str, float, str, bool]]:
@@ -119,9 +189,13 @@ def targets(rows: list[dict[str, Any]]) -> list[tuple[str, float, str, bool]]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="tiger-bench-quality", description=__doc__)
     parser.add_argument("--tokens", type=int, default=None)
+    parser.add_argument("--llama-server", type=Path, default=None)
     args = parser.parse_args()
     rows = measure(default_home(), args.tokens)
-    print(markdown(rows))
+    kquant = None
+    if args.llama_server:
+        kquant = measure_kquant(default_home(), args.llama_server, args.tokens)
+    print(markdown(rows, kquant))
 
 
 if __name__ == "__main__":
