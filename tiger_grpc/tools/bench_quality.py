@@ -63,23 +63,9 @@ def measure(home: Path, tokens: int | None = None) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="tiger-quality-") as scratch:
         for name, precision, exact in GRAPHS:
             out = Path(scratch) / name.split()[0] / ("gguf" if exact else "ort")
-            how = build_graph(
-                model_dir / HF_DIR, out, precision, gguf=find_gguf() if exact else None
-            )
-            model = FusedCausalLM(out / "model.onnx", Device.CPU, 1, len(ids) + 1)
-            measured = quality.compare(reference, quality.fused_logits(model, ids), ids)
-            rows.append(
-                {
-                    "graph": name,
-                    "quantization": how,
-                    "tokens": measured.tokens,
-                    "top1": measured.top1,
-                    "kl": measured.kl,
-                    "perplexity": measured.perplexity,
-                    "perplexity_ratio": measured.perplexity_ratio,
-                    "decode_step_ms": _step_ms(model, ids),
-                }
-            )
+            gguf = find_gguf() if exact else None
+            graph = (model_dir / HF_DIR, out, precision, gguf)
+            rows.append(_row(name, graph, reference, ids))
     return rows
 
 
@@ -109,22 +95,33 @@ def measure_kquant(
         reference = quality.fused_logits(fp32, ids)
         for name, exact in (("its own blocks", True), ("ORT's int4 over them", False)):
             out = Path(scratch) / ("gguf" if exact else "ort")
-            how = build_graph(hf, out, "int4", gguf=gguf if exact else None)
-            model = FusedCausalLM(out / "model.onnx", Device.CPU, 1, len(ids) + 1)
-            measured = quality.compare(reference, quality.fused_logits(model, ids), ids)
-            rows.append(
-                {
-                    "graph": f"Q4_K_M file, {name}",
-                    "quantization": how,
-                    "tokens": measured.tokens,
-                    "top1": measured.top1,
-                    "kl": measured.kl,
-                    "perplexity": measured.perplexity,
-                    "perplexity_ratio": measured.perplexity_ratio,
-                    "decode_step_ms": _step_ms(model, ids),
-                }
-            )
+            graph = (hf, out, "int4", gguf if exact else None)
+            rows.append(_row(f"Q4_K_M file, {name}", graph, reference, ids))
     return rows
+
+
+def _row(
+    name: str,
+    graph: tuple[Path, Path, str, Path | None],
+    reference: np.ndarray,
+    ids: list[int],
+) -> dict[str, Any]:
+    """Builds `graph` (HF weights, out, precision, GGUF file) and measures it on
+    `ids` against the `reference` logits."""
+    hf, out, precision, gguf = graph
+    how = build_graph(hf, out, precision, gguf=gguf)
+    model = FusedCausalLM(out / "model.onnx", Device.CPU, 1, len(ids) + 1)
+    measured = quality.compare(reference, quality.fused_logits(model, ids), ids)
+    return {
+        "graph": name,
+        "quantization": how,
+        "tokens": measured.tokens,
+        "top1": measured.top1,
+        "kl": measured.kl,
+        "perplexity": measured.perplexity,
+        "perplexity_ratio": measured.perplexity_ratio,
+        "decode_step_ms": _step_ms(model, ids),
+    }
 
 
 def _step_ms(model: FusedCausalLM, ids: list[int]) -> float:
