@@ -230,14 +230,26 @@ def copy_vetted(checkpoint: Checkpoint, target: Path) -> None:
             raise InvalidArgumentError(
                 f"{name} changed into a link out of the checkpoint"
             )
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(descriptor, "rb") as src, (target / name).open("wb") as dst:
-            if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
-                raise InvalidArgumentError(f"{name} is no longer a regular file")
-            shutil.copyfileobj(src, dst, 16 << 20)
+        copy_file(path, target / name)
     copied = vet_checkpoint(target)
     if copied.files != checkpoint.files:
         raise InvalidArgumentError("the checkpoint changed while it was imported")
+
+
+def copy_file(path: Path, target: Path) -> None:
+    """Copies a vetted file's bytes to `target`, opened without following a last
+    symlink: a file swapped for a link (or anything but a regular file) since it
+    was vetted is refused."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        raise InvalidArgumentError(
+            f"{path.name} changed into a link or vanished since it was vetted"
+        ) from None
+    with os.fdopen(descriptor, "rb") as src, target.open("wb") as dst:
+        if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+            raise InvalidArgumentError(f"{path.name} is no longer a regular file")
+        shutil.copyfileobj(src, dst, 16 << 20)
 
 
 def _check_shapes(config: dict[str, Any], weights: list[Path]) -> None:

@@ -11,16 +11,14 @@ the store, vetted again (the user's file may change after it was vetted).
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import stat
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..api.errors import InvalidArgumentError
 from ..models.fromgguf import Array, read_header
-from .checkpoint import Checkpoint, check_config, vet_checkpoint
+from .checkpoint import Checkpoint, check_config, copy_file, vet_checkpoint
 
 
 @dataclass(frozen=True)
@@ -68,9 +66,7 @@ def vet_gguf(path: Path) -> GgufCheckpoint:
                 f"{path.name}: its {name} token id {value!r} is outside its vocabulary"
             )
     _check_tensors(path.name, config, tensors)
-    kinds: dict[str, int] = {}
-    for tensor in tensors.values():
-        kinds[tensor.kind] = kinds.get(tensor.kind, 0) + 1
+    kinds = dict(Counter(tensor.kind for tensor in tensors.values()))
     parameters = sum(math.prod(t.shape) for t in tensors.values())
     return GgufCheckpoint(path, config, kinds, parameters)
 
@@ -116,18 +112,7 @@ def copy_gguf(vetted: GgufCheckpoint, target: Path) -> GgufCheckpoint:
     """Copies the vetted file's bytes to `target` (opened without following a last
     symlink, so a file swapped for a link since it was vetted is refused) and vets
     the copy, which must be the file that was vetted."""
-    try:
-        descriptor = os.open(vetted.path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        raise InvalidArgumentError(
-            f"{vetted.path.name} changed into a link or vanished since it was vetted"
-        ) from None
-    with os.fdopen(descriptor, "rb") as src, target.open("wb") as dst:
-        if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
-            raise InvalidArgumentError(
-                f"{vetted.path.name} is no longer a regular file"
-            )
-        shutil.copyfileobj(src, dst, 16 << 20)
+    copy_file(vetted.path, target)
     copy = vet_gguf(target)
     if (copy.config, copy.kinds, copy.parameters) != (
         vetted.config,

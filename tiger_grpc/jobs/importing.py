@@ -104,7 +104,6 @@ def run_import(
         [precision],
         Reporting(say=say, tick=say, cancel=cancel, engine="CUDA" if cuda else "CPU"),
         export_as=(dtype, export_device),
-        gguf=Path(SOURCE_GGUF) if isinstance(checkpoint, GgufCheckpoint) else None,
     )
     emit(Imported(out_id, int((time.monotonic() - started) * 1000)))
 

@@ -133,8 +133,8 @@ def build_model(
 ) -> ModelManifest:
     """Builds `model_id` into the store: `write_hf(dir)` writes the checkpoint, then
     the export (`export_as`: its dtype and device), a fused graph per precision
-    (from `gguf`'s own blocks where they fit: see `build_graph`; a relative path is
-    a file `write_hf` put in the model's directory, kept there), `check(scratch)`
+    (from `gguf`'s own blocks where they fit: see `build_graph`; by default the
+    GGUF file `write_hf` kept in the model's directory, if it did), `check(scratch)`
     if given, and the manifest; renamed into place at the end."""
     with store.lock(model_id), store.staging(model_id) as scratch:
         hf_dir = scratch / HF_DIR
@@ -142,10 +142,10 @@ def build_model(
         stop_if_cancelled(report.cancel)
         export(hf_dir, scratch / ONNX_DIR, *export_as, report)
         quantization = {}
+        blocks = gguf or kept_gguf(scratch)
         for precision in precisions:
             stop_if_cancelled(report.cancel)
             out = scratch / graph_dir(precision)
-            blocks = scratch / gguf if gguf and not gguf.is_absolute() else gguf
             quantization[precision] = build_graph(
                 hf_dir, out, precision, report, blocks
             )
@@ -168,6 +168,12 @@ def build_model(
     return manifest
 
 
+def kept_gguf(model_dir: Path) -> Path | None:
+    """The GGUF file an import kept in a model's directory, if it has one."""
+    kept = model_dir / SOURCE_GGUF
+    return kept if kept.is_file() else None
+
+
 def add_graph(
     store: ModelStore,
     model_id: str,
@@ -179,8 +185,7 @@ def add_graph(
     `gguf`: see `build_graph`; by default the GGUF file an import kept), replacing
     one it has; hold `store.lock(model_id)`."""
     hf_dir = store.path(model_id) / HF_DIR
-    kept = store.path(model_id) / SOURCE_GGUF
-    gguf = gguf or (kept if kept.is_file() else None)
+    gguf = gguf or kept_gguf(store.path(model_id))
     return store.add_fused_graph(
         model_id,
         precision,

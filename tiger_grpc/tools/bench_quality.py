@@ -18,7 +18,6 @@ runs it alone.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from ..models.loaded import load_tokenizer
 from ..models.pipeline import build_graph
 from ..models.store import HF_DIR, ModelStore
 from .bench_report import target_lines
+from .bench_scale import llama_quantize
 
 # (row name, precision, from the GGUF's blocks)
 GRAPHS = [
@@ -81,12 +81,7 @@ def measure_kquant(
     rows = []
     with tempfile.TemporaryDirectory(prefix="tiger-kquant-") as scratch:
         gguf, hf = Path(scratch) / "q4_k_m.gguf", Path(scratch) / "hf"
-        quantize = [str(llama_server.parent / "llama-quantize"), "--allow-requantize"]
-        subprocess.run(
-            [*quantize, str(find_gguf()), str(gguf), "Q4_K_M", "2"],
-            check=True,
-            capture_output=True,
-        )
+        llama_quantize(llama_server, find_gguf(), gguf, "Q4_K_M", "--allow-requantize")
         convert_gguf(gguf, hf)
         build_graph(hf, Path(scratch) / "fp32", "fp32")
         fp32 = FusedCausalLM(

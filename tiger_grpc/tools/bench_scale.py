@@ -64,9 +64,30 @@ TOKENIZER_FILES = (
 STEPS, RUNS, STREAMS = 48, 3, 8
 PROMPT = [504, 3777, 253, 655, 28, 1345, 30, 216]  # token ids (llama.cpp takes them)
 TIGER_ORT = "Tiger int4 (ORT's quantizer)"
-TIGER_Q4_0 = "Tiger int4 (the GGUF's Q4_0 blocks)"
-LLAMA_Q4_0 = "llama.cpp Q4_0 (llama-server)"
 QUANTS = ("Q4_0", "Q4_K_M")  # llama-quantize's names
+
+
+def tiger_row(kind: str) -> str:
+    return f"Tiger int4 (the GGUF's {kind} blocks)"
+
+
+def llama_row(kind: str) -> str:
+    return f"llama.cpp {kind} (llama-server)"
+
+
+def llama_quantize(
+    binary: Path, source: Path, target: Path, kind: str, *more: str
+) -> None:
+    """llama.cpp's `llama-quantize` (next to `binary`, llama-server) of `source` to
+    `kind`, written under another name and renamed when whole."""
+    partial = target.with_suffix(".partial")
+    subprocess.run(
+        [str(binary.parent / "llama-quantize"), *more, str(source), str(partial)]
+        + [kind, "2"],
+        check=True,
+        capture_output=True,
+    )
+    partial.rename(target)
 
 
 def checkpoint(home: Path) -> Path:
@@ -126,15 +147,8 @@ def llama_ggufs(binary: Path, hf: Path) -> dict[str, Path]:
             capture_output=True,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)},
         )
-        quantize = binary.parent / "llama-quantize"
         for kind, path in files.items():
-            partial = path.with_suffix(".partial")
-            subprocess.run(
-                [str(quantize), str(f16), str(partial), kind, "2"],
-                check=True,
-                capture_output=True,
-            )
-            partial.rename(path)
+            llama_quantize(binary, f16, path, kind)
     finally:
         f16.unlink(missing_ok=True)
     return files
@@ -194,10 +208,8 @@ def measure(home: Path, llama: Path | None = None) -> list[dict[str, Any]]:
             # other weights (a head of ORT's blocks where the file's are read now).
             graph = out / f"int4-{kind.lower()}" / "model.onnx"
             build_graph(hf, graph.parent, "int4", gguf=gguf)
-            tiger = f"Tiger int4 (the GGUF's {kind} blocks)"
-            rows.append({"engine": tiger, **tiger_speed(graph)})
-            peer = f"llama.cpp {kind} (llama-server)"
-            rows.append({"engine": peer, **llama_speed(llama, gguf)})
+            rows.append({"engine": tiger_row(kind), **tiger_speed(graph)})
+            rows.append({"engine": llama_row(kind), **llama_speed(llama, gguf)})
     return rows
 
 
@@ -206,13 +218,21 @@ def _spread(values: list[float]) -> str:
     return f"{mid:.1f} ({low:.1f}-{high:.1f})"
 
 
-def targets(rows: list[dict[str, Any]]) -> list[tuple[str, float, str, bool]]:
+def _ratios(rows: list[dict[str, Any]], kind: str) -> tuple[float, float] | None:
+    """Tiger over llama.cpp on the `kind` file, one stream and eight (medians)."""
     by = {r["engine"]: r for r in rows}
-    tiger, llama = by.get(TIGER_Q4_0), by.get(LLAMA_Q4_0)
+    tiger, llama = by.get(tiger_row(kind)), by.get(llama_row(kind))
     if tiger is None or llama is None:
-        return []
+        return None
     one = float(np.median(tiger["one"]) / np.median(llama["one"]))
-    eight = float(np.median(tiger["eight"]) / np.median(llama["eight"]))
+    return one, float(np.median(tiger["eight"]) / np.median(llama["eight"]))
+
+
+def targets(rows: list[dict[str, Any]]) -> list[tuple[str, float, str, bool]]:
+    found = _ratios(rows, "Q4_0")
+    if found is None:
+        return []
+    one, eight = found
     return [
         ("1B one stream: Tiger / llama.cpp Q4_0", one, ">= 1.0", one >= 1.0),
         ("1B aggregate at 8: Tiger / llama.cpp Q4_0", eight, ">= 1.3", eight >= 1.3),
@@ -229,14 +249,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         lines.append(f"| {r['engine']} | {_spread(r['one'])} | {_spread(r['eight'])} |")
-    by = {r["engine"]: r for r in rows}
-    tiger = by.get("Tiger int4 (the GGUF's Q4_K_M blocks)")
-    llama = by.get("llama.cpp Q4_K_M (llama-server)")
-    if tiger and llama:
-        one, eight = (
-            float(np.median(tiger[key]) / np.median(llama[key]))
-            for key in ("one", "eight")
-        )
+    k_quants = _ratios(rows, "Q4_K_M")
+    if k_quants is not None:
+        one, eight = k_quants
         lines += [
             "",
             f"Q4_K_M (no target): Tiger / llama.cpp {one:.2f} on one stream, "

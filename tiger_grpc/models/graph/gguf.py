@@ -256,7 +256,7 @@ def _q6_k(raw: np.ndarray) -> Blocks:
     high = ((qh >> shifts) & 3).reshape(*raw.shape[:-1], 8, 32)
     q = (low | (high << 4)) + np.uint8(128 - 32)
     sc = raw[..., 192:208].view(np.int8).astype(np.float32)
-    d = raw[..., 208:210].copy().view(np.float16).astype(np.float32)
+    d = _half(raw, 208)[..., None]
     return Blocks(
         "Q6_K", 8, q.reshape(rows, -1, 16), (d * sc).reshape(rows, -1), None, 16
     )

@@ -10,6 +10,7 @@ the same buffers as the past.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -97,12 +98,8 @@ class _Decoder:
         found = [self._blocks(key) for key in keys]
         k = found[0][1]  # the packed weights share their input
         assert all(inputs == k for _, inputs in found), (name, keys)
-        groups: list[list[Blocks]] = []
-        for blocks, _ in found:
-            if groups and groups[-1][0].form == blocks.form:
-                groups[-1].append(blocks)
-            else:
-                groups.append([blocks])
+        runs = itertools.groupby((blocks for blocks, _ in found), lambda b: b.form)
+        groups = [list(run) for _, run in runs]
         if len(groups) == 1:
             return self._exact(value, join(groups[0]), name, rank, k)
         outs = [
