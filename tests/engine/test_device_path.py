@@ -330,8 +330,7 @@ def test_cuda_asked_for_and_not_had_is_refused_with_the_reason(
     store_home, tiny_model, monkeypatch
 ) -> None:
     """ORT quietly falls back to CPU when CUDA cannot load: the session is
-    refused for `cuda` (and the server will not start), a warning for `auto`; a
-    graph CUDA's kernels do not serve is refused before anything runs."""
+    refused for `cuda` (and the server will not start), a warning for `auto`."""
     import onnxruntime as ort
 
     from tiger_grpc.engine import providers
@@ -345,13 +344,33 @@ def test_cuda_asked_for_and_not_had_is_refused_with_the_reason(
     assert in_use(session, Device.AUTO, "the graph") == "CPUExecutionProvider"
     monkeypatch.setattr(providers, "why_not_cuda", lambda: "no NVIDIA driver here")
     with pytest.raises(DeviceError, match="TIGER_DEVICE=cuda, but no NVIDIA driver"):
-        check_device(Device.CUDA, "fp16")
-    check_device(Device.AUTO, "int4")  # on CPU: said, not refused
+        check_device(Device.CUDA)
+    check_device(Device.AUTO)  # on CPU: said, not refused
     monkeypatch.setattr(providers, "why_not_cuda", lambda: None)
-    for precision in ("int4", "int8", "fp32"):
-        with pytest.raises(DeviceError, match="set TIGER_PRECISION=fp16"):
-            check_device(Device.CUDA, precision)
-    check_device(Device.CUDA, "fp16")
+    check_device(Device.CUDA)
+
+
+def test_on_cuda_every_precision_has_fp16_activations(monkeypatch) -> None:
+    """ORT's CUDA attention is fp16/bf16 only: on CUDA int4 and int8 are their
+    fp16-activation graphs, fp32 is refused with the reason, and a model's float32
+    graphs are passed over; on CPU each precision is itself."""
+    from tiger_grpc.models import precision as p
+
+    assert p.resolve_precision("int4", Device.CPU) == "int4"
+    assert p.resolve_precision("int8", Device.CPU) == "int8"
+    assert p.resolve_precision(None, Device.CPU) == "int4"
+    monkeypatch.setattr(p, "choose_providers", lambda d: [p.CUDA])
+    assert p.resolve_precision("int4", Device.CUDA) == "int4-fp16"
+    assert p.resolve_precision("int8", Device.CUDA) == "int8-fp16"
+    assert p.resolve_precision("int4-fp16", Device.CUDA) == "int4-fp16"
+    assert p.resolve_precision(None, Device.CUDA) == "fp16"
+    with pytest.raises(ValueError, match="fp32 does not serve there"):
+        p.resolve_precision("fp32", Device.CUDA)
+    with pytest.raises(ValueError, match="must be one of"):
+        p.resolve_precision("int3", Device.CUDA)
+    on_cuda = [name for name in p.PRECISIONS if p.runs_on(name, p.CUDA)]
+    assert on_cuda == ["fp16", "int8-fp16", "int4-fp16"]
+    assert all(p.runs_on(name, "CPUExecutionProvider") for name in p.PRECISIONS)
 
 
 def test_a_failed_device_zeroing_never_falls_back_to_a_host_copy(monkeypatch) -> None:

@@ -47,18 +47,13 @@ def cuda_can_load() -> bool:
     return why_not_cuda() is None
 
 
-def check_device(device: Device, precision: str) -> None:
-    """At start: `cuda` that cannot get CUDA, or a graph CUDA's kernels do not
-    serve, is a `DeviceError` with the reason; `auto` on CPU says why."""
+def check_device(device: Device) -> None:
+    """At start: `cuda` that cannot get CUDA is a `DeviceError` with the reason;
+    `auto` on CPU says why. (A precision CUDA does not serve is refused where it is
+    resolved: `models.precision`.)"""
     reason = why_not_cuda()
     if device is Device.CUDA and reason is not None:
         raise DeviceError(f"TIGER_DEVICE=cuda, but {reason}")
-    if device is not Device.CPU and reason is None and precision != "fp16":
-        raise DeviceError(
-            f"on CUDA only the fp16 fused graph runs (ORT's CUDA GroupQueryAttention "
-            f"is fp16/bf16 only; an {precision} graph would put attention on the "
-            "CPU): set TIGER_PRECISION=fp16, or TIGER_DEVICE=cpu"
-        )
     if device is Device.AUTO and reason is not None:
         log.info("running on CPU: %s", reason)
 

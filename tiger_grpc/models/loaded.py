@@ -13,7 +13,7 @@ from ..engine.scheduler import BatchScheduler
 from ..engine.sequence import Scheduler
 from ..engine.serial import SerialScheduler
 from ..engine.tokens import TokenTexts
-from .precision import FIDELITY, default_precision
+from .precision import FIDELITY, default_precision, runs_on
 from .store import ModelManifest
 
 
@@ -36,9 +36,12 @@ class LoadedModel:
         self._texts: TokenTexts | None = None
         graphs = manifest.fused_graphs
         # The configured precision, else the device's own (fp16 on CUDA), else the
-        # closest to the weights the model has.
+        # closest to the weights the model has, of those that serve on `provider`.
         preference = (options.precision, default_precision(provider), *FIDELITY)
-        fused = next((graphs[p] for p in preference if p in graphs), None)
+        fused = next(
+            (graphs[p] for p in preference if p in graphs and runs_on(p, provider)),
+            None,
+        )
         self.scheduler: Scheduler
         if fused is not None:
             runner = FusedCausalLM(

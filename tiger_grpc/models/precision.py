@@ -11,22 +11,33 @@ from ..engine.providers import CUDA, choose_providers
 # Weight precision -> (quantized bits or None, float type of activations and cache).
 # int4 is the CPU default and the fastest there; int8 stays closer to fp32 (on the
 # embedded model, top-1 agreement with fp32 of ~93% against ~73% for int4; see
-# tests/engine/test_quality.py) at ~3/4 the speed. fp16 is the CUDA graph.
+# tests/engine/test_quality.py) at ~3/4 the speed. fp16 is the CUDA graph. On CUDA
+# every graph has fp16 activations and cache (ORT's CUDA GroupQueryAttention is
+# fp16/bf16 only), so int4 and int8 mean int4-fp16 and int8-fp16 there.
 GRAPH_TYPES: dict[str, tuple[int | None, type]] = {
     "int8": (8, np.float32),
     "int4": (4, np.float32),
     "fp16": (None, np.float16),
     "fp32": (None, np.float32),
+    "int8-fp16": (8, np.float16),
+    "int4-fp16": (4, np.float16),
 }
 PRECISIONS = tuple(GRAPH_TYPES)
-FIDELITY = ("fp32", "fp16", "int8", "int4")  # closest to the source weights first
+ON_CUDA = {"int8": "int8-fp16", "int4": "int4-fp16"}
+# Closest to the source weights first; on CPU, the fp16-activation graphs last.
+FIDELITY = ("fp32", "fp16", "int8", "int4", "int8-fp16", "int4-fp16")
 CPU_DEFAULT, CUDA_DEFAULT = "int4", "fp16"
 
 
 def default_precision(provider: str) -> str:
-    """fp16 where the CUDA provider runs (its attention kernel is fp16/bf16 only),
-    int4 on CPU."""
+    """fp16 where the CUDA provider runs, int4 on CPU."""
     return CUDA_DEFAULT if provider == CUDA else CPU_DEFAULT
+
+
+def runs_on(precision: str, provider: str) -> bool:
+    """Whether a graph of `precision` serves on `provider`: on CUDA, only those
+    with fp16 activations (float32 ones would put attention on the CPU)."""
+    return provider != CUDA or GRAPH_TYPES[precision][1] is np.float16
 
 
 def checked(precision: str, source: str = "TIGER_PRECISION") -> str:
@@ -40,10 +51,22 @@ def checked(precision: str, source: str = "TIGER_PRECISION") -> str:
 
 def resolve_precision(requested: str | None, device: Device) -> str:
     """The precision to serve: `requested` (TIGER_PRECISION or a flag) when it is one
-    (a `ValueError` naming the choices if not), else the device's default."""
-    if requested:
-        return checked(requested)
-    return default_precision(choose_providers(device)[0])
+    (a `ValueError` naming the choices if not), else the device's default. On CUDA,
+    int4 and int8 are their fp16-activation graphs, and fp32 a `ValueError`."""
+    provider = choose_providers(device)[0]
+    if not requested:
+        return default_precision(provider)
+    precision = checked(requested)
+    if provider == CUDA:
+        precision = ON_CUDA.get(precision, precision)
+        if not runs_on(precision, provider):
+            raise ValueError(
+                f"on CUDA the fused graphs have fp16 activations (ORT's CUDA "
+                f"GroupQueryAttention is fp16/bf16 only), so {precision} does not "
+                "serve there: set TIGER_PRECISION to fp16, int8 or int4, or "
+                "TIGER_DEVICE=cpu"
+            )
+    return precision
 
 
 def graph_dir(precision: str) -> str:

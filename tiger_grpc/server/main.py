@@ -190,8 +190,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[ServerConfig, Path | No
         parser.error("--tls-cert and --tls-key go together")
     device = Device(args.device)
     try:
+        check_device(device)
         precision = resolve_precision(args.precision, device)
-        check_device(device, precision)
         attention = cuda_attention(env)
     except (ValueError, DeviceError) as exc:
         parser.error(str(exc))

@@ -129,12 +129,13 @@ class _Decoder:
         unless the last is padded); with offsets (Q4_1's and the like), plus the
         sums of each block of inputs times the offsets (see `gguf`)."""
         n, k_blocks = blocks.scales.shape
+        scales = blocks.scales.astype(self.dtype)  # the activations' type
         (out,) = self.g.op(
             "MatMulNBits",
             [
                 value,
                 self.g.weight(f"{name}.weight_Q{blocks.bits}", blocks.packed),
-                self.g.weight(f"{name}.weight_scales", blocks.scales),
+                self.g.weight(f"{name}.weight_scales", scales),
             ],
             domain=MS,
             name=name,
