@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from tiger_grpc.tools.gpu_check import attention_nodes, attention_times, compare, main
 
@@ -30,6 +31,27 @@ def test_the_dry_run_writes_its_report(tmp_path) -> None:
     assert report["cuda_attention"] == "flash"
     assert {a["provider"] for a in report["attention"]} == {"CPUExecutionProvider"}
     assert "within fp16 tolerance (0.05): yes" in (out / "check.md").read_text()
+
+
+def test_the_dry_run_checks_the_int4_graph_cuda_serves(tmp_path) -> None:
+    """`--precision int4` checks what int4 is on CUDA: int4 weights with fp16
+    activations and cache, every MatMulNBits among the calls compared."""
+    import onnx
+
+    out = tmp_path / "out"
+    argv = ["--device", "cpu", "--no-8b", "--precision", "int4"]
+    main([*argv, "--out", str(out), "--workdir", str(tmp_path)])
+    report = json.loads((out / "check.json").read_text())
+    assert report["precision"] == "int4-fp16"
+    assert report["logits_against_cpu"]["within_tolerance"]
+    graph = onnx.load(
+        tmp_path / "tiny-random-int4-fp16" / "model.onnx", load_external_data=False
+    )
+    ops = {node.op_type for node in graph.graph.node}
+    assert "MatMulNBits" in ops and "MatMul" not in ops
+    assert graph.graph.input[3].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    with pytest.raises(SystemExit):
+        main(["--device", "cpu", "--precision", "fp32", "--out", str(out)])
 
 
 def test_attention_times_show_a_kernel_that_prepares_each_new_shape(tmp_path) -> None:

@@ -114,8 +114,6 @@ def random_graph(shape: str, precision: str, workdir: Path) -> Path:
     from ..models.graph import LlamaShape, build_fused_graph, random_tensors
 
     bits, dtype = GRAPH_TYPES[precision]
-    if bits is not None:
-        raise SystemExit("random graphs are built unquantized: use fp16 or fp32")
     path = workdir / f"{shape}-random-{precision}" / "model.onnx"
     done = path.parent / "complete"
     if done.is_file():
@@ -136,6 +134,7 @@ def random_graph(shape: str, precision: str, workdir: Path) -> Path:
         path,
         dtype,
         max_len=GRAPH_MAX_LEN,
+        bits=bits,  # quantized by ORT's quantizer, as a float checkpoint is
         progress=progress,
     )
     done.write_text("")

@@ -1,7 +1,8 @@
 """`make gpu-check`: one command that proves the CUDA path on a machine with a GPU,
 in a few minutes, and writes what it saw to `--out` (check.json, check.md).
 
-1. The provider: a small random-weight Llama's fused fp16 graph is loaded the way
+1. The provider: a small random-weight Llama's fused graph (fp16; `--precision`
+   int4 or int8 for theirs, with fp16 activations as on CUDA) is loaded the way
    the server loads it (`FusedCausalLM`, KV cache on the device, bound by address);
    the provider the session really got is recorded, and a CUDA run that got CPU
    stops here (`DeviceError`).
@@ -19,7 +20,8 @@ in a few minutes, and writes what it saw to `--out` (check.json, check.md).
    time to first token of a 2,000-token prompt and the share of the bandwidth
    bound, written next to the report (`--no-8b` skips it).
 5. With `--serve HOME`, the server end to end on the device (`serve_check`): the
-   real server and gateway serving the embedded model of the store HOME at fp16,
+   real server and gateway serving the embedded model of the store HOME at that
+   precision,
    driven over HTTP, each greedy answer compared with a server on CPU.
 
 Without a GPU, `--device cpu` is the dry run CI makes: the same steps on the CPU
@@ -42,6 +44,7 @@ import numpy as np
 
 from ..config import Device, cuda_attention
 from ..engine.providers import CPU, CUDA, cuda_can_load, cuda_compute_major
+from ..models.precision import ON_CUDA, PRECISIONS, runs_on
 from .bench_gpu import random_graph
 
 SWITCHES = (
@@ -227,9 +230,11 @@ def two_models_at_once(path: Path, device: Device, alone: list[np.ndarray]) -> d
     return {"max_relative_difference": worst, "within_tolerance": worst <= 1e-3}
 
 
-def check(device: Device, out: Path, workdir: Path, run_8b: bool) -> dict[str, Any]:
+def check(
+    device: Device, out: Path, workdir: Path, run_8b: bool, precision: str = "fp16"
+) -> dict[str, Any]:
     started = time.monotonic()
-    path = random_graph("tiny", "fp16", workdir)
+    path = random_graph("tiny", precision, workdir)
     os.environ["TIGER_ORT_PROFILE"] = str(out / "ort-profile")
     try:  # every kernel launched from the CPU, profiled
         plain = engine(path, device, graphs=False)
@@ -241,6 +246,7 @@ def check(device: Device, out: Path, workdir: Path, run_8b: bool) -> dict[str, A
     model = engine(path, device)
     report: dict[str, Any] = {
         "device_asked": device.value,
+        "precision": precision,
         "provider": model.provider,
         "compute_capability_major": cuda_compute_major(),
         "cuda_graphs": model.graphs,
@@ -261,6 +267,7 @@ def check(device: Device, out: Path, workdir: Path, run_8b: bool) -> dict[str, A
         from .bench_gpu import main as bench_gpu
 
         shape = ["--shapes", "llama-3.1-8b", "--no-parity", "--prompt-tokens", "2000"]
+        shape += ["--precision", precision]
         bench_gpu([*shape, "--workdir", str(workdir), "--out", str(out)])
         report["bench_8b"] = "bench-gpu.md and bench-gpu.json, next to this"
     report["seconds"] = round(time.monotonic() - started, 1)
@@ -277,6 +284,7 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             f"- provider in use: {report['provider']} "
             f"(asked: {report['device_asked']})",
+            f"- graph: a small random-weight Llama at {report['precision']}",
             f"- compute capability: {report['compute_capability_major']}",
             f"- decode through CUDA graphs' path: {report['cuda_graphs']}",
             f"- attention nodes: {kernels or 'none in the profile'}",
@@ -314,12 +322,22 @@ def main(argv: list[str] | None = None) -> None:
         metavar="HOME",
         type=Path,
         help="then the server end to end on the device, serving the embedded model "
-        "of the store HOME at fp16, answers compared with CPU (serve_check)",
+        "of the store HOME at --precision, answers compared with CPU (serve_check)",
+    )
+    parser.add_argument(
+        "--precision",
+        default="fp16",
+        choices=PRECISIONS,
+        help="the graphs checked: fp16 (the default), or int4 or int8 (their fp16-"
+        "activation graphs on CUDA; see models.precision)",
     )
     args = parser.parse_args(argv)
+    precision = ON_CUDA.get(args.precision, args.precision)
+    if not runs_on(precision, CUDA):
+        parser.error(f"{precision} graphs do not serve on CUDA")
     args.out.mkdir(parents=True, exist_ok=True)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tiger-gpu-check-"))
-    report = check(Device(args.device), args.out, workdir, not args.no_8b)
+    report = check(Device(args.device), args.out, workdir, not args.no_8b, precision)
     (args.out / "check.json").write_text(json.dumps(report, indent=2))
     (args.out / "check.md").write_text(markdown(report))
     print(markdown(report))
@@ -339,6 +357,7 @@ def main(argv: list[str] | None = None) -> None:
 
         serve_check(
             ["--device", args.device, "--home", str(args.serve), "--out", str(args.out)]
+            + ["--precision", precision]
             + (["--against", "cpu"] if args.device == "cuda" else [])
         )
 

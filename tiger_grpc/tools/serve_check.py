@@ -1,6 +1,7 @@
 """The server end to end on a device (`make gpu-check`'s `--serve`, or alone).
 
-`tiger-server` (`TIGER_DEVICE=<device>`, `TIGER_PRECISION=fp16`) and `tiger-gateway`
+`tiger-server` (`TIGER_DEVICE=<device>`, `TIGER_PRECISION=--precision`, fp16 by
+default) and `tiger-gateway`
 start on free local ports, serving a prepared model of a store (`--home`,
 `--model`), and are driven over HTTP as clients drive them:
 
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DEFAULT_MODEL_ID, default_home
+from ..models.precision import ON_CUDA, PRECISIONS
 from .serve_report import REQUIRED, agreement, answers, markdown, verdicts
 from .stack import API_KEY, served
 
@@ -54,16 +56,18 @@ class CheckFailed(RuntimeError):
 
 
 @contextmanager
-def served_on(home: Path, model: str, device: str, workdir: Path) -> Iterator[str]:
-    """The server (`model` loaded at start, fp16) and the gateway on `device`,
-    their logs in `workdir/<device>`; yields the gateway's base URL."""
+def served_on(
+    home: Path, model: str, device: str, workdir: Path, precision: str = "fp16"
+) -> Iterator[str]:
+    """The server (`model` loaded at start, its `precision` graph) and the gateway
+    on `device`, their logs in `workdir/<device>`; yields the gateway's base URL."""
     with served(
         home,
         workdir / device,
         ("--no-prepare", "--preload", model),
         "INFO",  # each request's line, with its code and time
         TIGER_DEVICE=device,
-        TIGER_PRECISION="fp16",
+        TIGER_PRECISION=precision,
     ) as (_, port):
         yield f"http://127.0.0.1:{port}"
 
@@ -252,15 +256,20 @@ async def drive(url: str, model: str) -> dict[str, Any]:
 
 
 def check(
-    home: Path, model: str, device: str, against: str | None, workdir: Path
+    home: Path,
+    model: str,
+    device: str,
+    against: str | None,
+    workdir: Path,
+    precision: str = "fp16",
 ) -> dict[str, Any]:
-    with served_on(home, model, device, workdir) as url:
+    with served_on(home, model, device, workdir, precision) as url:
         report = asyncio.run(drive(url, model))
-    report["device"] = device
+    report["device"], report["precision"] = device, precision
     report["failed"] = verdicts(report, device)
     if against:
         try:
-            with served_on(home, model, against, workdir) as url:
+            with served_on(home, model, against, workdir, precision) as url:
                 other = asyncio.run(drive(url, model))
         except RuntimeError as exc:  # CheckFailed too: the device's results stand
             report["failed"].append(f"on {against}: {exc}")
@@ -277,12 +286,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--model", default=DEFAULT_MODEL_ID)
     parser.add_argument("--against", choices=["cpu"], default=None)
     parser.add_argument("--out", type=Path, default=Path("gpu-check"))
+    parser.add_argument(
+        "--precision",
+        default="fp16",
+        choices=PRECISIONS,
+        help="the graph both servers serve (int4 and int8: their fp16-activation "
+        "graphs, as on CUDA, on CPU too, so that the same graph is compared)",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    precision = ON_CUDA.get(args.precision, args.precision)
     with tempfile.TemporaryDirectory(prefix="tiger-serve-check-") as workdir:
         try:
             report = check(
-                args.home, args.model, args.device, args.against, Path(workdir)
+                args.home,
+                args.model,
+                args.device,
+                args.against,
+                Path(workdir),
+                precision,
             )
             said = markdown(report)
         except RuntimeError as exc:  # CheckFailed too, or a server that did not start
