@@ -44,6 +44,11 @@ GRAPHS = [
     ("int8 (ORT, from dequantized weights)", "int8", False),
     ("int4 (ORT, from dequantized weights: before)", "int4", False),
     ("int4 (the GGUF's own blocks: default)", "int4", True),
+    (
+        "int4-fp16 (the GGUF's own blocks, fp16 activations: int4 on CUDA)",
+        "int4-fp16",
+        True,
+    ),
 ]
 STEPS = 100  # decode steps timed per graph
 
