@@ -220,7 +220,8 @@ class ModelRegistry:
             )
 
     def graph_to_build(self, manifest: ModelManifest) -> bool:
-        """True when the model lacks the fused graph for CUDA (fp16) and has the HF
+        """True when the model lacks the fused graph for CUDA (the precision's, fp16
+        activations: fp16, int4-fp16 or int8-fp16) and has the HF
         weights to build it from: a store prepared on a CPU machine, moved to a GPU.
         On CPU every fused graph runs well enough, and any is used."""
         return (
