@@ -23,6 +23,7 @@ def test_the_server_check_drives_both_servers_and_compares(
     report = main([*args, "--against", "cpu", "--out", str(out)])
     assert report["failed"] == []
     assert report["model"]["provider"] == "CPUExecutionProvider"
+    assert report["graph"] == tiny_model.fused_graphs["fp16"]  # from the server's log
     assert report["dropped"]["dropped"] and len(report["eight_streams"]["texts"]) == 8
     assert report["running_after"] == 0  # the dropped stream's slot came back
     first, second, third = report["chat"]

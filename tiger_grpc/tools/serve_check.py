@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from typing import Any
 
 from ..config import DEFAULT_MODEL_ID, default_home
 from ..models.precision import ON_CUDA, PRECISIONS
+from ..models.store import ModelStore
 from .serve_report import REQUIRED, agreement, answers, markdown, verdicts
 from .stack import API_KEY, served
 
@@ -255,6 +257,13 @@ async def drive(url: str, model: str) -> dict[str, Any]:
         return report
 
 
+def served_graph(workdir: Path, model: str) -> str | None:
+    """The graph the server in `workdir` says it loaded `model` from."""
+    text = (workdir / "server.log").read_text(errors="replace")
+    found = re.search(rf"model {re.escape(model)} \((\S+)\) ready on", text)
+    return found.group(1) if found else None
+
+
 def check(
     home: Path,
     model: str,
@@ -266,7 +275,14 @@ def check(
     with served_on(home, model, device, workdir, precision) as url:
         report = asyncio.run(drive(url, model))
     report["device"], report["precision"] = device, precision
+    report["graph"] = served_graph(workdir / device, model)
     report["failed"] = verdicts(report, device)
+    manifest = ModelStore(home).get(model)
+    want = manifest.fused_graphs.get(precision) if manifest else None
+    if report["graph"] != want:
+        report["failed"].append(
+            f"served {report['graph']}, not {model}'s {precision} graph ({want})"
+        )
     if against:
         try:
             with served_on(home, model, against, workdir, precision) as url:
