@@ -9,7 +9,7 @@ import json
 import pytest
 
 from tests.helpers import TINY_MODEL_ID
-from tiger_grpc.tools.serve_check import main
+from tiger_grpc.tools.serve_check import main, served_graph, wrong_graph
 from tiger_grpc.tools.serve_report import agreement
 
 pytestmark = pytest.mark.e2e
@@ -47,3 +47,22 @@ def test_the_comparison_says_where_answers_part() -> None:
     assert agreement(["ab"], ["abc"])["parted"] == [
         {"answer": 0, "same_chars": 2, "of": 3}
     ]
+
+
+def test_a_server_that_served_another_graph_fails_the_check(
+    store_home, tiny_model, tmp_path
+) -> None:
+    """The graph is read from the server's own log line, the model's id in any
+    case; serving another graph than the precision's, or lacking it, fails."""
+    fp16, fp32 = tiny_model.fused_graphs["fp16"], tiny_model.fused_graphs["fp32"]
+    log = tmp_path / "server.log"
+    line = "INFO tiger_grpc.models.registry: model {} ({}) ready on CPU in 0.4s\n"
+    log.write_text(line.format(tiny_model.id, fp16))
+    assert served_graph(tmp_path, tiny_model.id.upper()) == fp16
+    assert wrong_graph(store_home, tiny_model.id, "fp16", tmp_path) == []
+    log.write_text(line.format(tiny_model.id, fp32))
+    assert wrong_graph(store_home, tiny_model.id, "fp16", tmp_path) == [
+        f"served {fp32}, not fp16's {fp16}"
+    ]
+    (missing,) = wrong_graph(store_home, tiny_model.id, "int4-fp16", tmp_path)
+    assert missing.startswith(f"served {fp32}: {tiny_model.id} has no int4-fp16 graph")

@@ -256,6 +256,10 @@ def test_a_gguf_file_is_read_as_data_and_vetted(tmp_path) -> None:
     assert gguf_plan(k_quants, "int4").endswith(
         "the int4 graph takes its Q4_K/Q6_K blocks as they are"
     )
+    assert gguf_plan(k_quants, "int4-fp16").endswith(  # int4 on CUDA
+        "the int4-fp16 graph takes its Q4_K/Q6_K blocks as they are"
+    )
+    assert "int8-fp16 graph takes them dequantized" in gguf_plan(k_quants, "int8-fp16")
     others = dataclasses.replace(vetted, kinds={"F32": 3, "IQ2_XS": 2, "Q3_K": 1})
     assert "ONNX Runtime quantizes them again" in gguf_plan(others, "int4")
     mixed = dataclasses.replace(vetted, kinds={"F32": 3, "Q8_0": 2, "Q2_K": 1})

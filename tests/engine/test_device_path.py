@@ -269,6 +269,40 @@ async def test_a_cuda_server_builds_the_missing_fp16_graph_once(
         registry.close()
 
 
+def test_on_cuda_float32_graphs_are_passed_over(store_home, tiny_model) -> None:
+    """A float32 graph would put attention on the CPU: on CUDA, a model whose only
+    fused graph is fp32 is served from its optimum export (on CPU, from that graph),
+    and the registry builds no graph of a precision CUDA does not serve."""
+    import dataclasses
+
+    from tiger_grpc.config import EngineOptions
+    from tiger_grpc.engine.providers import CUDA
+    from tiger_grpc.models.loaded import LoadedModel
+    from tiger_grpc.models.registry import ModelRegistry
+
+    store = ModelStore(store_home)
+    fp32 = {"fp32": tiny_model.fused_graphs["fp32"]}
+    fp32_only = dataclasses.replace(tiny_model, fused_graphs=fp32)
+    options = EngineOptions(device=Device.CPU, precision="int4-fp16")
+    loaded = [
+        LoadedModel(fp32_only, store.path(tiny_model.id), options, provider)
+        for provider in (CUDA, "CPUExecutionProvider")
+    ]
+    try:
+        assert [m.graph for m in loaded] == [tiny_model.onnx_path, fp32["fp32"]]
+    finally:
+        for model in loaded:
+            model.close()
+    registry = ModelRegistry(store, EngineOptions(device=Device.CPU, precision="int4"))
+    try:
+        registry.provider = CUDA
+        assert not registry.graph_to_build(fp32_only)  # int4 is int4-fp16 there
+        registry.options = options
+        assert registry.graph_to_build(fp32_only)
+    finally:
+        registry.close()
+
+
 def test_cpu_defaults_and_the_cuda_memory_probe(store_home, tiny_model) -> None:
     from tiger_grpc.config import CPU_MAX_BATCH
     from tiger_grpc.engine.providers import cuda_free_bytes, default_cuda_cache_gb
@@ -323,7 +357,8 @@ def test_an_unknown_precision_is_refused_at_start(module, tmp_path) -> None:
         timeout=60,
     )
     assert out.returncode != 0
-    assert "TIGER_PRECISION must be one of int8, int4, fp16, fp32" in out.stderr
+    choices = "int8, int4, fp16, fp32, int8-fp16, int4-fp16, got 'int3'"
+    assert f"TIGER_PRECISION must be one of {choices}" in out.stderr
 
 
 def test_cuda_asked_for_and_not_had_is_refused_with_the_reason(

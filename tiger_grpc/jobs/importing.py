@@ -30,7 +30,7 @@ from ..models.export import checkpoint_parameters
 from ..models.fromgguf import convert_gguf
 from ..models.graph.gguf import EXACT_BLOCKS
 from ..models.pipeline import SOURCE_GGUF, Reporting, build_model
-from ..models.precision import resolve_precision
+from ..models.precision import GRAPH_TYPES, resolve_precision
 from ..models.store import ModelStore, canonical_id
 from ..runtime.ml import IMPORT_LOCK
 from .checkpoint import Checkpoint, copy_vetted, vet_path
@@ -114,16 +114,17 @@ def gguf_plan(checkpoint: GgufCheckpoint, precision: str) -> str:
     said = f"Converting {checkpoint.path.name} ({kinds}) to Hugging Face weights"
     exact = sorted(EXACT_BLOCKS & set(checkpoint.kinds))
     others = sorted(set(checkpoint.kinds) - EXACT_BLOCKS - FLOAT_TENSORS)
-    if precision != "int4":
-        return f"{said}; the {precision} graph takes them dequantized"
+    graph = f"the {precision} graph"
+    if GRAPH_TYPES[precision][0] != 4:  # only 4-bit graphs take the file's blocks
+        return f"{said}; {graph} takes them dequantized"
     if not exact and not others:
-        return f"{said}; ONNX Runtime quantizes its float weights for the int4 graph"
+        return f"{said}; ONNX Runtime quantizes its float weights for {graph}"
     if not exact:
-        return f"{said}; ONNX Runtime quantizes them again for the int4 graph"
+        return f"{said}; ONNX Runtime quantizes them again for {graph}"
     if not others:
-        return f"{said}; the int4 graph takes its {'/'.join(exact)} blocks as they are"
+        return f"{said}; {graph} takes its {'/'.join(exact)} blocks as they are"
     return (
-        f"{said}; the int4 graph takes its {'/'.join(exact)} blocks as they are, "
+        f"{said}; {graph} takes its {'/'.join(exact)} blocks as they are, "
         f"and ONNX Runtime quantizes the rest ({', '.join(others)}) again"
     )
 

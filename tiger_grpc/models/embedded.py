@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         choices=PRECISIONS,
         default=None,
         help="weights of the fused graph (TIGER_PRECISION; default int4 on CPU, "
-        "fp16 on CUDA)",
+        "fp16 on CUDA, where int4 and int8 are int4-fp16 and int8-fp16)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         precision = resolve_precision(
-            args.precision or os.environ.get("TIGER_PRECISION"), Device.AUTO
+            args.precision or os.environ.get("TIGER_PRECISION"),
+            Device(os.environ.get("TIGER_DEVICE", "auto")),
         )
     except ValueError as exc:
         raise SystemExit(str(exc)) from None

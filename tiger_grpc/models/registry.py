@@ -32,6 +32,7 @@ from ..engine.sequence import stream
 from ..runtime import metrics
 from .loaded import LoadedModel, load_tokenizer
 from .pipeline import add_graph
+from .precision import runs_on
 from .store import ModelManifest, ModelStore, canonical_id
 
 log = logging.getLogger(__name__)
@@ -226,6 +227,7 @@ class ModelRegistry:
         On CPU every fused graph runs well enough, and any is used."""
         return (
             self.provider == CUDA
+            and runs_on(self.options.precision, CUDA)
             and self.options.precision not in manifest.fused_graphs
             and (self.store.path(manifest.id) / manifest.hf_path).is_dir()
         )

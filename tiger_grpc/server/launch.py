@@ -23,6 +23,7 @@ from ..config import (
     env_int,
     resolve_api_key,
 )
+from ..engine.providers import DeviceError, check_device
 from ..models.embedded import DEFAULT_MODEL_ID, ensure_default_model
 from ..models.precision import resolve_precision
 from ..models.store import ModelStore
@@ -89,11 +90,11 @@ def main() -> int:
     home = default_home(env)
     api_key = resolve_api_key(home, env)
     started = time.monotonic()
-    try:
-        precision = resolve_precision(
-            env.get("TIGER_PRECISION"), Device(env.get("TIGER_DEVICE", "auto"))
-        )
-    except ValueError as exc:
+    try:  # before any preparation: what the server would refuse at start
+        device = Device(env.get("TIGER_DEVICE", "auto"))
+        check_device(device)
+        precision = resolve_precision(env.get("TIGER_PRECISION"), device)
+    except (ValueError, DeviceError) as exc:
         raise SystemExit(str(exc)) from None
     ensure_default_model(ModelStore(home), precision)
     env.update(TIGER_HOME=str(home), PYTHONUNBUFFERED="1")

@@ -88,7 +88,8 @@ def _engine_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -
         default=env.get("TIGER_PRECISION") or None,
         help="weights of the fused graph to serve (and prepare): "
         f"{', '.join(PRECISIONS)}; "
-        "default int4 on CPU, fp16 on CUDA",
+        "default int4 on CPU, fp16 on CUDA (where int4 and int8 are int4-fp16 and "
+        "int8-fp16, and fp32 is refused)",
     )
     add(
         "--max-batch",

@@ -281,7 +281,8 @@ def main() -> None:
     args = parser.parse_args()
     try:
         args.precision = resolve_precision(
-            args.precision or os.environ.get("TIGER_PRECISION"), Device.AUTO
+            args.precision or os.environ.get("TIGER_PRECISION"),
+            Device(os.environ.get("TIGER_DEVICE", "auto")),
         )
     except ValueError as exc:
         parser.error(str(exc))

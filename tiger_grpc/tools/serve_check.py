@@ -36,7 +36,7 @@ from typing import Any
 
 from ..config import DEFAULT_MODEL_ID, default_home
 from ..models.precision import ON_CUDA, PRECISIONS
-from ..models.store import ModelStore
+from ..models.store import ModelStore, canonical_id
 from .serve_report import REQUIRED, agreement, answers, markdown, verdicts
 from .stack import API_KEY, served
 
@@ -260,8 +260,22 @@ async def drive(url: str, model: str) -> dict[str, Any]:
 def served_graph(workdir: Path, model: str) -> str | None:
     """The graph the server in `workdir` says it loaded `model` from."""
     text = (workdir / "server.log").read_text(errors="replace")
-    found = re.search(rf"model {re.escape(model)} \((\S+)\) ready on", text)
+    name = re.escape(canonical_id(model))
+    found = re.search(rf"model {name} \((\S+)\) ready on", text)
     return found.group(1) if found else None
+
+
+def wrong_graph(home: Path, model: str, precision: str, workdir: Path) -> list[str]:
+    """What is wrong with the graph the server in `workdir` served, in words."""
+    graph = served_graph(workdir, model)
+    manifest = ModelStore(home).get(model)
+    want = manifest.fused_graphs.get(precision) if manifest else None
+    if want is None:
+        return [
+            f"served {graph}: {model} has no {precision} graph (`tiger-prepare "
+            f"--precision {precision}` makes the embedded model's)"
+        ]
+    return [] if graph == want else [f"served {graph}, not {precision}'s {want}"]
 
 
 def check(
@@ -277,12 +291,7 @@ def check(
     report["device"], report["precision"] = device, precision
     report["graph"] = served_graph(workdir / device, model)
     report["failed"] = verdicts(report, device)
-    manifest = ModelStore(home).get(model)
-    want = manifest.fused_graphs.get(precision) if manifest else None
-    if report["graph"] != want:
-        report["failed"].append(
-            f"served {report['graph']}, not {model}'s {precision} graph ({want})"
-        )
+    report["failed"] += wrong_graph(home, model, precision, workdir / device)
     if against:
         try:
             with served_on(home, model, against, workdir, precision) as url:
@@ -291,7 +300,9 @@ def check(
             report["failed"].append(f"on {against}: {exc}")
             return report
         report["against_cpu"] = agreement(answers(report), answers(other))
-        report["failed"] += [f"on {against}: {f}" for f in verdicts(other, against)]
+        failed = verdicts(other, against)
+        failed += wrong_graph(home, model, precision, workdir / against)
+        report["failed"] += [f"on {against}: {f}" for f in failed]
     return report
 
 
