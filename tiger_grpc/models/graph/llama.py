@@ -129,7 +129,7 @@ class _Decoder:
         unless the last is padded); with offsets (Q4_1's and the like), plus the
         sums of each block of inputs times the offsets (see `gguf`)."""
         n, k_blocks = blocks.scales.shape
-        scales = blocks.scales.astype(self.dtype)  # the activations' type
+        scales: np.ndarray = blocks.scales.astype(self.dtype)  # the activations' type
         (out,) = self.g.op(
             "MatMulNBits",
             [
@@ -154,7 +154,7 @@ class _Decoder:
         (sums,) = self.g.op(
             "ReduceSum", [grouped, axis], name=f"{name}.block_sums", keepdims=0
         )
-        offsets = blocks.offsets.T.astype(self.dtype)  # (K/32, N)
+        offsets: np.ndarray = blocks.offsets.T.astype(self.dtype)  # (K/32, N)
         (shift,) = self.g.op(
             "MatMul",
             [sums, self.g.weight(f"{name}.block_offsets", offsets)],
