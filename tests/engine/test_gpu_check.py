@@ -31,6 +31,11 @@ def test_the_dry_run_writes_its_report(tmp_path) -> None:
     assert report["cuda_attention"] == "flash"
     assert {a["provider"] for a in report["attention"]} == {"CPUExecutionProvider"}
     assert "within fp16 tolerance (0.05): yes" in (out / "check.md").read_text()
+    others = report["other_precisions"]  # the other graphs CUDA serves, checked too
+    assert sorted(others) == ["int4-fp16", "int8-fp16"]
+    assert all(c["calls"] == 40 and c["within_tolerance"] for c in others.values())
+    said = (out / "check.md").read_text()
+    assert "the same calls through the int8-fp16 graph: max relative" in said
 
 
 def test_the_dry_run_checks_the_int4_graph_cuda_serves(tmp_path) -> None:
@@ -43,6 +48,7 @@ def test_the_dry_run_checks_the_int4_graph_cuda_serves(tmp_path) -> None:
     main([*argv, "--out", str(out), "--workdir", str(tmp_path)])
     report = json.loads((out / "check.json").read_text())
     assert report["precision"] == "int4-fp16"
+    assert sorted(report["other_precisions"]) == ["fp16", "int8-fp16"]
     assert report["logits_against_cpu"]["within_tolerance"]
     graph = onnx.load(
         tmp_path / "tiny-random-int4-fp16" / "model.onnx", load_external_data=False

@@ -13,6 +13,8 @@ in a few minutes, and writes what it saw to `--out` (check.json, check.md).
    whatever the logits; every call's logits are compared with the same graph on
    the CPU provider (max |difference|, and top-1 agreement), against fp16's
    tolerance.
+   The same calls go through the other graphs CUDA serves (fp16, int4-fp16,
+   int8-fp16: small random ones), each compared with the CPU provider too.
 3. The attention kernel: ONNX Runtime's profile of the run names the provider of
    each GroupQueryAttention node; the compute capability and ORT's attention
    switches (`ORT_ENABLE_XQA`, ...) are recorded with it.
@@ -55,6 +57,7 @@ SWITCHES = (
 )
 FP16_TOLERANCE = 0.05  # max |logit difference|, relative to the largest |logit|
 PROMPTS = (300, 40, 17, 64, 5, 33, 90, 12)  # 8 streams' prompt lengths
+CUDA_GRAPHS = tuple(p for p in PRECISIONS if runs_on(p, CUDA))  # fp16 activations
 CHUNK = 128
 
 
@@ -201,6 +204,12 @@ def engine(path: Path, device: Device, graphs: bool | None = None) -> Any:
     return FusedCausalLM(path, device, max_batch=8, max_len=1024, graphs=graphs)
 
 
+def same_calls(path: Path, device: Device) -> dict[str, Any]:
+    """The scripted calls on `device` against the CPU provider, for one graph."""
+    on_device = scripted_calls(engine(path, device))
+    return compare(on_device, scripted_calls(engine(path, Device.CPU, graphs=False)))
+
+
 def two_models_at_once(path: Path, device: Device, alone: list[np.ndarray]) -> dict:
     """Two models of the same graph making the scripted calls from two threads at
     once (each capturing its CUDA graphs while the other works: the engine's GPU
@@ -262,6 +271,11 @@ def check(
     cpu_calls = scripted_calls(reference)
     report["logits_against_cpu"] = compare(on_device, cpu_calls)
     report["logits_against_cpu_without_graphs"] = compare(plain_calls, cpu_calls)
+    report["other_precisions"] = {  # the same calls through the other CUDA graphs
+        other: same_calls(random_graph("tiny", other, workdir), device)
+        for other in CUDA_GRAPHS
+        if other != precision
+    }
     report["bench_8b"] = None
     if run_8b and model.provider == CUDA:
         from .bench_gpu import main as bench_gpu
@@ -303,6 +317,13 @@ def markdown(report: dict[str, Any]) -> str:
             f"{plain['top1_agreement']:.4f}",
             f"- two models from two threads at once, against the calls alone: "
             f"{json.dumps(report['two_models_at_once'])}",
+            *(
+                f"- the same calls through the {other} graph: max relative "
+                f"difference {c['max_relative_difference']:.2e}, top-1 agreement "
+                f"{c['top1_agreement']:.4f}, within tolerance: "
+                f"{'yes' if c['within_tolerance'] else 'NO'}"
+                for other, c in report["other_precisions"].items()
+            ),
             f"- 8B-shape bench: {report['bench_8b'] or 'not run'}",
             f"- {report['seconds']} s",
             "",
@@ -343,13 +364,16 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown(report))
     if report["provider"] not in (CUDA if args.device == "cuda" else CPU,):
         raise SystemExit("the provider in use is not the one asked for")
-    if not all(
-        report[k]["within_tolerance"]
+    checked = [
+        report[k]
         for k in (
             "logits_against_cpu",
             "logits_against_cpu_without_graphs",
             "two_models_at_once",
         )
+    ]
+    if not all(
+        c["within_tolerance"] for c in checked + [*report["other_precisions"].values()]
     ):
         raise SystemExit("logits outside tolerance (see the report)")
     if args.serve:
