@@ -62,6 +62,19 @@ def vocabulary(chat_tokenizer):
     return grammar_tokenizer(chat_tokenizer, [2])
 
 
+def test_the_vocabulary_fills_the_token_texts_log_probabilities_use(
+    chat_tokenizer, vocabulary
+) -> None:
+    """One `TokenTexts` per tokenizer: the grammar's vocabulary read every token
+    once, and log-probabilities find them made."""
+    from tiger_grpc.engine.tokens import texts_of
+
+    texts = texts_of(chat_tokenizer)
+    assert texts is texts_of(chat_tokenizer)
+    assert len(texts._cache) == len(chat_tokenizer)
+    assert texts(9)[1] == chat_tokenizer.decode([9]).encode()
+
+
 def params(**fields) -> GenerateParams:
     ask = [{"role": "user", "content": "hi"}]
     return validated(GenerateParams, {"model": "m", "messages": ask, **fields})

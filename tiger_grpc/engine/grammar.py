@@ -30,7 +30,7 @@ from ..api.formats import ResponseFormat, Tool
 from ..api.params import GenerateParams
 from ..api.toolcalls import ARGUMENTS, CALL_CLOSE, CALL_OPEN, HEAD
 from .sampling import Sampler
-from .tokens import TokenTexts
+from .tokens import texts_of
 
 JSON_OPTIONS = {
     "whitespace_flexible": False,
@@ -43,7 +43,7 @@ def grammar_tokenizer(tokenizer: Any, eos_token_ids: Iterable[int]) -> Any:
     """llguidance's view of a tokenizer: each token's exact bytes (special tokens
     marked as such) and the tokens that end a turn. About 0.3 s for 49k tokens:
     made once per model."""
-    texts = TokenTexts(tokenizer)
+    texts = texts_of(tokenizer)
     special = set(getattr(tokenizer, "all_special_ids", ()))
     eos = sorted(set(eos_token_ids))
 

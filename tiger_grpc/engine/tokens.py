@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import json
 import re
+import threading
+import weakref
 from typing import Any
 
 _BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
@@ -83,3 +85,17 @@ class TokenTexts:
         if match := _BYTE.fullmatch(piece):
             return bytes([int(match.group(1), 16)])
         return piece.replace("\u2581", " ").encode()
+
+
+_SHARED: weakref.WeakKeyDictionary[Any, TokenTexts] = weakref.WeakKeyDictionary()
+_SHARED_LOCK = threading.Lock()
+
+
+def texts_of(tokenizer: Any) -> TokenTexts:
+    """The one `TokenTexts` of `tokenizer`: log-probabilities and the grammar's
+    vocabulary (which reads every token once) share its cache."""
+    with _SHARED_LOCK:
+        found = _SHARED.get(tokenizer)
+        if found is None:
+            found = _SHARED[tokenizer] = TokenTexts(tokenizer)
+        return found

@@ -12,7 +12,7 @@ from ..engine.optimum import OnnxCausalLM
 from ..engine.scheduler import BatchScheduler
 from ..engine.sequence import Scheduler
 from ..engine.serial import SerialScheduler
-from ..engine.tokens import TokenTexts
+from ..engine.tokens import TokenTexts, texts_of
 from .precision import FIDELITY, default_precision, runs_on
 from .store import ModelManifest
 
@@ -33,7 +33,6 @@ class LoadedModel:
     ) -> None:
         self.manifest = manifest
         self.tokenizer: Any = None
-        self._texts: TokenTexts | None = None
         graphs = manifest.fused_graphs
         # The configured precision, else the device's own (fp16 on CUDA), else the
         # closest to the weights the model has, of those that serve on `provider`.
@@ -71,10 +70,9 @@ class LoadedModel:
             self.scheduler = SerialScheduler(onnx, manifest.id)
 
     def token_texts(self) -> TokenTexts:
-        """Token ids -> text and bytes (made on first use: log-probabilities)."""
-        if self._texts is None:
-            self._texts = TokenTexts(self.tokenizer)
-        return self._texts
+        """Token ids -> text and bytes (log-probabilities; the grammar's vocabulary
+        shares them)."""
+        return texts_of(self.tokenizer)
 
     def close(self) -> None:
         self.scheduler.close()
