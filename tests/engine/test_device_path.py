@@ -394,7 +394,7 @@ def test_on_cuda_every_precision_has_fp16_activations(monkeypatch) -> None:
     assert p.resolve_precision("int4", Device.CPU) == "int4"
     assert p.resolve_precision("int8", Device.CPU) == "int8"
     assert p.resolve_precision(None, Device.CPU) == "int4"
-    monkeypatch.setattr(p, "choose_providers", lambda d: [p.CUDA])
+    monkeypatch.setattr(p, "provider_for", lambda d: p.CUDA)
     assert p.resolve_precision("int4", Device.CUDA) == "int4-fp16"
     assert p.resolve_precision("int8", Device.CUDA) == "int8-fp16"
     assert p.resolve_precision("int4-fp16", Device.CUDA) == "int4-fp16"

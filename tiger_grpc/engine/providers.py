@@ -76,11 +76,17 @@ def choose_providers(device: Device) -> list[str]:
     return list(_providers(device))
 
 
+def provider_for(device: Device) -> str:
+    """The provider `device` runs on, decided without loading CUDA's libraries
+    (what a process that only picks a precision needs)."""
+    if device is Device.CPU:
+        return CPU
+    return CUDA if device is Device.CUDA or cuda_can_load() else CPU
+
+
 @functools.cache
 def _providers(device: Device) -> tuple[str, ...]:
-    if device is Device.CPU:
-        return (CPU,)
-    if device is Device.CUDA or cuda_can_load():
+    if provider_for(device) == CUDA:
         if hasattr(ort, "preload_dlls"):
             try:  # NVIDIA's pip packages next to onnxruntime, as ORT knows them
                 ort.preload_dlls()

@@ -14,18 +14,17 @@ import argparse
 import dataclasses
 import importlib.util
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from ..config import DEFAULT_MODEL_ID, Device, default_home
+from ..config import DEFAULT_MODEL_ID, default_home
 from ..runtime.ml import quiet_third_party_warnings
 from .fromgguf import convert_gguf
 from .graph.llama import SOURCE_BLOCKS
 from .pipeline import Reporting, add_graph, build_model
-from .precision import PRECISIONS, resolve_precision
+from .precision import PRECISIONS, precision_from_env
 from .store import ModelManifest, ModelStore
 
 log = logging.getLogger(__name__)
@@ -155,10 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        precision = resolve_precision(
-            args.precision or os.environ.get("TIGER_PRECISION"),
-            Device(os.environ.get("TIGER_DEVICE", "auto")),
-        )
+        precision = precision_from_env(args.precision)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     manifest = ensure_default_model(ModelStore(args.home or default_home()), precision)

@@ -3,10 +3,12 @@ graph lives in, and the default for a device. The one place for all three."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ..config import Device
-from ..engine.providers import CUDA, choose_providers
+from ..engine.providers import CUDA, provider_for
 
 # Weight precision -> (quantized bits or None, float type of activations and cache).
 # int4 is the CPU default and the fastest there (on the embedded model, from the
@@ -50,24 +52,35 @@ def checked(precision: str, source: str = "TIGER_PRECISION") -> str:
     return precision
 
 
+def on_cuda(precision: str) -> str:
+    """`precision`'s graph on CUDA: int4 and int8 are their fp16-activation graphs;
+    one CUDA does not serve (fp32) is a `ValueError` saying why."""
+    found = ON_CUDA.get(precision, precision)
+    if not runs_on(found, CUDA):
+        raise ValueError(
+            f"on CUDA the fused graphs have fp16 activations (ORT's CUDA "
+            f"GroupQueryAttention is fp16/bf16 only), so {found} does not "
+            "serve there: set TIGER_PRECISION to fp16, int8 or int4, or "
+            "TIGER_DEVICE=cpu"
+        )
+    return found
+
+
 def resolve_precision(requested: str | None, device: Device) -> str:
     """The precision to serve: `requested` (TIGER_PRECISION or a flag) when it is one
-    (a `ValueError` naming the choices if not), else the device's default. On CUDA,
-    int4 and int8 are their fp16-activation graphs, and fp32 a `ValueError`."""
-    provider = choose_providers(device)[0]
+    (a `ValueError` naming the choices if not), else the device's default; on CUDA,
+    as `on_cuda` has it."""
+    provider = provider_for(device)
     if not requested:
         return default_precision(provider)
     precision = checked(requested)
-    if provider == CUDA:
-        precision = ON_CUDA.get(precision, precision)
-        if not runs_on(precision, provider):
-            raise ValueError(
-                f"on CUDA the fused graphs have fp16 activations (ORT's CUDA "
-                f"GroupQueryAttention is fp16/bf16 only), so {precision} does not "
-                "serve there: set TIGER_PRECISION to fp16, int8 or int4, or "
-                "TIGER_DEVICE=cpu"
-            )
-    return precision
+    return on_cuda(precision) if provider == CUDA else precision
+
+
+def precision_from_env(flag: str | None = None) -> str:
+    """`resolve_precision` of a flag, else TIGER_PRECISION, for TIGER_DEVICE."""
+    requested = flag or os.environ.get("TIGER_PRECISION")
+    return resolve_precision(requested, Device(os.environ.get("TIGER_DEVICE", "auto")))
 
 
 def graph_dir(precision: str) -> str:

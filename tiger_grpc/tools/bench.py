@@ -35,9 +35,9 @@ import grpc
 
 from ..api.events import Delta, Stop
 from ..api.params import ChatMessage, GenerateParams
-from ..config import Device, EngineOptions, default_home, ort_spin
+from ..config import EngineOptions, default_home, ort_spin
 from ..models.embedded import DEFAULT_MODEL_ID, ensure_default_model
-from ..models.precision import resolve_precision
+from ..models.precision import precision_from_env
 from ..models.store import ModelStore
 from ..pb.tiger.v1 import tiger_pb2 as pb
 from ..pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
@@ -280,10 +280,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     try:
-        args.precision = resolve_precision(
-            args.precision or os.environ.get("TIGER_PRECISION"),
-            Device(os.environ.get("TIGER_DEVICE", "auto")),
-        )
+        args.precision = precision_from_env(args.precision)
     except ValueError as exc:
         parser.error(str(exc))
     args.max_tokens = args.max_tokens or (48 if args.quick else 128)

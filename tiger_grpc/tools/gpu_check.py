@@ -46,7 +46,7 @@ import numpy as np
 
 from ..config import Device, cuda_attention
 from ..engine.providers import CPU, CUDA, cuda_can_load, cuda_compute_major
-from ..models.precision import ON_CUDA, PRECISIONS, runs_on
+from ..models.precision import PRECISIONS, on_cuda, runs_on
 from .bench_gpu import random_graph
 
 SWITCHES = (
@@ -353,9 +353,10 @@ def main(argv: list[str] | None = None) -> None:
         "activation graphs on CUDA; see models.precision)",
     )
     args = parser.parse_args(argv)
-    precision = ON_CUDA.get(args.precision, args.precision)
-    if not runs_on(precision, CUDA):
-        parser.error(f"{precision} graphs do not serve on CUDA")
+    try:
+        precision = on_cuda(args.precision)
+    except ValueError as exc:
+        parser.error(str(exc))
     args.out.mkdir(parents=True, exist_ok=True)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tiger-gpu-check-"))
     report = check(Device(args.device), args.out, workdir, not args.no_8b, precision)
