@@ -34,9 +34,11 @@ HALVES = {
 def raw_blocks(kind: str, rows: int, inputs: int, seed: int) -> np.ndarray:
     """Random blocks of `kind` for a (rows, inputs) weight, as a file holds them:
     random bits, with finite fp16 scales of a realistic size."""
-    per = 256 if kind.endswith("_K") else 32
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    per, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType[kind]]
     rng = np.random.default_rng(seed)
-    shape = (rows, inputs // per, blocks_of._BLOCK_BYTES[kind])
+    shape = (rows, inputs // per, block_bytes)
     raw = rng.integers(0, 256, shape, dtype=np.uint8)
     for at, (low, high) in HALVES[kind].items():
         half = rng.uniform(low, high, shape[:-1]).astype(np.float16)

@@ -28,7 +28,7 @@ from ..config import Device
 from ..engine.providers import CUDA, choose_providers
 from ..models.export import checkpoint_parameters
 from ..models.fromgguf import convert_gguf
-from ..models.graph.gguf import EXACT_BLOCKS
+from ..models.graph.gguf import EXACT_BLOCKS, SOURCE_BITS
 from ..models.pipeline import SOURCE_GGUF, Reporting, build_model
 from ..models.precision import GRAPH_TYPES, resolve_precision
 from ..models.store import ModelStore, canonical_id
@@ -115,7 +115,7 @@ def gguf_plan(checkpoint: GgufCheckpoint, precision: str) -> str:
     exact = sorted(EXACT_BLOCKS & set(checkpoint.kinds))
     others = sorted(set(checkpoint.kinds) - EXACT_BLOCKS - FLOAT_TENSORS)
     graph = f"the {precision} graph"
-    if GRAPH_TYPES[precision][0] != 4:  # only 4-bit graphs take the file's blocks
+    if GRAPH_TYPES[precision][0] != SOURCE_BITS:  # the graphs that take the blocks
         return f"{said}; {graph} takes them dequantized"
     if not exact and not others:
         return f"{said}; ONNX Runtime quantizes its float weights for {graph}"

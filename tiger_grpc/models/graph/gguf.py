@@ -29,13 +29,14 @@ ORT's quantizer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 BLOCK = 32
 ZERO = {4: 8, 8: 128}  # MatMulNBits's implicit zero point at each width
+SOURCE_BITS = 4  # the graphs that take a file's blocks: int4's (and int4-fp16's)
 _LAYER = {
     "self_attn.q_proj": "attn_q",
     "self_attn.k_proj": "attn_k",
@@ -124,7 +125,10 @@ class GgufBlocks:
         kind = tensor.tensor_type.name
         raw = np.asarray(tensor.data, dtype=np.uint8)
         rows = raw.shape[0]
-        blocks = _READERS[kind](raw.reshape(rows, -1, _BLOCK_BYTES[kind]))
+        from gguf.constants import GGML_QUANT_SIZES  # (elements, bytes) a block
+
+        _, block_bytes = GGML_QUANT_SIZES[tensor.tensor_type]
+        blocks = _READERS[kind](raw.reshape(rows, -1, block_bytes))
         short = name.split(".")[-2] if name and name.startswith("blk.") else ""
         if short in self._heads:  # llama.cpp's rotary row order, put back
             blocks = _unpermute(blocks, self._heads[short])
@@ -176,25 +180,25 @@ def _q4_1(raw: np.ndarray) -> Blocks:
 
 
 def _q8_0(raw: np.ndarray) -> Blocks:
-    q = raw[..., 2:34].view(np.int8).astype(np.int16) + 128
+    q = raw[..., 2:34].view(np.int8).astype(np.int16) + ZERO[8]
     return Blocks("Q8_0", 8, q.astype(np.uint8), _half(raw, 0), None)
 
 
-def _high_bits(qh: np.ndarray) -> np.ndarray:
-    """Q5_0/Q5_1's 4 bytes of fifth bits -> one per element (bit j of the
-    little-endian word is element j's)."""
-    return np.unpackbits(qh, axis=-1, bitorder="little")
+def _high_bits(qh: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Bytes of fifth bits -> one per element, along `axis`, lowest bit first
+    (Q5_0/Q5_1: bit j of the little-endian word is element j's)."""
+    return np.unpackbits(qh, axis=axis, bitorder="little")
 
 
 def _q5_0(raw: np.ndarray) -> Blocks:
     q = _nibbles_ggml(raw[..., 6:22]) | (_high_bits(raw[..., 2:6]) << 4)
-    return Blocks("Q5_0", 8, q + np.uint8(128 - 16), _half(raw, 0), None)
+    return Blocks("Q5_0", 8, q + np.uint8(ZERO[8] - 16), _half(raw, 0), None)
 
 
 def _q5_1(raw: np.ndarray) -> Blocks:
     d, m = _half(raw, 0), _half(raw, 2)
     q = _nibbles_ggml(raw[..., 8:24]) | (_high_bits(raw[..., 4:8]) << 4)
-    return Blocks("Q5_1", 8, q + np.uint8(128 - 16), d, m + 16 * d)
+    return Blocks("Q5_1", 8, q + np.uint8(ZERO[8] - 16), d, m + 16 * d)
 
 
 def _k_scales(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -241,9 +245,8 @@ def _q4_k(raw: np.ndarray) -> Blocks:
 def _q5_k(raw: np.ndarray) -> Blocks:
     low = _runs(raw[..., 48:176], 32)  # (rows, supers, 8, 32)
     qh = raw[..., 16:48]  # bit i of byte j: element j of sub-block i's fifth bit
-    high = (qh[..., None, :] >> np.arange(8, dtype=np.uint8)[:, None]) & 1
-    q = low | (high << 4)
-    return _k_form("Q5_K", 8, q + np.uint8(128 - 16), raw, 16)
+    q = low | (_high_bits(qh[..., None, :], axis=-2) << 4)
+    return _k_form("Q5_K", 8, q + np.uint8(ZERO[8] - 16), raw, 16)
 
 
 def _q6_k(raw: np.ndarray) -> Blocks:
@@ -254,7 +257,7 @@ def _q6_k(raw: np.ndarray) -> Blocks:
     qh = raw[..., 128:192].reshape(*raw.shape[:-1], 2, 1, 32)
     shifts = np.array([0, 2, 4, 6], np.uint8)[:, None]
     high = ((qh >> shifts) & 3).reshape(*raw.shape[:-1], 8, 32)
-    q = (low | (high << 4)) + np.uint8(128 - 32)
+    q = (low | (high << 4)) + np.uint8(ZERO[8] - 32)
     sc = raw[..., 192:208].view(np.int8).astype(np.float32)
     d = _half(raw, 208)[..., None]
     return Blocks(
@@ -273,16 +276,6 @@ _READERS = {
     "Q6_K": _q6_k,
 }
 EXACT_BLOCKS = frozenset(_READERS)  # the block types MatMulNBits takes as they are
-_BLOCK_BYTES = {
-    "Q4_0": 18,
-    "Q4_1": 20,
-    "Q8_0": 34,
-    "Q5_0": 22,
-    "Q5_1": 24,
-    "Q4_K": 144,
-    "Q5_K": 176,
-    "Q6_K": 210,
-}
 
 
 def _unpermute(blocks: Blocks, heads: int) -> Blocks:
@@ -296,6 +289,4 @@ def _unpermute(blocks: Blocks, heads: int) -> Blocks:
 
     packed, scales = rows(blocks.packed), rows(blocks.scales)
     assert packed is not None and scales is not None
-    return Blocks(
-        blocks.kind, blocks.bits, packed, scales, rows(blocks.offsets), blocks.block
-    )
+    return replace(blocks, packed=packed, scales=scales, offsets=rows(blocks.offsets))

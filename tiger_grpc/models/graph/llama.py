@@ -21,7 +21,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ...runtime.ml import IMPORT_LOCK
-from .gguf import Blocks, GgufBlocks, join
+from .gguf import SOURCE_BITS, Blocks, GgufBlocks, join
 from .shape import LlamaShape, rope_tables
 from .tensors import Tensors, checkpoint_tensors
 from .writer import GraphWriter, quantize_blocks
@@ -113,13 +113,14 @@ class _Decoder:
         """Weight `key` as blocks, and its inputs: the source file's own when an
         int4 graph is written and the file has them in a type `MatMulNBits` takes
         as it is, else ORT's quantization of it (padded to whole blocks)."""
-        found = self.blocks(key) if self.bits == 4 and self.blocks is not None else None
+        from_file = self.bits == SOURCE_BITS and self.blocks is not None
+        found = self.blocks(key) if from_file else None
         if found is not None:
             self.exact += 1
             return found, found.scales.shape[1] * found.block
         assert self.bits is not None
         self.requantized += 1
-        weight = self.param(key).T
+        weight = self.tensors(key).T  # quantized from float32, whatever the graph's
         packed, scales = quantize_blocks(weight, self.bits)
         ort = Blocks(f"ORT int{self.bits}", self.bits, packed, scales, None)
         return ort, weight.shape[0]
@@ -374,7 +375,7 @@ def build_fused_llama(
 
     config = AutoConfig.from_pretrained(hf_dir)
     s = LlamaShape.of(config)  # unsupported models fail before anything is read
-    if gguf is not None and options.get("bits") == 4:
+    if gguf is not None and options.get("bits") == SOURCE_BITS:
         options["blocks"] = GgufBlocks(gguf, s.heads, s.kv_heads)
     return build_fused_graph(
         config, checkpoint_tensors(hf_dir), out_path, dtype, **options
