@@ -33,7 +33,7 @@ from ..models.embedded import DEFAULT_MODEL_ID, ensure_default_model, find_gguf
 from ..models.fromgguf import convert_gguf
 from ..models.loaded import load_tokenizer
 from ..models.pipeline import build_graph
-from ..models.store import HF_DIR, ModelStore
+from ..models.store import HF_DIR, ModelManifest, ModelStore
 from .bench_report import target_lines
 from .bench_scale import llama_quantize
 
@@ -55,12 +55,7 @@ STEPS = 100  # decode steps timed per graph
 
 def measure(home: Path, tokens: int | None = None) -> list[dict[str, Any]]:
     """The table's rows; `tokens` limits the text (the whole of it by default)."""
-    store = ModelStore(home)
-    ensure_default_model(store, "int4")
-    model_dir = store.path(DEFAULT_MODEL_ID)
-    manifest = store.get(DEFAULT_MODEL_ID)
-    assert manifest is not None
-    ids = quality.held_out_ids(load_tokenizer(str(model_dir / HF_DIR)), tokens)
+    model_dir, manifest, ids = _held_out(home, tokens)
     reference = quality.reference_logits(
         OnnxCausalLM(model_dir / manifest.onnx_path, Device.CPU), ids
     )
@@ -79,10 +74,7 @@ def measure_kquant(
 ) -> list[dict[str, Any]]:
     """A Q4_K_M file of the embedded model: its int4 graph from its own blocks and
     from ORT's quantizer, against its own weights in fp32."""
-    store = ModelStore(home)
-    ensure_default_model(store, "int4")
-    tokenizer = load_tokenizer(str(store.path(DEFAULT_MODEL_ID) / HF_DIR))
-    ids = quality.held_out_ids(tokenizer, tokens)
+    _, _, ids = _held_out(home, tokens)
     rows = []
     with tempfile.TemporaryDirectory(prefix="tiger-kquant-") as scratch:
         gguf, hf = Path(scratch) / "q4_k_m.gguf", Path(scratch) / "hf"
@@ -98,6 +90,16 @@ def measure_kquant(
             graph = (hf, out, "int4", gguf if exact else None)
             rows.append(_row(f"Q4_K_M file, {name}", graph, reference, ids))
     return rows
+
+
+def _held_out(home: Path, tokens: int | None) -> tuple[Path, ModelManifest, list[int]]:
+    """The embedded model (prepared if need be): its directory, its manifest, and
+    the held-out text's ids (the first `tokens`)."""
+    store = ModelStore(home)
+    manifest = ensure_default_model(store, "int4")
+    model_dir = store.path(DEFAULT_MODEL_ID)
+    ids = quality.held_out_ids(load_tokenizer(str(model_dir / HF_DIR)), tokens)
+    return model_dir, manifest, ids
 
 
 def _row(

@@ -240,7 +240,7 @@ def two_models_at_once(path: Path, device: Device, alone: list[np.ndarray]) -> d
 
 
 def check(
-    device: Device, out: Path, workdir: Path, run_8b: bool, precision: str = "fp16"
+    device: Device, out: Path, workdir: Path, run_8b: bool, precision: str
 ) -> dict[str, Any]:
     started = time.monotonic()
     path = random_graph("tiny", precision, workdir)

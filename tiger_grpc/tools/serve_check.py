@@ -59,7 +59,7 @@ class CheckFailed(RuntimeError):
 
 @contextmanager
 def served_on(
-    home: Path, model: str, device: str, workdir: Path, precision: str = "fp16"
+    home: Path, model: str, device: str, workdir: Path, precision: str
 ) -> Iterator[str]:
     """The server (`model` loaded at start, its `precision` graph) and the gateway
     on `device`, their logs in `workdir/<device>`; yields the gateway's base URL."""
@@ -284,7 +284,7 @@ def check(
     device: str,
     against: str | None,
     workdir: Path,
-    precision: str = "fp16",
+    precision: str,
 ) -> dict[str, Any]:
     with served_on(home, model, device, workdir, precision) as url:
         report = asyncio.run(drive(url, model))

@@ -75,7 +75,7 @@ def markdown(report: dict[str, Any]) -> str:
         "# serve-check",
         "",
         f"- model: {report['model']['id']} on {report['model'].get('provider')} "
-        f"(asked: {report['device']}, {report.get('precision', 'fp16')}: "
+        f"(asked: {report['device']}, {report['precision']}: "
         f"{report.get('graph')})",
         f"- seed guide's stream: {seed['usage']['output_tokens']} tokens, time to "
         f"first token {seed['ttft_ms']} ms, {seed['tokens_per_s']} tok/s: "
