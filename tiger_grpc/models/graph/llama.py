@@ -113,8 +113,9 @@ class _Decoder:
         """Weight `key` as blocks, and its inputs: the source file's own when an
         int4 graph is written and the file has them in a type `MatMulNBits` takes
         as it is, else ORT's quantization of it (padded to whole blocks)."""
-        from_file = self.bits == SOURCE_BITS and self.blocks is not None
-        found = self.blocks(key) if from_file else None
+        found = None
+        if self.bits == SOURCE_BITS and self.blocks is not None:
+            found = self.blocks(key)
         if found is not None:
             self.exact += 1
             return found, found.scales.shape[1] * found.block
