@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import filecmp
 import json
+import struct
 import uuid
 from pathlib import Path
 
@@ -93,16 +94,49 @@ async def test_http_import_streams_phases(checkpoint, base_url: str) -> None:
     assert sum(c["type"] == "info" for c in chunks) >= 3
 
 
-async def test_a_gguf_file_is_served_with_its_own_blocks(base_url, store_home) -> None:
+def with_sampling(source: Path, target: Path, temp: float, top_p: float, top_k: int):
+    """`source` with llama.cpp's `general.sampling.*` keys added first among its
+    keys (and a padding key, so the tensor data stays aligned where it was)."""
+
+    def key(name: str, kind: int, value: bytes) -> bytes:
+        return (
+            struct.pack("<Q", len(name))
+            + name.encode()
+            + struct.pack("<I", kind)
+            + value
+        )
+
+    added = [
+        key("general.sampling.temp", 6, struct.pack("<f", temp)),
+        key("general.sampling.top_p", 6, struct.pack("<f", top_p)),
+        key("general.sampling.top_k", 5, struct.pack("<i", top_k)),
+    ]
+    size = sum(map(len, added)) + len(key("tiger.padding", 8, b"\0" * 8))
+    text = b"x" * (-size % 32)  # GGUF's default alignment: the file sets none
+    added.append(key("tiger.padding", 8, struct.pack("<Q", len(text)) + text))
+    whole = source.read_bytes()
+    assert whole[:4] == b"GGUF" and b"general.alignment" not in whole[:65536]
+    version, tensors, keys = struct.unpack_from("<IQQ", whole, 4)
+    header = whole[:4] + struct.pack("<IQQ", version, tensors, keys + len(added))
+    target.write_bytes(header + b"".join(added) + whole[24:])
+    return target
+
+
+async def test_a_gguf_file_is_served_with_its_own_blocks(
+    base_url, store_home, tmp_path
+) -> None:
     """The embedded model's GGUF file imported as any user's would be: its int4
     graph takes the file's Q4_1/Q8_0 blocks as they are, so it answers exactly as
-    the embedded model (prepared from the same file) does."""
+    the embedded model (prepared from the same file) does; the sampling its
+    metadata recommends (added here: the embedded file has none) becomes the
+    model's defaults."""
     from tiger_grpc.models.embedded import find_gguf
 
     model_id = f"gguf-{uuid.uuid4().hex[:4]}"
+    gguf = with_sampling(find_gguf(), tmp_path / "smol.gguf", 0.7, 0.8, 20)
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(headers=HEADERS, timeout=timeout) as s:
-        body = {"path": str(find_gguf()), "id": model_id, "stream": True}
+        body = {"path": str(gguf), "id": model_id, "stream": True}
         async with s.post(f"{base_url}/v1/models/import", json=body) as r:
             chunks = [json.loads(line) async for line in r.content if line.strip()]
         assert chunks[-1]["type"] == "stop", chunks[-1]
@@ -111,8 +145,13 @@ async def test_a_gguf_file_is_served_with_its_own_blocks(base_url, store_home) -
         stored = store_home / "models" / model_id
         manifest = json.loads((stored / "model.json").read_text())
         assert manifest["quantization"] == {"int4": "source blocks"}
+        recommended = {"temperature": 0.7, "top_p": 0.8, "top_k": 20}
+        assert manifest["sampling"] == recommended
+        async with s.get(f"{base_url}/v1/models") as r:
+            listed = {m["id"]: m for m in (await r.json())["models"]}
+        assert listed[model_id]["sampling"] == recommended
         # The file is kept (a copy), so a graph built again keeps its blocks too.
-        assert filecmp.cmp(find_gguf(), stored / "source.gguf", shallow=False)
+        assert filecmp.cmp(gguf, stored / "source.gguf", shallow=False)
         with ModelStore(store_home).lock(model_id):
             again = add_graph(ModelStore(store_home), model_id, "int4")
         assert again.quantization == {"int4": "source blocks"}

@@ -200,6 +200,7 @@ def write_gguf(
     extra: str | None = None,
     eos: int | str = 2,
     ffn: int = FFN,
+    sampling: dict[str, float | int] | None = None,
 ) -> Path:
     """A small Llama GGUF file, written with gguf's own writer (random weights, a
     16-token vocabulary); the arguments spoil it one way or another."""
@@ -219,6 +220,11 @@ def write_gguf(
             writer.add_string("tokenizer.ggml.eos_token_id", eos)
         else:
             writer.add_eos_token_id(eos)
+    for key, value in (sampling or {}).items():  # as llama.cpp's converter writes
+        if isinstance(value, int):
+            writer.add_int32(f"general.sampling.{key}", value)
+        else:
+            writer.add_float32(f"general.sampling.{key}", value)
     rng = np.random.default_rng(0)
 
     def tensor(name: str, *shape: int) -> None:
@@ -267,6 +273,21 @@ def test_a_gguf_file_is_read_as_data_and_vetted(tmp_path) -> None:
         "takes its Q8_0 blocks as they are, "
         "and ONNX Runtime quantizes the rest (Q2_K) again"
     )
+
+
+def test_a_gguf_files_recommended_sampling_is_read_where_in_range(tmp_path) -> None:
+    """llama.cpp's `general.sampling.*` keys become the model's defaults (float32
+    as written); values out of range are left out, not clamped."""
+    from tiger_grpc.models.fromgguf import file_sampling, read_header
+
+    recommended = {"temp": 0.6, "top_p": 0.95, "top_k": 20, "min_p": 0.05}
+    meta, _ = read_header(write_gguf(tmp_path / "a.gguf", sampling=recommended))
+    assert file_sampling(meta) == {"temperature": 0.6, "top_p": 0.95, "top_k": 20}
+    wrong = {"temp": -1.0, "top_p": 1.5, "top_k": -3}
+    meta, _ = read_header(write_gguf(tmp_path / "b.gguf", sampling=wrong))
+    assert file_sampling(meta) == {}
+    meta, _ = read_header(write_gguf(tmp_path / "c.gguf"))
+    assert file_sampling(meta) == {}
 
 
 def test_a_gguf_file_that_lies_is_refused_before_anything_reads_it(tmp_path) -> None:

@@ -3,7 +3,9 @@ bytes that remain (gguf's own reader trusts them, and a few bytes claiming a hug
 array make it loop and allocate without end), and the file as a Hugging Face
 checkpoint: transformers dequantizes its weights and converts its tokenizer; the
 file's own end of turn, padding and BOS rule (its metadata) are put back where
-the conversion loses them.
+the conversion loses them, and the sampling its author recommends (llama.cpp's
+`general.sampling.*` keys) becomes its generation config's, as a checkpoint's
+`generation_config.json` does.
 
 The weights written here are the float image of the file's blocks; the int4 fused
 graph later takes the Q4_0/Q4_1/Q8_0 blocks themselves (`graph.gguf`), so an
@@ -23,6 +25,7 @@ from typing import Any
 
 from ..api.errors import InvalidArgumentError
 from ..runtime.ml import IMPORT_LOCK
+from .export import SAMPLING_FIELDS
 
 MAX_KEYS = MAX_TENSORS = 1 << 16
 MAX_DIMS = 4
@@ -30,6 +33,13 @@ MAX_DIMS = 4
 SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q"}
 SCALARS |= {11: "q", 12: "d"}
 STRING, ARRAY = 8, 9
+# llama.cpp's keys for the sampling a file recommends (its converter writes them
+# from the checkpoint's generation_config.json; llama-server takes them as defaults).
+GGUF_SAMPLING = {
+    "general.sampling.temp": "temperature",
+    "general.sampling.top_p": "top_p",
+    "general.sampling.top_k": "top_k",
+}
 
 
 @dataclass(frozen=True)
@@ -164,11 +174,29 @@ def _tensors(
     return found
 
 
+def file_sampling(meta: dict[str, Any]) -> dict[str, float]:
+    """The sampling settings a file's metadata recommends (temperature, top_p,
+    top_k), those in range only; a float32 as written (0.9, not 0.899999976)."""
+    found: dict[str, float] = {}
+    for key, name in GGUF_SAMPLING.items():
+        value = meta.get(key)
+        if isinstance(value, float):  # float32's seven digits
+            value = float(f"{value:.7g}")
+        if (
+            value is not None
+            and not isinstance(value, bool)
+            and SAMPLING_FIELDS[name](value)
+        ):
+            found[name] = value
+    return found
+
+
 def convert_gguf(
     gguf: Path, hf_dir: Path, sampling: dict[str, float] | None = None
 ) -> None:
-    """Writes `gguf` dequantized as HF weights and a fast tokenizer in `hf_dir`;
-    `sampling`: defaults for its generation config (a GGUF carries none)."""
+    """Writes `gguf` dequantized as HF weights and a fast tokenizer in `hf_dir`,
+    with the sampling its metadata recommends in its generation config (`sampling`,
+    where given, in their place)."""
     with IMPORT_LOCK:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -188,6 +216,7 @@ def convert_gguf(
         tokenizer, "add_bos_token"
     ):
         tokenizer.add_bos_token = meta["tokenizer.ggml.add_bos_token"]
+    sampling = {**file_sampling(meta), **(sampling or {})}
     generation = model.generation_config
     if generation is not None and tokenizer.eos_token_id is not None:
         generation.eos_token_id = tokenizer.eos_token_id
