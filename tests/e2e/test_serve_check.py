@@ -1,6 +1,7 @@
 """`gpu-check --serve`'s server check, as it runs without a GPU: the real server
-and gateway on the CPU provider serving a model's fp16 graph, driven over HTTP, and
-compared with a second server on CPU (the same greedy answers)."""
+and gateway on the CPU provider serving a model's fp16 graph, driven over HTTP,
+importing the embedded GGUF beside it, and compared with a second server on CPU
+(the same greedy answers)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def test_the_server_check_drives_both_servers_and_compares(
 ) -> None:
     out = tmp_path / "out"
     args = ["--device", "cpu", "--home", str(store_home), "--model", TINY_MODEL_ID]
-    report = main([*args, "--against", "cpu", "--out", str(out)])
+    report = main([*args, "--against", "cpu", "--import-gguf", "--out", str(out)])
     assert report["failed"] == []
     assert report["model"]["provider"] == "CPUExecutionProvider"
     assert report["graph"] == tiny_model.fused_graphs["fp16"]  # from the server's log
@@ -33,6 +34,10 @@ def test_the_server_check_drives_both_servers_and_compares(
     assert second["prompt_tokens"] - 8 <= third["cached_tokens"]
     assert set(json.loads(report["json_schema"]["text"])) == {"city", "country"}
     assert report["against_cpu"] == {"answers": 14, "identical": 14, "parted": []}
+    imported = report["import"]  # served beside the tiny model, then removed
+    assert imported["provider"] == "CPUExecutionProvider" and imported["answer"]
+    assert "210 Q4_1, 1 Q8_0" in imported["said"][0] and imported["seconds"] > 0
+    assert not list((store_home / "models").glob("serve-check-import-*"))
     assert (out / "serve.md").read_text().startswith("# serve-check")
     assert (out / "serve-server-cpu.log").is_file()
 

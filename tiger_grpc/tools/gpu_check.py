@@ -24,7 +24,9 @@ in a few minutes, and writes what it saw to `--out` (check.json, check.md).
 5. With `--serve HOME`, the server end to end on the device (`serve_check`): the
    real server and gateway serving the embedded model of the store HOME at that
    precision,
-   driven over HTTP, each greedy answer compared with a server on CPU.
+   driven over HTTP, each greedy answer compared with a server on CPU; with
+   `--import-gguf [FILE]` too, that server imports FILE (the embedded model's
+   GGUF by default) and serves it beside the model.
 
 Without a GPU, `--device cpu` is the dry run CI makes: the same steps on the CPU
 provider against itself. It needs no model preparation (no GGUF, no optimum).
@@ -352,7 +354,17 @@ def main(argv: list[str] | None = None) -> None:
         help="the graphs checked: fp16 (the default), or int4 or int8 (their fp16-"
         "activation graphs on CUDA; see models.precision)",
     )
+    parser.add_argument(
+        "--import-gguf",
+        nargs="?",
+        const="embedded",
+        metavar="FILE",
+        help="with --serve: the server on the device imports FILE (the embedded "
+        "model's GGUF if none is named) and serves it beside the model",
+    )
     args = parser.parse_args(argv)
+    if args.import_gguf and not args.serve:
+        parser.error("--import-gguf needs --serve")
     try:
         precision = on_cuda(args.precision)
     except ValueError as exc:
@@ -384,6 +396,7 @@ def main(argv: list[str] | None = None) -> None:
             ["--device", args.device, "--home", str(args.serve), "--out", str(args.out)]
             + ["--precision", precision]
             + (["--against", "cpu"] if args.device == "cuda" else [])
+            + (["--import-gguf", args.import_gguf] if args.import_gguf else [])
         )
 
 

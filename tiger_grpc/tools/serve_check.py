@@ -14,6 +14,13 @@ start on free local ports, serving a prepared model of a store (`--home`,
 4. A three-turn chat (`/v1/chat/completions`): turns 2 and 3 report the earlier
    turns' prompt as cached (the prefix cache's copies on the device).
 5. A JSON-schema answer (`response_format`): it parses and has the schema's keys.
+6. With `--import-gguf [FILE]` (the embedded model's own file if none is named),
+   the server on the device imports FILE over HTTP (`/v1/models/import`, as a
+   user does: on CUDA the optimum export runs on the GPU) and serves it beside the
+   model: how long the import took, where the new model runs, the device's memory
+   in use before and after (every process's, as `nvidia-smi` says), and a
+   greedy answer from each model, which must be the same when FILE is the one the
+   model was prepared from. The imported model is removed from the store after.
 
 Every request is greedy, so with `--against cpu` the same requests go to a second
 server on the CPU provider (same graph) and the answers are compared word for word
@@ -27,8 +34,11 @@ import argparse
 import asyncio
 import json
 import re
+import shutil
+import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -240,8 +250,59 @@ async def json_answer(session: Any, url: str, model: str) -> dict[str, Any]:
     }
 
 
-async def drive(url: str, model: str) -> dict[str, Any]:
-    """Steps 1-5 against the gateway at `url`."""
+async def import_beside(
+    session: Any, url: str, model: str, gguf: Path, name: str
+) -> dict[str, Any]:
+    """Step 6: `gguf` imported as `name` by the server at `url`, then one greedy
+    answer from `model` and from `name`."""
+    import aiohttp
+
+    in_use = device_memory_in_use()
+    body = {"path": str(gguf), "id": name, "stream": True}
+    started = time.monotonic()
+    long = aiohttp.ClientTimeout(total=3600)  # an 8B export takes minutes
+    async with session.post(
+        f"{url}/v1/models/import", json=body, timeout=long
+    ) as response:
+        if response.status != 200:
+            said = await response.text()
+            raise CheckFailed(f"import: HTTP {response.status}: {said[:500]}")
+        chunks = [json.loads(line) async for line in response.content if line.strip()]
+    seconds = round(time.monotonic() - started, 1)
+    if not chunks or chunks[-1]["type"] != "stop":
+        raise CheckFailed(f"the import ended with {chunks[-1:] or 'nothing'}")
+    replies = []
+    for which in (model, name):
+        reply = await chat(session, url, ask(which, QUESTION, 32))
+        replies.append(reply["choices"][0]["message"]["content"])
+    models = (await fetch(session, "GET", f"{url}/v1/models"))["models"]
+    entry = next(m for m in models if m["id"] == name)
+    return {
+        "file": str(gguf),
+        "seconds": seconds,
+        "said": [c["message"] for c in chunks if c["type"] == "info"][:2],
+        "provider": entry.get("provider"),
+        "answer": replies[1],
+        "same_answer": replies[0] == replies[1],
+        "memory_in_use_gb": [in_use, device_memory_in_use()],
+    }
+
+
+def device_memory_in_use() -> float | None:
+    """The first GPU's memory in use, GB (every process's, as `nvidia-smi` says:
+    no CUDA context of this process's own in it), or None without one."""
+    query = ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"]
+    try:
+        said = subprocess.run(query, capture_output=True, text=True, timeout=30)
+        return round(float(said.stdout.split()[0]) * 2**20 / 1e9, 2)
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return None
+
+
+async def drive(
+    url: str, model: str, gguf: Path | None = None, name: str = ""
+) -> dict[str, Any]:
+    """Steps 1-5 against the gateway at `url`, and 6 with `gguf`."""
     import aiohttp
 
     headers = {"Authorization": f"Bearer {API_KEY}"}
@@ -254,6 +315,8 @@ async def drive(url: str, model: str) -> dict[str, Any]:
         report["running_after"] = next(m for m in models if m["id"] == model)["running"]
         report["chat"] = await chat_turns(session, url, model)
         report["json_schema"] = await json_answer(session, url, model)
+        if gguf is not None:
+            report["import"] = await import_beside(session, url, model, gguf, name)
         return report
 
 
@@ -285,13 +348,21 @@ def check(
     against: str | None,
     workdir: Path,
     precision: str,
+    gguf: Path | None = None,
 ) -> dict[str, Any]:
-    with served_on(home, model, device, workdir, precision) as url:
-        report = asyncio.run(drive(url, model))
+    name = f"serve-check-import-{uuid.uuid4().hex[:6]}"
+    try:
+        with served_on(home, model, device, workdir, precision) as url:
+            report = asyncio.run(drive(url, model, gguf, name))
+    finally:  # the imported model, whatever became of the import
+        with ModelStore(home).lock(name):
+            shutil.rmtree(ModelStore(home).path(name), ignore_errors=True)
     report["device"], report["precision"] = device, precision
     report["graph"] = served_graph(workdir / device, model)
     report["failed"] = verdicts(report, device)
     report["failed"] += wrong_graph(home, model, precision, workdir / device)
+    if gguf is not None:
+        report["failed"] += import_verdicts(report, home, model, gguf, device)
     if against:
         try:
             with served_on(home, model, against, workdir, precision) as url:
@@ -304,6 +375,27 @@ def check(
         failed += wrong_graph(home, model, precision, workdir / against)
         report["failed"] += [f"on {against}: {f}" for f in failed]
     return report
+
+
+def import_verdicts(
+    report: dict[str, Any], home: Path, model: str, gguf: Path, device: str
+) -> list[str]:
+    """What failed in step 6, in words."""
+    done = report["import"]
+    failed = []
+    if done["provider"] != report["model"].get("provider"):
+        failed.append(
+            f"the imported model runs on {done['provider']!r}, the model on "
+            f"{report['model'].get('provider')!r} ({device})"
+        )
+    manifest = ModelStore(home).get(model)
+    own = manifest is not None and gguf.name in (manifest.source or "")
+    if own and not done["same_answer"]:
+        failed.append(
+            f"{gguf.name}, imported, answers {done['answer']!r}, unlike {model}, "
+            "prepared from it"
+        )
+    return failed
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -320,7 +412,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="the graph both servers serve (int4 and int8: their fp16-activation "
         "graphs, as on CUDA, on CPU too, so that the same graph is compared)",
     )
+    parser.add_argument(
+        "--import-gguf",
+        nargs="?",
+        const="embedded",
+        metavar="FILE",
+        help="then the server on the device imports FILE (the embedded model's "
+        "own GGUF if none is named) and serves it beside the model (step 6)",
+    )
     args = parser.parse_args(argv)
+    gguf = args.import_gguf
+    if gguf == "embedded":
+        from ..models.embedded import find_gguf
+
+        try:
+            gguf = find_gguf()
+        except RuntimeError as exc:
+            parser.error(str(exc))
     args.out.mkdir(parents=True, exist_ok=True)
     precision = ON_CUDA.get(args.precision, args.precision)
     with tempfile.TemporaryDirectory(prefix="tiger-serve-check-") as workdir:
@@ -332,6 +440,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 args.against,
                 Path(workdir),
                 precision,
+                Path(gguf).resolve() if gguf else None,
             )
             said = markdown(report)
         except RuntimeError as exc:  # CheckFailed too, or a server that did not start

@@ -92,6 +92,20 @@ def markdown(report: dict[str, Any]) -> str:
         ),
         f"- JSON schema: {report['json_schema']['text']}",
     ]
+    if "import" in report:
+        done = report["import"]
+        before, after = done["memory_in_use_gb"]
+        memory = (
+            f"; GPU memory in use {before} GB before, {after} GB after"
+            if after is not None
+            else ""
+        )
+        lines.append(
+            f"- {done['file']} imported on the device in {done['seconds']} s, served "
+            f"on {done['provider']}: {done['answer']!r} (the same as the model's: "
+            f"{'yes' if done['same_answer'] else 'no'}){memory}; "
+            + " / ".join(done["said"])
+        )
     if "against_cpu" in report:
         a = report["against_cpu"]
         lines.append(
