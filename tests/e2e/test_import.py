@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from tests.helpers import API_KEY, DEFAULT_MODEL_ID, Process, run_cli
+from tiger_grpc.models.fromgguf import read_header
 from tiger_grpc.models.pipeline import add_graph
 from tiger_grpc.models.store import ModelStore
 
@@ -112,10 +113,10 @@ def with_sampling(source: Path, target: Path, temp: float, top_p: float, top_k: 
         key("general.sampling.top_k", 5, struct.pack("<i", top_k)),
     ]
     size = sum(map(len, added)) + len(key("tiger.padding", 8, b"\0" * 8))
-    text = b"x" * (-size % 32)  # GGUF's default alignment: the file sets none
+    text = b"x" * (-size % 32)  # GGUF's default alignment (the file sets none)
     added.append(key("tiger.padding", 8, struct.pack("<Q", len(text)) + text))
+    assert "general.alignment" not in read_header(source)[0]
     whole = source.read_bytes()
-    assert whole[:4] == b"GGUF" and b"general.alignment" not in whole[:65536]
     version, tensors, keys = struct.unpack_from("<IQQ", whole, 4)
     header = whole[:4] + struct.pack("<IQQ", version, tensors, keys + len(added))
     target.write_bytes(header + b"".join(added) + whole[24:])
@@ -133,7 +134,9 @@ async def test_a_gguf_file_is_served_with_its_own_blocks(
     from tiger_grpc.models.embedded import find_gguf
 
     model_id = f"gguf-{uuid.uuid4().hex[:4]}"
-    gguf = with_sampling(find_gguf(), tmp_path / "smol.gguf", 0.7, 0.8, 20)
+    # 1.0 and 50 are transformers' own defaults, which its generation config
+    # leaves out when it saves one: the file's advice must survive that.
+    gguf = with_sampling(find_gguf(), tmp_path / "smol.gguf", 1.0, 0.8, 50)
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(headers=HEADERS, timeout=timeout) as s:
         body = {"path": str(gguf), "id": model_id, "stream": True}
@@ -145,7 +148,7 @@ async def test_a_gguf_file_is_served_with_its_own_blocks(
         stored = store_home / "models" / model_id
         manifest = json.loads((stored / "model.json").read_text())
         assert manifest["quantization"] == {"int4": "source blocks"}
-        recommended = {"temperature": 0.7, "top_p": 0.8, "top_k": 20}
+        recommended = {"temperature": 1.0, "top_p": 0.8, "top_k": 50}
         assert manifest["sampling"] == recommended
         async with s.get(f"{base_url}/v1/models") as r:
             listed = {m["id"]: m for m in (await r.json())["models"]}

@@ -46,3 +46,16 @@ def test_staging_without_a_manifest_fails(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="no model.json"), store.staging("m"):
         pass
     assert store.get("m") is None
+
+
+def test_a_removed_model_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Its directory, an unfinished preparation of it and its lock file go; the
+    other models stay."""
+    store = ModelStore(tmp_path)
+    for model_id in ("gone", "kept"):
+        with store.lock(model_id), store.staging(model_id) as scratch:
+            manifest(model_id).write(scratch)
+    (store.models_dir / ".staging-gone-deadbeef").mkdir()  # a cut-off attempt
+    store.remove("GONE")
+    assert [m.id for m in store.list()] == ["kept"]
+    assert sorted(p.name for p in store.models_dir.iterdir()) == [".kept.lock", "kept"]

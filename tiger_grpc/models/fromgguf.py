@@ -15,6 +15,7 @@ K-quants) are quantized again by ONNX Runtime, and the manifest says which.
 
 from __future__ import annotations
 
+import json
 import math
 import mmap
 import struct
@@ -220,7 +221,11 @@ def convert_gguf(
     generation = model.generation_config
     if generation is not None and tokenizer.eos_token_id is not None:
         generation.eos_token_id = tokenizer.eos_token_id
-    if generation is not None and sampling:
-        generation.update(do_sample=True, **sampling)
     model.save_pretrained(hf_dir)
     tokenizer.save_pretrained(hf_dir)
+    if sampling:  # written whole: transformers leaves out values equal to its own
+        # defaults (top_k 50, temperature 1.0), which the file's may be
+        path = hf_dir / "generation_config.json"
+        config = json.loads(path.read_text()) if path.is_file() else {}
+        config.update(do_sample=True, **sampling)
+        path.write_text(json.dumps(config, indent=2) + "\n")

@@ -194,6 +194,16 @@ class ModelStore:
                 if held.users == 0:
                     del _LOCKS[path]
 
+    def remove(self, model_id: str) -> None:
+        """A model gone from the store: its directory, any unfinished preparation of
+        it and its lock file (for a model nothing else uses: a check's own)."""
+        model_id = canonical_id(model_id)
+        with self.lock(model_id):
+            shutil.rmtree(self.path(model_id), ignore_errors=True)
+            for stale in self.models_dir.glob(f"{_STAGING_PREFIX}{model_id}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        (self.models_dir / f".{model_id}.lock").unlink(missing_ok=True)
+
     @contextlib.contextmanager
     def staging(self, model_id: str) -> Iterator[Path]:
         """A scratch directory that becomes `<id>/` only if the block succeeds.

@@ -16,11 +16,14 @@ start on free local ports, serving a prepared model of a store (`--home`,
 5. A JSON-schema answer (`response_format`): it parses and has the schema's keys.
 6. With `--import-gguf [FILE]` (the embedded model's own file if none is named),
    the server on the device imports FILE over HTTP (`/v1/models/import`, as a
-   user does: on CUDA the optimum export runs on the GPU) and serves it beside the
-   model: how long the import took, where the new model runs, the device's memory
-   in use before and after (every process's, as `nvidia-smi` says), and a
-   greedy answer from each model, which must be the same when FILE is the one the
-   model was prepared from. The imported model is removed from the store after.
+   user does: on CUDA the optimum export runs on the GPU where it has room) and
+   serves it beside the model: how long the import took, where the new model
+   runs, the GPU's memory in use before and after (every process's, as
+   `nvidia-smi` says), and a greedy answer from each model, which must be the
+   same when FILE is the one the model was prepared from (by its name in the
+   model's source). The imported model (or what a cut-off import left) is
+   removed from the store after; a failed import fails the check, steps 1-5
+   reported as they went.
 
 Every request is greedy, so with `--against cpu` the same requests go to a second
 server on the CPU provider (same graph) and the answers are compared word for word
@@ -34,7 +37,6 @@ import argparse
 import asyncio
 import json
 import re
-import shutil
 import subprocess
 import tempfile
 import time
@@ -267,16 +269,22 @@ async def import_beside(
         if response.status != 200:
             said = await response.text()
             raise CheckFailed(f"import: HTTP {response.status}: {said[:500]}")
-        chunks = [json.loads(line) async for line in response.content if line.strip()]
+        lines = [line async for line in response.content if line.strip()]
     seconds = round(time.monotonic() - started, 1)
-    if not chunks or chunks[-1]["type"] != "stop":
+    try:
+        chunks = [json.loads(line) for line in lines]
+    except ValueError:
+        raise CheckFailed(f"a line of the import is not JSON: {lines}") from None
+    if not chunks or chunks[-1].get("type") != "stop":
         raise CheckFailed(f"the import ended with {chunks[-1:] or 'nothing'}")
     replies = []
     for which in (model, name):
         reply = await chat(session, url, ask(which, QUESTION, 32))
         replies.append(reply["choices"][0]["message"]["content"])
     models = (await fetch(session, "GET", f"{url}/v1/models"))["models"]
-    entry = next(m for m in models if m["id"] == name)
+    entry = next((m for m in models if m["id"] == name), None)
+    if entry is None:
+        raise CheckFailed(f"{name} is not in /v1/models after its import")
     return {
         "file": str(gguf),
         "seconds": seconds,
@@ -316,7 +324,11 @@ async def drive(
         report["chat"] = await chat_turns(session, url, model)
         report["json_schema"] = await json_answer(session, url, model)
         if gguf is not None:
-            report["import"] = await import_beside(session, url, model, gguf, name)
+            try:
+                report["import"] = await import_beside(session, url, model, gguf, name)
+            except (CheckFailed, aiohttp.ClientError, TimeoutError) as exc:
+                # steps 1-5 stand; the import's failure is the report's
+                report["import"] = {"file": str(gguf), "error": str(exc) or repr(exc)}
         return report
 
 
@@ -354,9 +366,9 @@ def check(
     try:
         with served_on(home, model, device, workdir, precision) as url:
             report = asyncio.run(drive(url, model, gguf, name))
-    finally:  # the imported model, whatever became of the import
-        with ModelStore(home).lock(name):
-            shutil.rmtree(ModelStore(home).path(name), ignore_errors=True)
+    finally:  # the imported model (or what a cut-off import left), once stopped
+        if gguf is not None:
+            ModelStore(home).remove(name)
     report["device"], report["precision"] = device, precision
     report["graph"] = served_graph(workdir / device, model)
     report["failed"] = verdicts(report, device)
@@ -382,6 +394,8 @@ def import_verdicts(
 ) -> list[str]:
     """What failed in step 6, in words."""
     done = report["import"]
+    if "error" in done:
+        return [f"the import of {done['file']}: {done['error']}"]
     failed = []
     if done["provider"] != report["model"].get("provider"):
         failed.append(
@@ -429,6 +443,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             gguf = find_gguf()
         except RuntimeError as exc:
             parser.error(str(exc))
+    if gguf and not Path(gguf).is_file():
+        parser.error(f"--import-gguf: {gguf} is not a file")
     args.out.mkdir(parents=True, exist_ok=True)
     precision = ON_CUDA.get(args.precision, args.precision)
     with tempfile.TemporaryDirectory(prefix="tiger-serve-check-") as workdir:

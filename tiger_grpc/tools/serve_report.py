@@ -92,8 +92,10 @@ def markdown(report: dict[str, Any]) -> str:
         ),
         f"- JSON schema: {report['json_schema']['text']}",
     ]
-    if "import" in report:
-        done = report["import"]
+    done = report.get("import", {})
+    if "error" in done:
+        lines.append(f"- the import of {done['file']} failed: {done['error']}")
+    elif done:
         before, after = done["memory_in_use_gb"]
         memory = (
             f"; GPU memory in use {before} GB before, {after} GB after"
@@ -101,7 +103,8 @@ def markdown(report: dict[str, Any]) -> str:
             else ""
         )
         lines.append(
-            f"- {done['file']} imported on the device in {done['seconds']} s, served "
+            f"- {done['file']} imported by the server on {report['device']} in "
+            f"{done['seconds']} s, served "
             f"on {done['provider']}: {done['answer']!r} (the same as the model's: "
             f"{'yes' if done['same_answer'] else 'no'}){memory}; "
             + " / ".join(done["said"])
