@@ -25,8 +25,7 @@ in a few minutes, and writes what it saw to `--out` (check.json, check.md).
    real server and gateway serving the embedded model of the store HOME at that
    precision,
    driven over HTTP, each greedy answer compared with a server on CPU; with
-   `--import-gguf [FILE]` too, that server imports FILE (the embedded model's
-   GGUF by default) and serves it beside the model.
+   `--import-gguf [FILE]`, also a GGUF imported and served beside the model.
 
 Without a GPU, `--device cpu` is the dry run CI makes: the same steps on the CPU
 provider against itself. It needs no model preparation (no GGUF, no optimum).
@@ -50,6 +49,7 @@ from ..config import Device, cuda_attention
 from ..engine.providers import CPU, CUDA, cuda_can_load, cuda_compute_major
 from ..models.precision import PRECISIONS, on_cuda, runs_on
 from .bench_gpu import random_graph
+from .serve_check import add_import_gguf
 
 SWITCHES = (
     "ORT_ENABLE_XQA",
@@ -354,14 +354,7 @@ def main(argv: list[str] | None = None) -> None:
         help="the graphs checked: fp16 (the default), or int4 or int8 (their fp16-"
         "activation graphs on CUDA; see models.precision)",
     )
-    parser.add_argument(
-        "--import-gguf",
-        nargs="?",
-        const="embedded",
-        metavar="FILE",
-        help="with --serve: the server on the device imports FILE (the embedded "
-        "model's GGUF if none is named) and serves it beside the model",
-    )
+    add_import_gguf(parser, "with --serve:")
     args = parser.parse_args(argv)
     if args.import_gguf and not args.serve:
         parser.error("--import-gguf needs --serve")
