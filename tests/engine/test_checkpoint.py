@@ -266,13 +266,15 @@ def test_a_gguf_file_is_read_as_data_and_vetted(tmp_path) -> None:
         "the int4-fp16 graph takes its Q4_K/Q6_K blocks as they are"
     )
     assert "int8-fp16 graph takes them dequantized" in gguf_plan(k_quants, "int8-fp16")
-    others = dataclasses.replace(vetted, kinds={"F32": 3, "IQ2_XS": 2, "Q3_K": 1})
+    others = dataclasses.replace(vetted, kinds={"F32": 3, "IQ2_XS": 2, "IQ3_S": 1})
     assert "ONNX Runtime quantizes them again" in gguf_plan(others, "int4")
-    mixed = dataclasses.replace(vetted, kinds={"F32": 3, "Q8_0": 2, "Q2_K": 1})
+    mixed = dataclasses.replace(vetted, kinds={"F32": 3, "Q3_K": 2, "IQ4_NL": 1})
     assert gguf_plan(mixed, "int4").endswith(
-        "takes its Q8_0 blocks as they are, "
-        "and ONNX Runtime quantizes the rest (Q2_K) again"
+        "takes its Q3_K blocks as they are, "
+        "and ONNX Runtime quantizes the rest (IQ4_NL) again"
     )
+    small = dataclasses.replace(vetted, kinds={"F32": 3, "Q2_K": 2, "Q3_K": 1})
+    assert gguf_plan(small, "int4").endswith("takes its Q2_K/Q3_K blocks as they are")
 
 
 def test_a_gguf_files_recommended_sampling_is_read_where_in_range(tmp_path) -> None:

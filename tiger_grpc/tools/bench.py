@@ -295,7 +295,7 @@ def main() -> None:
     quality_rows = measure_quality(default_home(), 512 if args.quick else None)
     kquant_rows = []
     if args.llama_server:
-        print("  a Q4_K_M file's graphs against its weights...", file=sys.stderr)
+        print("  K-quant files' graphs against their weights...", file=sys.stderr)
         kquant_rows = measure_kquant(
             default_home(), args.llama_server, 512 if args.quick else None
         )

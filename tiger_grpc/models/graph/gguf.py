@@ -15,16 +15,19 @@ an fp16 scale `d`:
   Q4_K, w = (d sc) q - (dmin m) over sub-blocks of 32, is Q4_1's form with scale
   d sc and minimum -dmin m; Q5_K is the same with 5-bit q (8-bit blocks); Q6_K,
   w = (d sc) (q - 32) over sub-blocks of 16, is the 8-bit symmetric form in blocks
-  of 16. The products d sc and dmin m are exact in float32 (an fp16 times a 6- or
-  8-bit integer), so the weights are the file's to float32 rounding.
+  of 16; Q3_K, w = (d sc) q with q in -4..3 over sub-blocks of 16, the 4-bit
+  symmetric form in blocks of 16; Q2_K, w = (d sc) q - (dmin m) with q in 0..3
+  over sub-blocks of 16, Q4_1's form in 4-bit blocks of 16. The products d sc and
+  dmin m are exact in float32 (an fp16 times a 4- to 8-bit integer), so the
+  weights are the file's to float32 rounding.
 
 Only the element order differs: ggml keeps elements j and j + 16 in byte j (in
 the K-quants, each run of 32 bytes, 64 in Q6_K, holds two runs of elements, low
 and high nibbles), ORT
 elements 2j and 2j + 1. llama.cpp's converter also permutes the rows of the query
 and key projections (its rotary layout); they are put back as transformers does.
-Other block types (Q2_K, Q3_K, the IQ types) are not read here: their weights take
-ORT's quantizer.
+Other block types (the IQ types, whose values come from codebooks, and the
+ternary TQ types) are not read here: their weights take ORT's quantizer.
 """
 
 from __future__ import annotations
@@ -249,6 +252,51 @@ def _q5_k(raw: np.ndarray) -> Blocks:
     return _k_form("Q5_K", 8, q + np.uint8(ZERO[8] - 16), raw, 16)
 
 
+def _crumbs(qs: np.ndarray) -> np.ndarray:
+    """K-quant 2-bit values: each run of 32 bytes holds four runs of elements, the
+    lowest two bits first -> (..., 256) values, in order."""
+    shifts = np.array([0, 2, 4, 6], np.uint8)[:, None]
+    runs = qs.reshape(*qs.shape[:-1], -1, 1, 32) >> shifts
+    return (runs & 3).reshape(*qs.shape[:-1], -1)
+
+
+def _sixteens(kind: str, q: np.ndarray, scales: np.ndarray, offsets: np.ndarray | None):
+    """4-bit blocks of 16 from a K-quant's (rows, supers, 256) values."""
+    rows = q.shape[0]
+    packed = _pack_ort(q.reshape(rows, -1, 16))
+    offsets = None if offsets is None else offsets.reshape(rows, -1)
+    return Blocks(kind, 4, packed, scales.reshape(rows, -1), offsets, 16)
+
+
+def _q2_k(raw: np.ndarray) -> Blocks:
+    """Q2_K: 16 sub-blocks of 16, w = (d sc) q - dmin m, q 2-bit, sc and m 4-bit
+    (one byte a sub-block): Q4_1's form in 4-bit blocks of 16, q held as q + 6
+    (6..9, about the zero point 8), so that the offset 2 d sc - dmin m stays small
+    beside the products it corrects (fp16 rounds them alike on CUDA)."""
+    d, dmin = _half(raw, 80)[..., None], _half(raw, 82)[..., None]
+    packed = raw[..., 0:16]
+    scales = d * (packed & 0x0F).astype(np.float32)
+    minima = dmin * (packed >> 4).astype(np.float32)
+    q = _crumbs(raw[..., 16:80]) + np.uint8(6)
+    return _sixteens("Q2_K", q, scales, (ZERO[4] - 6) * scales - minima)
+
+
+def _q3_k(raw: np.ndarray) -> Blocks:
+    """Q3_K: 16 sub-blocks of 16, w = (d (sc - 32)) q, q in -4..3: two low bits,
+    and a high bit in `hmask` (bit b of byte j: element 32 b + j) that, set,
+    means q as the low bits say and, clear, 4 less; sc 6-bit, its low nibbles in
+    bytes 96-103, its top two bits in 104-107: the 4-bit symmetric form in blocks
+    of 16, q + 8 in 4..11."""
+    high = _high_bits(raw[..., None, 0:32], axis=-2).reshape(*raw.shape[:-1], -1)
+    q = _crumbs(raw[..., 32:96]) + (high << 2) + np.uint8(ZERO[4] - 4)
+    low, top = raw[..., 96:104], raw[..., 104:108]
+    nibbles = np.concatenate([low & 0x0F, low >> 4], axis=-1)
+    shifts = np.array([0, 2, 4, 6], np.uint8)[:, None]
+    tops = ((top[..., None, :] >> shifts) & 3).reshape(*raw.shape[:-1], 16)
+    sc = (nibbles | (tops << 4)).astype(np.float32) - 32
+    return _sixteens("Q3_K", q, _half(raw, 108)[..., None] * sc, None)
+
+
 def _q6_k(raw: np.ndarray) -> Blocks:
     """Q6_K: 16 sub-blocks of 16, w = (d sc) (q - 32), q 6-bit: low nibbles in
     two runs of 64 bytes, the top two bits four to a byte in two runs of 32."""
@@ -274,6 +322,8 @@ _READERS = {
     "Q4_K": _q4_k,
     "Q5_K": _q5_k,
     "Q6_K": _q6_k,
+    "Q2_K": _q2_k,
+    "Q3_K": _q3_k,
 }
 EXACT_BLOCKS = frozenset(_READERS)  # the block types MatMulNBits takes as they are
 
