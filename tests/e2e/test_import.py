@@ -149,6 +149,10 @@ async def test_a_gguf_file_is_served_with_its_own_blocks(
         manifest = json.loads((stored / "model.json").read_text())
         assert manifest["quantization"] == {"int4": "source blocks"}
         recommended = {"temperature": 1.0, "top_p": 0.8, "top_k": 50}
+        assert (
+            "Sampling defaults from the file: temperature 1.0, top_p 0.8, top_k 50"
+            in said
+        )
         assert manifest["sampling"] == recommended
         async with s.get(f"{base_url}/v1/models") as r:
             listed = {m["id"]: m for m in (await r.json())["models"]}

@@ -280,11 +280,14 @@ def test_a_gguf_file_is_read_as_data_and_vetted(tmp_path) -> None:
 def test_a_gguf_files_recommended_sampling_is_read_where_in_range(tmp_path) -> None:
     """llama.cpp's `general.sampling.*` keys become the model's defaults (float32
     as written); values out of range are left out, not clamped."""
+    from tiger_grpc.jobs.gguffile import vet_source
     from tiger_grpc.models.fromgguf import file_sampling, read_header
 
     recommended = {"temp": 0.6, "top_p": 0.95, "top_k": 20, "min_p": 0.05}
-    meta, _ = read_header(write_gguf(tmp_path / "a.gguf", sampling=recommended))
+    path = write_gguf(tmp_path / "a.gguf", sampling=recommended)
+    meta, _ = read_header(path)
     assert file_sampling(meta) == {"temperature": 0.6, "top_p": 0.95, "top_k": 20}
+    assert vet_source(path).sampling == file_sampling(meta)  # the import says it
     wrong = {"temp": -1.0, "top_p": 1.5, "top_k": -3}
     meta, _ = read_header(write_gguf(tmp_path / "b.gguf", sampling=wrong))
     assert file_sampling(meta) == {}

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..api.errors import InvalidArgumentError
-from ..models.fromgguf import Array, read_header
+from ..models.fromgguf import Array, file_sampling, read_header
 from .checkpoint import Checkpoint, check_config, copy_file, vet_checkpoint
 
 
@@ -27,6 +27,7 @@ class GgufCheckpoint:
     config: dict[str, Any]  # its sizes, named as a Hugging Face config names them
     kinds: dict[str, int]  # how many tensors of each block type it holds
     parameters: int
+    sampling: dict[str, float] = field(default_factory=dict)  # what it recommends
 
 
 # The GGUF metadata a Llama's sizes come from, by Hugging Face config name.
@@ -68,7 +69,7 @@ def vet_gguf(path: Path) -> GgufCheckpoint:
     _check_tensors(path.name, config, tensors)
     kinds = dict(Counter(tensor.kind for tensor in tensors.values()))
     parameters = sum(math.prod(t.shape) for t in tensors.values())
-    return GgufCheckpoint(path, config, kinds, parameters)
+    return GgufCheckpoint(path, config, kinds, parameters, file_sampling(meta))
 
 
 def _check_tensors(name: str, config: dict[str, Any], tensors: dict) -> None:
