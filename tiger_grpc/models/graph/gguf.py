@@ -270,15 +270,16 @@ def _sixteens(kind: str, q: np.ndarray, scales: np.ndarray, offsets: np.ndarray 
 
 def _q2_k(raw: np.ndarray) -> Blocks:
     """Q2_K: 16 sub-blocks of 16, w = (d sc) q - dmin m, q 2-bit, sc and m 4-bit
-    (one byte a sub-block): Q4_1's form in 4-bit blocks of 16, q held as q + 6
-    (6..9, about the zero point 8), so that the offset 2 d sc - dmin m stays small
-    beside the products it corrects (fp16 rounds them alike on CUDA)."""
+    (one byte a sub-block): Q4_1's form in 4-bit blocks of 16, q held as q + 8
+    (8..11), so that the symmetric form is (d sc) q and the offset the minimum,
+    -dmin m: both small, where q as it is (offset 8 d sc - dmin m, cancelling
+    products near -8 d sc) put fp16's weights 4.5 times as far from the file's."""
     d, dmin = _half(raw, 80)[..., None], _half(raw, 82)[..., None]
     packed = raw[..., 0:16]
     scales = d * (packed & 0x0F).astype(np.float32)
     minima = dmin * (packed >> 4).astype(np.float32)
-    q = _crumbs(raw[..., 16:80]) + np.uint8(6)
-    return _sixteens("Q2_K", q, scales, (ZERO[4] - 6) * scales - minima)
+    q = _crumbs(raw[..., 16:80]) + np.uint8(ZERO[4])
+    return _sixteens("Q2_K", q, scales, -minima)
 
 
 def _q3_k(raw: np.ndarray) -> Blocks:
