@@ -7,10 +7,10 @@ own blocks (the default) and quantized again by ORT from the dequantized weights
 from the store's weights; the store is not touched.
 
 With llama.cpp's binaries (`--llama-server PATH`: `llama-quantize` is next to
-it), Q4_K_M and Q2_K files are made from the embedded GGUF (`--allow-requantize`),
-and their int4 graphs, from their own blocks and from ORT's quantizer, are
-measured against each file's own weights in fp32 (its fused fp32 graph): what a
-K-quant import gets.
+it), K-quant files are made from the embedded GGUF (`KQUANT_FILES`), and their
+int4 graphs, from their own blocks and from ORT's quantizer, are measured against
+each file's own weights in fp32 (its fused fp32 graph): what a K-quant import
+gets.
 
 `python -m tiger_grpc.tools.bench_quality [--tokens N] [--llama-server PATH]`
 runs it alone.
@@ -52,11 +52,21 @@ GRAPHS = [
     ),
 ]
 STEPS = 100  # decode steps timed per graph
-# The K-quant files made for `measure_kquant`. This model's width (576) is not a
-# multiple of 256, so llama.cpp falls back for most projections (Q4_K to Q5_0,
-# Q3_K to Q4_0, Q2_K to Q4_0): the K-quants themselves are the down projections
-# (Q4_K in Q4_K_M, Q3_K in Q2_K) and the head or embedding.
-KQUANT_FILES = ("Q4_K_M", "Q2_K")
+# The K-quant files made for `measure_kquant`: (name, type, llama-quantize's
+# options). This model's width (576) is not a multiple of 256, so llama.cpp falls
+# back for every tensor but the down projections (K 1,536): Q4_K to Q5_0, Q3_K and
+# Q2_K to Q4_0 (IQ4_NL in older builds), Q6_K to Q8_0. So the K-quants measured
+# are the down projections': Q4_K and Q6_K in Q4_K_M, Q3_K in Q2_K, and Q2_K when
+# asked for.
+KQUANT_FILES = (
+    ("Q4_K_M file", "Q4_K_M", ()),
+    ("Q2_K file (its down projections Q3_K)", "Q2_K", ()),
+    (
+        "Q2_K file with Q2_K down projections",
+        "Q2_K",
+        ("--tensor-type", "ffn_down=q2_k"),
+    ),
+)
 
 
 def measure(home: Path, tokens: int | None = None) -> list[dict[str, Any]]:
@@ -83,10 +93,11 @@ def measure_kquant(
     fp32."""
     _, _, ids = _held_out(home, tokens)
     rows = []
-    for kind in KQUANT_FILES:
+    for file, kind, options in KQUANT_FILES:
         with tempfile.TemporaryDirectory(prefix="tiger-kquant-") as scratch:
             gguf, hf = Path(scratch) / f"{kind}.gguf", Path(scratch) / "hf"
-            llama_quantize(llama_server, find_gguf(), gguf, kind, "--allow-requantize")
+            more = ("--allow-requantize", *options)
+            llama_quantize(llama_server, find_gguf(), gguf, kind, *more)
             convert_gguf(gguf, hf)
             build_graph(hf, Path(scratch) / "fp32", "fp32")
             fp32 = FusedCausalLM(
@@ -99,7 +110,7 @@ def measure_kquant(
             ):
                 out = Path(scratch) / ("gguf" if exact else "ort")
                 graph = (hf, out, "int4", gguf if exact else None)
-                rows.append(_row(f"{kind} file, {name}", graph, reference, ids))
+                rows.append(_row(f"{file}, {name}", graph, reference, ids))
     return rows
 
 

@@ -254,7 +254,7 @@ def _q5_k(raw: np.ndarray) -> Blocks:
 
 def _crumbs(qs: np.ndarray) -> np.ndarray:
     """K-quant 2-bit values: each run of 32 bytes holds four runs of elements, the
-    lowest two bits first -> (..., 256) values, in order."""
+    lowest two bits first -> four values a byte, in order."""
     shifts = np.array([0, 2, 4, 6], np.uint8)[:, None]
     runs = qs.reshape(*qs.shape[:-1], -1, 1, 32) >> shifts
     return (runs & 3).reshape(*qs.shape[:-1], -1)
@@ -270,16 +270,17 @@ def _sixteens(kind: str, q: np.ndarray, scales: np.ndarray, offsets: np.ndarray 
 
 def _q2_k(raw: np.ndarray) -> Blocks:
     """Q2_K: 16 sub-blocks of 16, w = (d sc) q - dmin m, q 2-bit, sc and m 4-bit
-    (one byte a sub-block): Q4_1's form in 4-bit blocks of 16, q held as q + 8
-    (8..11), so that the symmetric form is (d sc) q and the offset the minimum,
-    -dmin m: both small, where q as it is (offset 8 d sc - dmin m, cancelling
-    products near -8 d sc) put fp16's weights 4.5 times as far from the file's."""
+    (one byte a sub-block): Q4_1's form in 4-bit blocks of 16, q held as q + 6
+    (6..9, about the zero point 8) with the offset 2 d sc - dmin m: fp16 rounds
+    both halves of the sum, so they are kept small. Measured on a file's Q2_K down
+    projections at fp16: the weights' rms error 5.6e-5 this way, 1.0e-4 with q + 8
+    (offset -dmin m), more with q as it is."""
     d, dmin = _half(raw, 80)[..., None], _half(raw, 82)[..., None]
     packed = raw[..., 0:16]
     scales = d * (packed & 0x0F).astype(np.float32)
     minima = dmin * (packed >> 4).astype(np.float32)
-    q = _crumbs(raw[..., 16:80]) + np.uint8(ZERO[4])
-    return _sixteens("Q2_K", q, scales, -minima)
+    q = _crumbs(raw[..., 16:80]) + np.uint8(6)
+    return _sixteens("Q2_K", q, scales, (ZERO[4] - 6) * scales - minima)
 
 
 def _q3_k(raw: np.ndarray) -> Blocks:

@@ -156,7 +156,7 @@ class _Decoder:
         (sums,) = self.g.op(
             "ReduceSum", [grouped, axis], name=f"{name}.block_sums", keepdims=0
         )
-        offsets: np.ndarray = blocks.offsets.T.astype(self.dtype)  # (K/32, N)
+        offsets: np.ndarray = blocks.offsets.T.astype(self.dtype)  # (K/block, N)
         (shift,) = self.g.op(
             "MatMul",
             [sums, self.g.weight(f"{name}.block_offsets", offsets)],
