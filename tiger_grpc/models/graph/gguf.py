@@ -230,15 +230,24 @@ def _k_form(kind: str, bits: int, q: np.ndarray, raw: np.ndarray, zero: int) -> 
     d, dmin = _half(raw, 0)[..., None], _half(raw, 2)[..., None]
     sc, m = _k_scales(raw[..., 4:16])
     scales, minima = d * sc, dmin * m  # (rows, supers, 8)
-    rows = raw.shape[0]
-    values = q if bits == 8 else _pack_ort(q)
-    return Blocks(
-        kind,
-        bits,
-        values.reshape(rows, -1, values.shape[-1]),
-        scales.reshape(rows, -1),
-        (zero * scales - minima).reshape(rows, -1),
-    )
+    return _subblocks(kind, bits, q, scales, zero * scales - minima, BLOCK)
+
+
+def _subblocks(
+    kind: str,
+    bits: int,
+    q: np.ndarray,
+    scales: np.ndarray,
+    offsets: np.ndarray | None,
+    block: int,
+) -> Blocks:
+    """`MatMulNBits` blocks of `block` from a K-quant's values (rows first, in
+    order) and its sub-blocks' scales (and offsets)."""
+    rows = q.shape[0]
+    values = q.reshape(rows, -1, block)
+    packed = values if bits == 8 else _pack_ort(values)
+    offsets = None if offsets is None else offsets.reshape(rows, -1)
+    return Blocks(kind, bits, packed, scales.reshape(rows, -1), offsets, block)
 
 
 def _q4_k(raw: np.ndarray) -> Blocks:
@@ -252,20 +261,12 @@ def _q5_k(raw: np.ndarray) -> Blocks:
     return _k_form("Q5_K", 8, q + np.uint8(ZERO[8] - 16), raw, 16)
 
 
-def _crumbs(qs: np.ndarray) -> np.ndarray:
-    """K-quant 2-bit values: each run of 32 bytes holds four runs of elements, the
-    lowest two bits first -> four values a byte, in order."""
+def _crumbs(qs: np.ndarray, width: int = 32) -> np.ndarray:
+    """K-quant 2-bit values: each run of `width` bytes holds four runs of elements,
+    the lowest two bits first -> four values a byte, in order."""
     shifts = np.array([0, 2, 4, 6], np.uint8)[:, None]
-    runs = qs.reshape(*qs.shape[:-1], -1, 1, 32) >> shifts
+    runs = qs.reshape(*qs.shape[:-1], -1, 1, width) >> shifts
     return (runs & 3).reshape(*qs.shape[:-1], -1)
-
-
-def _sixteens(kind: str, q: np.ndarray, scales: np.ndarray, offsets: np.ndarray | None):
-    """4-bit blocks of 16 from a K-quant's (rows, supers, 256) values."""
-    rows = q.shape[0]
-    packed = _pack_ort(q.reshape(rows, -1, 16))
-    offsets = None if offsets is None else offsets.reshape(rows, -1)
-    return Blocks(kind, 4, packed, scales.reshape(rows, -1), offsets, 16)
 
 
 def _q2_k(raw: np.ndarray) -> Blocks:
@@ -280,7 +281,7 @@ def _q2_k(raw: np.ndarray) -> Blocks:
     scales = d * (packed & 0x0F).astype(np.float32)
     minima = dmin * (packed >> 4).astype(np.float32)
     q = _crumbs(raw[..., 16:80]) + np.uint8(6)
-    return _sixteens("Q2_K", q, scales, (ZERO[4] - 6) * scales - minima)
+    return _subblocks("Q2_K", 4, q, scales, (ZERO[4] - 6) * scales - minima, 16)
 
 
 def _q3_k(raw: np.ndarray) -> Blocks:
@@ -291,28 +292,20 @@ def _q3_k(raw: np.ndarray) -> Blocks:
     of 16, q + 8 in 4..11."""
     high = _high_bits(raw[..., None, 0:32], axis=-2).reshape(*raw.shape[:-1], -1)
     q = _crumbs(raw[..., 32:96]) + (high << 2) + np.uint8(ZERO[4] - 4)
-    low, top = raw[..., 96:104], raw[..., 104:108]
-    nibbles = np.concatenate([low & 0x0F, low >> 4], axis=-1)
-    shifts = np.array([0, 2, 4, 6], np.uint8)[:, None]
-    tops = ((top[..., None, :] >> shifts) & 3).reshape(*raw.shape[:-1], 16)
-    sc = (nibbles | (tops << 4)).astype(np.float32) - 32
-    return _sixteens("Q3_K", q, _half(raw, 108)[..., None] * sc, None)
+    low, top = _nibbles_ggml(raw[..., 96:104]), _crumbs(raw[..., 104:108], 4)
+    sc = (low | (top << 4)).astype(np.float32) - 32
+    return _subblocks("Q3_K", 4, q, _half(raw, 108)[..., None] * sc, None, 16)
 
 
 def _q6_k(raw: np.ndarray) -> Blocks:
     """Q6_K: 16 sub-blocks of 16, w = (d sc) (q - 32), q 6-bit: low nibbles in
     two runs of 64 bytes, the top two bits four to a byte in two runs of 32."""
-    rows = raw.shape[0]
-    low = _runs(raw[..., 0:128], 64).reshape(*raw.shape[:-1], 8, 32)
-    qh = raw[..., 128:192].reshape(*raw.shape[:-1], 2, 1, 32)
-    shifts = np.array([0, 2, 4, 6], np.uint8)[:, None]
-    high = ((qh >> shifts) & 3).reshape(*raw.shape[:-1], 8, 32)
+    low = _runs(raw[..., 0:128], 64).reshape(*raw.shape[:-1], -1)
+    high = _crumbs(raw[..., 128:192])
     q = (low | (high << 4)) + np.uint8(ZERO[8] - 32)
     sc = raw[..., 192:208].view(np.int8).astype(np.float32)
     d = _half(raw, 208)[..., None]
-    return Blocks(
-        "Q6_K", 8, q.reshape(rows, -1, 16), (d * sc).reshape(rows, -1), None, 16
-    )
+    return _subblocks("Q6_K", 8, q, d * sc, None, 16)
 
 
 _READERS = {
