@@ -171,7 +171,7 @@ class ModelStore:
         """An exclusive inter-process lock, e.g. while one process prepares a model;
         re-entrant within a thread (a build inside a preparation takes it again).
         Take it on worker threads: it blocks until the holder lets go."""
-        path = (self.models_dir / f".{canonical_id(name)}.lock").resolve()
+        path = self._lock_path(name).resolve()
         with _LOCKS_GUARD:
             held = _LOCKS.setdefault(path, _Held(threading.RLock()))
             held.users += 1
@@ -194,15 +194,23 @@ class ModelStore:
                 if held.users == 0:
                     del _LOCKS[path]
 
+    def _lock_path(self, name: str) -> Path:
+        return self.models_dir / f".{canonical_id(name)}.lock"
+
+    def _remove_unfinished(self, model_id: str) -> None:
+        """Leftovers of earlier killed preparations of `model_id` (hold its lock)."""
+        for stale in self.models_dir.glob(f"{_STAGING_PREFIX}{model_id}-*"):
+            log.info("removing unfinished preparation %s", stale.name)
+            shutil.rmtree(stale, ignore_errors=True)
+
     def remove(self, model_id: str) -> None:
         """A model gone from the store: its directory, any unfinished preparation of
         it and its lock file (for a model nothing else uses: a check's own)."""
         model_id = canonical_id(model_id)
         with self.lock(model_id):
             shutil.rmtree(self.path(model_id), ignore_errors=True)
-            for stale in self.models_dir.glob(f"{_STAGING_PREFIX}{model_id}-*"):
-                shutil.rmtree(stale, ignore_errors=True)
-        (self.models_dir / f".{model_id}.lock").unlink(missing_ok=True)
+            self._remove_unfinished(model_id)
+        self._lock_path(model_id).unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def staging(self, model_id: str) -> Iterator[Path]:
@@ -212,9 +220,7 @@ class ModelStore:
         the same id are removed first.
         """
         model_id = canonical_id(model_id)
-        for stale in self.models_dir.glob(f"{_STAGING_PREFIX}{model_id}-*"):
-            log.info("removing unfinished preparation %s", stale.name)
-            shutil.rmtree(stale, ignore_errors=True)
+        self._remove_unfinished(model_id)
         scratch = (
             self.models_dir / f"{_STAGING_PREFIX}{model_id}-{uuid.uuid4().hex[:8]}"
         )
