@@ -7,6 +7,7 @@ import ctypes
 import functools
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -219,6 +220,23 @@ def _cuda_runtime() -> ctypes.CDLL | None:
         except OSError:
             continue
     return None
+
+
+def nvidia_smi(field: str) -> str | None:
+    """The first GPU's `field` (`--query-gpu`, without units) as `nvidia-smi` says,
+    from outside: no CUDA context of this process's own. None without a GPU."""
+    query = [f"--query-gpu={field}", "--format=csv,noheader,nounits"]
+    try:
+        said = subprocess.run(
+            ["nvidia-smi", *query],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return said.stdout.splitlines()[0].strip()
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
 
 
 def cuda_free_bytes() -> int | None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..config import Device, cuda_graphs, default_home, ort_spin
+from ..engine.providers import nvidia_smi
 from ..models.precision import GRAPH_TYPES, resolve_precision
 from ..models.store import ModelStore
 from .bench_report import gpu_markdown
@@ -91,15 +91,8 @@ class Row:
 
 def gpu_bandwidth_tbs() -> tuple[str | None, float | None]:
     """The first GPU's name (nvidia-smi) and its peak bandwidth, when known."""
-    try:
-        name = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.splitlines()[0]
-    except (OSError, subprocess.SubprocessError, IndexError):
+    name = nvidia_smi("name")
+    if name is None:
         return None, None
     for key, tbs in BANDWIDTH_TBS.items():
         if key in name:

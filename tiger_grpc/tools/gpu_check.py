@@ -50,6 +50,7 @@ from ..engine.providers import CPU, CUDA, cuda_can_load, cuda_compute_major
 from ..models.precision import PRECISIONS, on_cuda, runs_on
 from .bench_gpu import random_graph
 from .serve_check import add_import_gguf
+from .serve_check import main as serve_check
 
 SWITCHES = (
     "ORT_ENABLE_XQA",
@@ -383,13 +384,11 @@ def main(argv: list[str] | None = None) -> None:
     ):
         raise SystemExit("logits outside tolerance (see the report)")
     if args.serve:
-        from .serve_check import main as serve_check
-
         serve_check(
             ["--device", args.device, "--home", str(args.serve), "--out", str(args.out)]
             + ["--precision", precision]
             + (["--against", "cpu"] if args.device == "cuda" else [])
-            + (["--import-gguf", args.import_gguf] if args.import_gguf else [])
+            + (["--import-gguf", str(args.import_gguf)] if args.import_gguf else [])
         )
 
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
+
+from ..engine.providers import nvidia_smi
 
 QUESTION = "What is the capital of France? Answer in one sentence."
 
@@ -96,11 +97,17 @@ async def ready(session: Any, url: str, model: str, seconds: float = 300) -> dic
         if time.monotonic() > deadline:
             raise CheckFailed(f"not ready after {seconds:.0f} s")
         await asyncio.sleep(0.5)
-    models = (await fetch(session, "GET", f"{url}/v1/models"))["models"]
-    entry = next((m for m in models if m["id"] == model), None)
+    models = await listed(session, url)
+    entry = models.get(model)
     if entry is None or not entry.get("loaded"):
-        raise CheckFailed(f"{model} is not loaded: {models}")
+        raise CheckFailed(f"{model} is not loaded: {list(models.values())}")
     return entry
+
+
+async def listed(session: Any, url: str) -> dict[str, dict]:
+    """`/v1/models`'s entries by id."""
+    models = (await fetch(session, "GET", f"{url}/v1/models"))["models"]
+    return {m["id"]: m for m in models}
 
 
 def ask(model: str, content: str, tokens: int) -> dict[str, Any]:
@@ -143,8 +150,7 @@ async def import_beside(
     for which in (model, name):
         reply = await chat(session, url, ask(which, QUESTION, 32))
         replies.append(reply["choices"][0]["message"]["content"])
-    models = (await fetch(session, "GET", f"{url}/v1/models"))["models"]
-    entry = next((m for m in models if m["id"] == name), None)
+    entry = (await listed(session, url)).get(name)
     if entry is None:
         raise CheckFailed(f"{name} is not in /v1/models after its import")
     return {
@@ -159,11 +165,9 @@ async def import_beside(
 
 
 def device_memory_in_use() -> float | None:
-    """The first GPU's memory in use, GB (every process's, as `nvidia-smi` says:
-    no CUDA context of this process's own in it), or None without one."""
-    query = ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"]
+    """The first GPU's memory in use, GB (every process's), or None without one."""
+    used = nvidia_smi("memory.used")  # MiB
     try:
-        said = subprocess.run(query, capture_output=True, text=True, timeout=30)
-        return round(float(said.stdout.split()[0]) * 2**20 / 1e9, 2)
-    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return None if used is None else round(float(used) * 2**20 / 1e9, 2)
+    except ValueError:
         return None

@@ -46,15 +46,15 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DEFAULT_MODEL_ID, default_home
-from ..models.precision import ON_CUDA, PRECISIONS
+from ..models.precision import ON_CUDA, PRECISIONS, on_cuda
 from ..models.store import ModelStore, canonical_id
 from .serve_calls import (
     QUESTION,
     CheckFailed,
     ask,
     chat,
-    fetch,
     import_beside,
+    listed,
     ready,
     stream,
 )
@@ -172,9 +172,8 @@ async def drive(
     async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
         entry = await ready(session, url, model)
         report = {"model": entry, **await streams(session, url, model)}
-        models = (await fetch(session, "GET", f"{url}/v1/models"))["models"]
         # Every stream ended or was dropped: none may still hold a slot.
-        report["running_after"] = next(m for m in models if m["id"] == model)["running"]
+        report["running_after"] = (await listed(session, url))[model]["running"]
         report["chat"] = await chat_turns(session, url, model)
         report["json_schema"] = await json_answer(session, url, model)
         if gguf is not None:
@@ -228,7 +227,7 @@ def check(
     report["failed"] = verdicts(report, device)
     report["failed"] += wrong_graph(home, model, precision, workdir / device)
     if gguf is not None:
-        report["failed"] += import_verdicts(report, home, model, gguf, device)
+        report["failed"] += import_verdicts(report, device)
     if against:
         try:
             with served_on(home, model, against, workdir, precision) as url:
@@ -243,39 +242,51 @@ def check(
     return report
 
 
-def import_verdicts(
-    report: dict[str, Any], home: Path, model: str, gguf: Path, device: str
-) -> list[str]:
+def import_verdicts(report: dict[str, Any], device: str) -> list[str]:
     """What failed in step 6, in words."""
-    done = report["import"]
+    done, model = report["import"], report["model"]
     if "error" in done:
         return [f"the import of {done['file']}: {done['error']}"]
     failed = []
-    if done["provider"] != report["model"].get("provider"):
+    if done["provider"] != model.get("provider"):
         failed.append(
             f"the imported model runs on {done['provider']!r}, the model on "
-            f"{report['model'].get('provider')!r} ({device})"
+            f"{model.get('provider')!r} ({device})"
         )
-    manifest = ModelStore(home).get(model)
-    own = manifest is not None and gguf.name in (manifest.source or "")
-    if own and not done["same_answer"]:
+    name = Path(done["file"]).name
+    if name in (model.get("source") or "") and not done["same_answer"]:
         failed.append(
-            f"{gguf.name}, imported, answers {done['answer']!r}, unlike {model}, "
+            f"{name}, imported, answers {done['answer']!r}, unlike {model['id']}, "
             "prepared from it"
         )
     return failed
 
 
 def add_import_gguf(parser: argparse.ArgumentParser, when: str = "then") -> None:
-    """`--import-gguf [FILE]`: step 6 (gpu-check passes it on)."""
+    """`--import-gguf [FILE]`: step 6 (gpu-check passes it on), the file checked
+    as the arguments are read."""
     parser.add_argument(
         "--import-gguf",
         nargs="?",
         const="embedded",
+        type=_gguf_file,
         metavar="FILE",
         help=f"{when} the server on the device imports FILE (the embedded model's "
         "own GGUF if none is named) and serves it beside the model (step 6)",
     )
+
+
+def _gguf_file(value: str) -> Path:
+    if value == "embedded":
+        from ..models.embedded import find_gguf
+
+        try:
+            return find_gguf()
+        except RuntimeError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    if not Path(value).is_file():
+        raise argparse.ArgumentTypeError(f"{value} is not a file")
+    return Path(value).resolve()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -294,18 +305,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     add_import_gguf(parser)
     args = parser.parse_args(argv)
-    gguf = args.import_gguf
-    if gguf == "embedded":
-        from ..models.embedded import find_gguf
-
-        try:
-            gguf = find_gguf()
-        except RuntimeError as exc:
-            parser.error(str(exc))
-    if gguf and not Path(gguf).is_file():
-        parser.error(f"--import-gguf: {gguf} is not a file")
     args.out.mkdir(parents=True, exist_ok=True)
+    # The graph both servers serve: int4 and int8 as on CUDA, on CPU too; on CUDA
+    # what the server refuses (fp32) is refused here.
     precision = ON_CUDA.get(args.precision, args.precision)
+    if args.device == "cuda":
+        try:
+            precision = on_cuda(args.precision)
+        except ValueError as exc:
+            parser.error(str(exc))
     with tempfile.TemporaryDirectory(prefix="tiger-serve-check-") as workdir:
         try:
             report = check(
@@ -315,7 +323,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 args.against,
                 Path(workdir),
                 precision,
-                Path(gguf).resolve() if gguf else None,
+                args.import_gguf,
             )
             said = markdown(report)
         except RuntimeError as exc:  # CheckFailed too, or a server that did not start
