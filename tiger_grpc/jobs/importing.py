@@ -89,11 +89,11 @@ def run_import(
     def write_hf(hf_dir: Path) -> None:
         if isinstance(checkpoint, GgufCheckpoint):
             emit(Info(gguf_plan(checkpoint, precision)))
-            if checkpoint.sampling:
-                said = ", ".join(f"{k} {v}" for k, v in checkpoint.sampling.items())
-                emit(Info(f"Sampling defaults from the file: {said}"))
             copy = copy_gguf(checkpoint, hf_dir.parent / SOURCE_GGUF)
-            convert_gguf(copy.path, hf_dir)
+            if copy.sampling:  # the copy's, as vetted: what the model gets
+                said = ", ".join(f"{k} {v}" for k, v in copy.sampling.items())
+                emit(Info(f"Sampling defaults from the file: {said}"))
+            convert_gguf(copy.path, hf_dir, copy.sampling)
         else:
             emit(Info(f"Copying {source} into the model store"))
             copy_vetted(checkpoint, hf_dir)
