@@ -57,10 +57,15 @@ def checkpoint_facts(hf_dir: Path) -> tuple[int, list[int]]:
     return context, end_of_turn_ids(tokenizer, generation)
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+# Each sampling default a model may carry, and the values it may take.
 SAMPLING_FIELDS = {
-    "temperature": lambda v: isinstance(v, int | float) and 0 <= v <= 100,
-    "top_p": lambda v: isinstance(v, int | float) and 0 < v <= 1,
-    "top_k": lambda v: isinstance(v, int) and v >= 0,
+    "temperature": lambda v: _number(v) and 0 <= v <= 100,
+    "top_p": lambda v: _number(v) and 0 < v <= 1,
+    "top_k": lambda v: _number(v) and isinstance(v, int) and v >= 0,
 }
 
 
@@ -76,7 +81,7 @@ def sampling_defaults(hf_dir: Path) -> dict[str, float]:
     return {
         name: config[name]
         for name, ok in SAMPLING_FIELDS.items()
-        if name in config and not isinstance(config[name], bool) and ok(config[name])
+        if name in config and ok(config[name])
     }
 
 

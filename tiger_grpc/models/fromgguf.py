@@ -180,14 +180,10 @@ def file_sampling(meta: dict[str, Any]) -> dict[str, float]:
     top_k), those in range only; a float32 as written (0.9, not 0.899999976)."""
     found: dict[str, float] = {}
     for key, name in GGUF_SAMPLING.items():
-        value = meta.get(key)
+        value: Any = meta.get(key)
         if isinstance(value, float):  # float32's seven digits
             value = float(f"{value:.7g}")
-        if (
-            value is not None
-            and not isinstance(value, bool)
-            and SAMPLING_FIELDS[name](value)
-        ):
+        if SAMPLING_FIELDS[name](value):
             found[name] = value
     return found
 
