@@ -25,7 +25,7 @@ from ..config import (
 )
 from ..engine.providers import DeviceError, check_device
 from ..models.embedded import DEFAULT_MODEL_ID, ensure_default_model
-from ..models.precision import resolve_precision
+from ..models.precision import precision_from_env
 from ..models.store import ModelStore
 
 READY_TIMEOUT_S = 180.0
@@ -91,9 +91,8 @@ def main() -> int:
     api_key = resolve_api_key(home, env)
     started = time.monotonic()
     try:  # before any preparation: what the server would refuse at start
-        device = Device(env.get("TIGER_DEVICE", "auto"))
-        check_device(device)
-        precision = resolve_precision(env.get("TIGER_PRECISION"), device)
+        check_device(Device(env.get("TIGER_DEVICE", "auto")))
+        precision = precision_from_env()
     except (ValueError, DeviceError) as exc:
         raise SystemExit(str(exc)) from None
     ensure_default_model(ModelStore(home), precision)
