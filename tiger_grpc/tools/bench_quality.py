@@ -99,10 +99,7 @@ def measure_kquant(
             more = ("--allow-requantize", *options)
             llama_quantize(llama_server, find_gguf(), gguf, kind, *more)
             convert_gguf(gguf, hf)
-            build_graph(hf, Path(scratch) / "fp32", "fp32")
-            fp32 = FusedCausalLM(
-                Path(scratch) / "fp32" / "model.onnx", Device.CPU, 1, len(ids) + 1
-            )
+            _, fp32 = _built((hf, Path(scratch) / "fp32", "fp32", None), ids)
             reference = quality.fused_logits(fp32, ids)
             for name, exact in (
                 ("its own blocks", True),
@@ -132,9 +129,7 @@ def _row(
 ) -> dict[str, Any]:
     """Builds `graph` (HF weights, out, precision, GGUF file) and measures it on
     `ids` against the `reference` logits."""
-    hf, out, precision, gguf = graph
-    how = build_graph(hf, out, precision, gguf=gguf)
-    model = FusedCausalLM(out / "model.onnx", Device.CPU, 1, len(ids) + 1)
+    how, model = _built(graph, ids)
     measured = quality.compare(reference, quality.fused_logits(model, ids), ids)
     return {
         "graph": name,
@@ -146,6 +141,16 @@ def _row(
         "perplexity_ratio": measured.perplexity_ratio,
         "decode_step_ms": _step_ms(model, ids),
     }
+
+
+def _built(
+    graph: tuple[Path, Path, str, Path | None], ids: list[int]
+) -> tuple[str, FusedCausalLM]:
+    """`graph` (HF weights, out, precision, GGUF file) built, and loaded to run
+    `ids`: how its weights were quantized, and the model."""
+    hf, out, precision, gguf = graph
+    how = build_graph(hf, out, precision, gguf=gguf)
+    return how, FusedCausalLM(out / "model.onnx", Device.CPU, 1, len(ids) + 1)
 
 
 def _step_ms(model: FusedCausalLM, ids: list[int]) -> float:
