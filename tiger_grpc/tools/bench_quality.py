@@ -52,6 +52,7 @@ GRAPHS = [
     ),
 ]
 STEPS = 100  # decode steps timed per graph
+PREFIX = 32  # tokens prefilled before the timed steps
 # The K-quant files made for `measure_kquant`: (name, type, llama-quantize's
 # options). This model's width (576) is not a multiple of 256, so llama.cpp falls
 # back for every tensor but the down projections (K 1,536): Q4_K to Q5_0, Q3_K and
@@ -157,10 +158,10 @@ def _step_ms(model: FusedCausalLM, ids: list[int]) -> float:
     """The median of three runs of `STEPS` single-sequence decode steps."""
     runs = []
     for _ in range(3):
-        model.prefill(0, ids[:32])
+        model.prefill(0, ids[:PREFIX])
         started = time.perf_counter()
         for i in range(STEPS):
-            model.decode([ids[32 + i]], [32 + i])
+            model.decode([ids[PREFIX + i]], [PREFIX + i])
         runs.append((time.perf_counter() - started) * 1000 / STEPS)
     return float(np.median(runs))
 
@@ -217,6 +218,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=None)
     parser.add_argument("--llama-server", type=Path, default=None)
     args = parser.parse_args()
+    if args.tokens is not None and args.tokens < PREFIX + STEPS:
+        parser.error(
+            f"--tokens {args.tokens}: at least {PREFIX + STEPS} (the decode step is "
+            f"timed over {STEPS} tokens after {PREFIX})"
+        )
     rows = measure(default_home(), args.tokens)
     kquant = None
     if args.llama_server:
