@@ -79,6 +79,9 @@ async def test_first_use_loads_with_info_chunks(channel) -> None:
     }
     assert models[TINY_MODEL_ID].loaded
     assert models[TINY_MODEL_ID].provider == "CPUExecutionProvider"
+    # No int4 graph: the float32 one, the closest to the weights.
+    assert models[TINY_MODEL_ID].precision == "fp32"
+    assert models[TINY_MODEL_ID].quantization == "none"
 
 
 @pytest.mark.parametrize(

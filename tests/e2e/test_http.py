@@ -231,6 +231,9 @@ async def test_models_health_ready(base_url: str, auth) -> None:
         assert {DEFAULT_MODEL_ID, TINY_MODEL_ID} <= set(models)
         assert models[DEFAULT_MODEL_ID]["provider"] == "CPUExecutionProvider"
         assert models[DEFAULT_MODEL_ID]["context_length"] == 8192
+        # The CPU default graph, on the GGUF's own blocks.
+        assert models[DEFAULT_MODEL_ID]["precision"] == "int4"
+        assert models[DEFAULT_MODEL_ID]["quantization"] == "source blocks"
         for route in ("/healthz", "/readyz"):
             async with session.get(f"{base_url}{route}") as reply:
                 assert reply.status == 200, route

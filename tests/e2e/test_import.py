@@ -157,6 +157,8 @@ async def test_a_gguf_file_is_served_with_its_own_blocks(
         async with s.get(f"{base_url}/v1/models") as r:
             listed = {m["id"]: m for m in (await r.json())["models"]}
         assert listed[model_id]["sampling"] == recommended
+        assert listed[model_id]["precision"] == "int4"
+        assert listed[model_id]["quantization"] == "source blocks"
         # The file is kept (a copy), so a graph built again keeps its blocks too.
         assert filecmp.cmp(gguf, stored / "source.gguf", shallow=False)
         with ModelStore(store_home).lock(model_id):

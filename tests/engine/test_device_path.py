@@ -256,7 +256,13 @@ async def test_a_cuda_server_builds_the_missing_fp16_graph_once(
     params = GenerateParams(
         model=tiny_model.id, messages=(ChatMessage("user", "hi"),), max_tokens=3
     )
+
+    def listed() -> tuple[bool, str, str]:
+        (model,) = [m for m in registry.models() if m.id == tiny_model.id]
+        return model.loaded, model.precision, model.quantization
+
     try:
+        assert listed() == (False, "fp16", "")  # to be built, so not yet recorded
         for attempt in range(2):
             events = [e async for e in registry.generate(params)]
             infos = [e.message for e in events if isinstance(e, Info)]
@@ -265,6 +271,7 @@ async def test_a_cuda_server_builds_the_missing_fp16_graph_once(
         manifest = store.get(tiny_model.id)
         assert manifest is not None and "fp16" in manifest.fused_graphs
         assert registry._loaded[tiny_model.id].graph == manifest.fused_graphs["fp16"]
+        assert listed() == (True, "fp16", "none")
     finally:
         registry.close()
 
@@ -406,6 +413,16 @@ def test_on_cuda_every_precision_has_fp16_activations(monkeypatch) -> None:
     on_cuda = [name for name in p.PRECISIONS if p.runs_on(name, p.CUDA)]
     assert on_cuda == ["fp16", "int8-fp16", "int4-fp16"]
     assert all(p.runs_on(name, "CPUExecutionProvider") for name in p.PRECISIONS)
+    # Which of a model's graphs serves: the asked one, else the device's default,
+    # else the closest to the weights of those that run there (on CUDA none of
+    # the float32 ones).
+    graphs = {"fp32": "a", "int4": "b"}
+    cpu = "CPUExecutionProvider"
+    assert p.served_precision(graphs, "fp32", cpu) == "fp32"
+    assert p.served_precision(graphs, "int8", cpu) == "int4"
+    assert p.served_precision({"fp16": "c", "fp32": "a"}, "int8", cpu) == "fp32"
+    assert p.served_precision(graphs, "int4-fp16", p.CUDA) is None
+    assert p.served_precision({**graphs, "fp16": "c"}, "int4-fp16", p.CUDA) == "fp16"
 
 
 def test_a_failed_device_zeroing_never_falls_back_to_a_host_copy(monkeypatch) -> None:

@@ -130,6 +130,8 @@ MODEL_FIELDS = (
     "running",
     "tokens_generated",
     "created",
+    "precision",
+    "quantization",
 )
 
 
@@ -146,5 +148,9 @@ class Model:
     queued: int = 0
     tokens_generated: int = 0
     created: int = 0  # when it entered the store (Unix seconds)
+    # The graph that serves it (or will, once loaded): its precision (int4, fp16,
+    # ...) and how its weights were quantized (the manifest's record).
+    precision: str = ""
+    quantization: str = ""
     # Sampling for requests that leave it unset: temperature, top_p, top_k.
     sampling: Mapping[str, float] = field(default_factory=dict)

@@ -74,7 +74,8 @@ async def _print_reply(
 async def _models(backend: Any, args: argparse.Namespace) -> None:
     for m in await backend.models():
         state = "loaded" if m.loaded else "not loaded"
-        print(f"{m.id}\t{state}\t{m.provider}\tcontext {m.context_length}")
+        graph = f"{m.precision} ({m.quantization})" if m.quantization else m.precision
+        print(f"{m.id}\t{state}\t{m.provider}\t{graph}\tcontext {m.context_length}")
 
 
 async def _generate(backend: Any, args: argparse.Namespace) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..config import EngineOptions
 from ..engine.chat import load_chat_tokenizer
@@ -13,8 +13,27 @@ from ..engine.scheduler import BatchScheduler
 from ..engine.sequence import Scheduler
 from ..engine.serial import SerialScheduler
 from ..engine.tokens import TokenTexts, texts_of
-from .precision import FIDELITY, default_precision, runs_on
+from .precision import OPTIMUM_PRECISION, served_precision
 from .store import ModelManifest
+
+
+class Serving(NamedTuple):
+    """The graph a model is served from."""
+
+    precision: str
+    graph: str  # relative to the model's directory
+    quantization: str  # the manifest's record of it ("" for a store without one)
+    fused: bool  # a fused graph, else the optimum export
+
+
+def graph_serving(manifest: ModelManifest, precision: str, provider: str) -> Serving:
+    """What serves `manifest` on `provider` with `precision` configured: the fused
+    graph `served_precision` picks, else the float32 optimum export."""
+    chosen = served_precision(manifest.fused_graphs, precision, provider)
+    if chosen is None:
+        return Serving(OPTIMUM_PRECISION, manifest.onnx_path, "none", False)
+    graph, quantization = manifest.fused_graphs[chosen], manifest.quantization
+    return Serving(chosen, graph, quantization.get(chosen, ""), True)
 
 
 class LoadedModel:
@@ -33,18 +52,13 @@ class LoadedModel:
     ) -> None:
         self.manifest = manifest
         self.tokenizer: Any = None
-        graphs = manifest.fused_graphs
-        # The configured precision, else the device's own (fp16 on CUDA), else the
-        # closest to the weights the model has, of those that serve on `provider`.
-        preference = (options.precision, default_precision(provider), *FIDELITY)
-        fused = next(
-            (graphs[p] for p in preference if p in graphs and runs_on(p, provider)),
-            None,
-        )
+        serving = graph_serving(manifest, options.precision, provider)
+        self.graph, self.precision = serving.graph, serving.precision
+        self.quantization = serving.quantization
         self.scheduler: Scheduler
-        if fused is not None:
+        if serving.fused:
             runner = FusedCausalLM(
-                directory / fused,
+                directory / serving.graph,
                 options.device,
                 options.max_batch,
                 options.max_context,
@@ -53,7 +67,6 @@ class LoadedModel:
                 attention=options.cuda_attention,
             )
             self.provider, self.max_len = runner.provider, runner.max_len
-            self.graph = fused
             self.scheduler = BatchScheduler(
                 runner,
                 manifest.id,
@@ -66,7 +79,6 @@ class LoadedModel:
             )
             self.provider = onnx.provider
             self.max_len = min(manifest.context_length, options.max_context or 2**31)
-            self.graph = manifest.onnx_path
             self.scheduler = SerialScheduler(onnx, manifest.id)
 
     def token_texts(self) -> TokenTexts:

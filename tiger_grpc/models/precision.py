@@ -4,6 +4,7 @@ graph lives in, and the default for a device. The one place for all three."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -30,6 +31,8 @@ ON_CUDA = {"int8": "int8-fp16", "int4": "int4-fp16"}
 # Closest to the source weights first; on CPU, the fp16-activation graphs last.
 FIDELITY = ("fp32", "fp16", "int8", "int4", "int8-fp16", "int4-fp16")
 CPU_DEFAULT, CUDA_DEFAULT = "int4", "fp16"
+# A model without a fused graph serves from its optimum export, float32.
+OPTIMUM_PRECISION = "fp32"
 
 
 def default_precision(provider: str) -> str:
@@ -81,6 +84,17 @@ def precision_from_env(flag: str | None = None) -> str:
     """`resolve_precision` of a flag, else TIGER_PRECISION, for TIGER_DEVICE."""
     requested = flag or os.environ.get("TIGER_PRECISION")
     return resolve_precision(requested, Device(os.environ.get("TIGER_DEVICE", "auto")))
+
+
+def served_precision(
+    graphs: Mapping[str, str], precision: str, provider: str
+) -> str | None:
+    """Which of a model's fused `graphs` (precision -> path) serves on `provider`:
+    the configured `precision`, else the device's own (fp16 on CUDA), else the
+    closest to the weights of those that run there; None when none does (the
+    optimum export serves)."""
+    preference = (precision, default_precision(provider), *FIDELITY)
+    return next((p for p in preference if p in graphs and runs_on(p, provider)), None)
 
 
 def graph_dir(precision: str) -> str:

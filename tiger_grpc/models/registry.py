@@ -30,7 +30,7 @@ from ..engine.providers import CUDA, choose_providers
 from ..engine.request import new_sequences, prompt_ids, room_after
 from ..engine.sequence import stream
 from ..runtime import metrics
-from .loaded import LoadedModel, load_tokenizer
+from .loaded import LoadedModel, graph_serving, load_tokenizer
 from .pipeline import add_graph
 from .precision import runs_on
 from .store import ModelManifest, ModelStore, canonical_id
@@ -78,6 +78,7 @@ class ModelRegistry:
         for manifest in self.store.list():
             loaded = self._loaded.get(manifest.id)
             scheduler = loaded.scheduler if loaded else None
+            precision, quantization = self._serving(manifest, loaded)
             result.append(
                 Model(
                     id=manifest.id,
@@ -90,9 +91,23 @@ class ModelRegistry:
                     tokens_generated=scheduler.tokens_generated if scheduler else 0,
                     created=int(manifest.created_at),
                     sampling=manifest.sampling,
+                    precision=precision,
+                    quantization=quantization,
                 )
             )
         return result
+
+    def _serving(
+        self, manifest: ModelManifest, loaded: LoadedModel | None
+    ) -> tuple[str, str]:
+        """The precision of the graph that serves a model (or will, once it loads)
+        and how its weights were quantized ("" while it is still to be built)."""
+        if loaded is not None:
+            return loaded.precision, loaded.quantization
+        if self.graph_to_build(manifest):
+            return self.options.precision, ""
+        serving = graph_serving(manifest, self.options.precision, self.provider)
+        return serving.precision, serving.quantization
 
     def cache_stats(self) -> dict[str, CacheStats]:
         """Each loaded model's prefix cache."""

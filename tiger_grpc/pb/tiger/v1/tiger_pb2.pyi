@@ -219,7 +219,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("id", "loaded", "provider", "context_length", "source", "running", "tokens_generated", "created", "sampling")
+    __slots__ = ("id", "loaded", "provider", "context_length", "source", "running", "tokens_generated", "created", "sampling", "precision", "quantization")
     ID_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +229,8 @@ class ModelInfo(_message.Message):
     TOKENS_GENERATED_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     id: str
     loaded: bool
     provider: str
@@ -238,7 +240,9 @@ class ModelInfo(_message.Message):
     tokens_generated: int
     created: int
     sampling: SamplingDefaults
-    def __init__(self, id: _Optional[str] = ..., loaded: _Optional[bool] = ..., provider: _Optional[str] = ..., context_length: _Optional[int] = ..., source: _Optional[str] = ..., running: _Optional[int] = ..., tokens_generated: _Optional[int] = ..., created: _Optional[int] = ..., sampling: _Optional[_Union[SamplingDefaults, _Mapping]] = ...) -> None: ...
+    precision: str
+    quantization: str
+    def __init__(self, id: _Optional[str] = ..., loaded: _Optional[bool] = ..., provider: _Optional[str] = ..., context_length: _Optional[int] = ..., source: _Optional[str] = ..., running: _Optional[int] = ..., tokens_generated: _Optional[int] = ..., created: _Optional[int] = ..., sampling: _Optional[_Union[SamplingDefaults, _Mapping]] = ..., precision: _Optional[str] = ..., quantization: _Optional[str] = ...) -> None: ...
 
 class SamplingDefaults(_message.Message):
     __slots__ = ("temperature", "top_p", "top_k")
