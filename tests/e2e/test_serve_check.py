@@ -10,7 +10,7 @@ import json
 import pytest
 
 from tests.helpers import TINY_MODEL_ID
-from tiger_grpc.tools.serve_check import main, served_graph, wrong_graph
+from tiger_grpc.tools.serve_check import main, wrong_graph
 from tiger_grpc.tools.serve_report import agreement
 
 pytestmark = pytest.mark.e2e
@@ -24,7 +24,7 @@ def test_the_server_check_drives_both_servers_and_compares(
     report = main([*args, "--against", "cpu", "--import-gguf", "--out", str(out)])
     assert report["failed"] == []
     assert report["model"]["provider"] == "CPUExecutionProvider"
-    assert report["graph"] == tiny_model.fused_graphs["fp16"]  # from the server's log
+    assert report["graph"] == "fp16, none"  # the server's /v1/models says so
     assert report["dropped"]["dropped"] and len(report["eight_streams"]["texts"]) == 8
     assert report["running_after"] == 0  # the dropped stream's slot came back
     first, second, third = report["chat"]
@@ -55,19 +55,15 @@ def test_the_comparison_says_where_answers_part() -> None:
 
 
 def test_a_server_that_served_another_graph_fails_the_check(
-    store_home, tiny_model, tmp_path
+    store_home, tiny_model
 ) -> None:
-    """The graph is read from the server's own log line, the model's id in any
-    case; serving another graph than the precision's, or lacking it, fails."""
-    fp16, fp32 = tiny_model.fused_graphs["fp16"], tiny_model.fused_graphs["fp32"]
-    log = tmp_path / "server.log"
-    line = "INFO tiger_grpc.models.registry: model {} ({}) ready on CPU in 0.4s\n"
-    log.write_text(line.format(tiny_model.id, fp16))
-    assert served_graph(tmp_path, tiny_model.id.upper()) == fp16
-    assert wrong_graph(store_home, tiny_model.id, "fp16", tmp_path) == []
-    log.write_text(line.format(tiny_model.id, fp32))
-    assert wrong_graph(store_home, tiny_model.id, "fp16", tmp_path) == [
-        f"served {fp32}, not fp16's {fp16}"
+    """The graph is the one the server's `/v1/models` entry names; serving another
+    precision's, or lacking the one asked for, fails."""
+    fp16 = {"id": tiny_model.id, "precision": "fp16", "quantization": "none"}
+    assert wrong_graph(store_home, tiny_model.id, "fp16", fp16) == []
+    fp32 = {**fp16, "precision": "fp32"}
+    assert wrong_graph(store_home, tiny_model.id, "fp16", fp32) == [
+        "served fp32 (none), not fp16"
     ]
-    (missing,) = wrong_graph(store_home, tiny_model.id, "int4-fp16", tmp_path)
-    assert missing.startswith(f"served {fp32}: {tiny_model.id} has no int4-fp16 graph")
+    (missing,) = wrong_graph(store_home, tiny_model.id, "int4-fp16", fp32)
+    assert missing.startswith(f"served fp32 (none): {tiny_model.id} has no int4-fp16")

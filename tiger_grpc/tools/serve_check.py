@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import tempfile
 import time
 import uuid
@@ -47,7 +46,7 @@ from typing import Any
 
 from ..config import DEFAULT_MODEL_ID, default_home
 from ..models.precision import ON_CUDA, PRECISIONS, on_cuda
-from ..models.store import ModelStore, canonical_id
+from ..models.store import ModelStore
 from .serve_calls import (
     QUESTION,
     CheckFailed,
@@ -185,25 +184,19 @@ async def drive(
         return report
 
 
-def served_graph(workdir: Path, model: str) -> str | None:
-    """The graph the server in `workdir` says it loaded `model` from."""
-    text = (workdir / "server.log").read_text(errors="replace")
-    name = re.escape(canonical_id(model))
-    found = re.search(rf"model {name} \((\S+)\) ready on", text)
-    return found.group(1) if found else None
-
-
-def wrong_graph(home: Path, model: str, precision: str, workdir: Path) -> list[str]:
-    """What is wrong with the graph the server in `workdir` served, in words."""
-    graph = served_graph(workdir, model)
+def wrong_graph(home: Path, model: str, precision: str, entry: dict) -> list[str]:
+    """What is wrong with the graph that served `model` (its `/v1/models` entry
+    says which), in words."""
+    served = f"{entry.get('precision')} ({entry.get('quantization') or '?'})"
+    if entry.get("precision") == precision:
+        return []
     manifest = ModelStore(home).get(model)
-    want = manifest.fused_graphs.get(precision) if manifest else None
-    if want is None:
+    if manifest is None or precision not in manifest.fused_graphs:
         return [
-            f"served {graph}: {model} has no {precision} graph (`tiger-prepare "
+            f"served {served}: {model} has no {precision} graph (`tiger-prepare "
             f"--precision {precision}` makes the embedded model's)"
         ]
-    return [] if graph == want else [f"served {graph}, not {precision}'s {want}"]
+    return [f"served {served}, not {precision}"]
 
 
 def check(
@@ -223,9 +216,10 @@ def check(
         if gguf is not None:
             ModelStore(home).remove(name)
     report["device"], report["precision"] = device, precision
-    report["graph"] = served_graph(workdir / device, model)
+    served = report["model"]
+    report["graph"] = f"{served.get('precision')}, {served.get('quantization')}"
     report["failed"] = verdicts(report, device)
-    report["failed"] += wrong_graph(home, model, precision, workdir / device)
+    report["failed"] += wrong_graph(home, model, precision, served)
     if gguf is not None:
         report["failed"] += import_verdicts(report, device)
     if against:
@@ -237,7 +231,7 @@ def check(
             return report
         report["against_cpu"] = agreement(answers(report), answers(other))
         failed = verdicts(other, against)
-        failed += wrong_graph(home, model, precision, workdir / against)
+        failed += wrong_graph(home, model, precision, other["model"])
         report["failed"] += [f"on {against}: {f}" for f in failed]
     return report
 
