@@ -35,6 +35,7 @@ from ..models.store import ModelStore, canonical_id
 from ..runtime.ml import IMPORT_LOCK
 from .checkpoint import Checkpoint, copy_vetted, vet_path
 from .gguffile import GgufCheckpoint, copy_gguf, vet_source
+from .room import check_room
 from .worker import Emit, stream_job
 
 FLOAT_TENSORS = frozenset({"F32", "F16", "BF16"})  # no blocks to keep or to requantize
@@ -132,6 +133,21 @@ def gguf_plan(checkpoint: GgufCheckpoint, precision: str) -> str:
     )
 
 
+def room_needed(
+    checkpoint: Checkpoint | GgufCheckpoint, device: Device
+) -> tuple[int, int, bool, str]:
+    """What `check_room` judges an import by: (parameters, the source's bytes,
+    whether it is a GGUF file, the optimum export's dtype)."""
+    cuda = choose_providers(device)[0] == CUDA
+    dtype, _, _ = export_settings(cuda, checkpoint)
+    if isinstance(checkpoint, GgufCheckpoint):
+        size = checkpoint.path.stat().st_size
+        return checkpoint.parameters, size, True, dtype
+    parameters = checkpoint_parameters(checkpoint.directory) or 0
+    files = (checkpoint.directory / name for name in checkpoint.files)
+    return parameters, sum(f.stat().st_size for f in files), False, dtype
+
+
 class Importer:
     """Runs one import at a time, off the event loop."""
 
@@ -157,6 +173,11 @@ class Importer:
             raise AlreadyExistsError(f"a model named {out_id!r} already exists")
         if not self._busy.acquire(blocking=False):
             raise OverloadedError("an import is already running; one runs at a time")
+        try:
+            await asyncio.to_thread(self._check_room, checkpoint)
+        except BaseException:
+            self._busy.release()
+            raise
 
         def job(emit: Emit, cancel: threading.Event) -> None:
             run_import(
@@ -175,3 +196,6 @@ class Importer:
         async with contextlib.aclosing(events):
             async for event in events:
                 yield event
+
+    def _check_room(self, checkpoint: Checkpoint | GgufCheckpoint) -> None:
+        check_room(*room_needed(checkpoint, self._device), self._store.home)
