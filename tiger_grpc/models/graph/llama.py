@@ -21,14 +21,13 @@ import onnx
 from onnx import TensorProto, helper
 
 from ...runtime.ml import IMPORT_LOCK
+from .accuracy import ACCURACY_LEVEL, down_accuracy
 from .gguf import SOURCE_BITS, Blocks, GgufBlocks, join
 from .shape import LlamaShape, rope_tables
 from .tensors import Tensors, checkpoint_tensors
 from .writer import GraphWriter, quantize_blocks
 
 MS = "com.microsoft"
-# accuracy_level 4: int8 activations in MatMulNBits, the fast path on CPU.
-ACCURACY_LEVEL = 4
 _ONNX_FLOAT = {np.float32: TensorProto.FLOAT, np.float16: TensorProto.FLOAT16}
 QuantizedTensors = Callable[[str], Blocks | None]  # HF name -> its file's blocks
 SOURCE_BLOCKS = "source blocks"  # the manifest's word for a graph of those
@@ -83,11 +82,19 @@ class _Decoder:
         self.residual = summed
         return out
 
-    def linear(self, value: str, keys: list[str], name: str, rank: int = 3) -> str:
+    def linear(
+        self,
+        value: str,
+        keys: list[str],
+        name: str,
+        rank: int = 3,
+        accuracy: int = ACCURACY_LEVEL,
+    ) -> str:
         """One projection of the (packed) weights `keys` applied to `value` (of
-        `rank` dimensions): `MatMul`, or `MatMulNBits`, each weight in the source
-        file's own blocks when it has them, else quantized as it is written. Weights
-        whose blocks differ in width or length take a node each, concatenated."""
+        `rank` dimensions): `MatMul`, or `MatMulNBits` (`accuracy`: its
+        accuracy_level), each weight in the source file's own blocks when it has
+        them, else quantized as it is written. Weights whose blocks differ in width
+        or length take a node each, concatenated."""
         if self.bits is None:
             parts = [self.param(k) for k in keys]
             weight = (parts[0] if len(parts) == 1 else np.concatenate(parts)).T
@@ -101,9 +108,9 @@ class _Decoder:
         runs = itertools.groupby((blocks for blocks, _ in found), lambda b: b.form)
         groups = [list(run) for _, run in runs]
         if len(groups) == 1:
-            return self._exact(value, join(groups[0]), name, rank, k)
+            return self._exact(value, join(groups[0]), name, rank, k, accuracy)
         outs = [
-            self._exact(value, join(group), f"{name}.{i}", rank, k)
+            self._exact(value, join(group), f"{name}.{i}", rank, k, accuracy)
             for i, group in enumerate(groups)
         ]
         (out,) = self.g.op("Concat", outs, name=name, axis=-1)
@@ -126,7 +133,15 @@ class _Decoder:
         ort = Blocks(f"ORT int{self.bits}", self.bits, packed, scales, None)
         return ort, weight.shape[0]
 
-    def _exact(self, value: str, blocks: Blocks, name: str, rank: int, k: int) -> str:
+    def _exact(
+        self,
+        value: str,
+        blocks: Blocks,
+        name: str,
+        rank: int,
+        k: int,
+        accuracy: int = ACCURACY_LEVEL,
+    ) -> str:
         """`MatMulNBits` over the blocks as they are (`k` inputs: all the blocks'
         unless the last is padded); with offsets (Q4_1's and the like), plus the
         sums of each block of inputs times the offsets (see `gguf`)."""
@@ -145,7 +160,7 @@ class _Decoder:
             N=n,
             bits=blocks.bits,
             block_size=blocks.block,
-            accuracy_level=ACCURACY_LEVEL,
+            accuracy_level=accuracy,
         )
         if blocks.offsets is None:
             return out
@@ -220,7 +235,8 @@ class _Decoder:
         (sig,) = self.g.op("Sigmoid", [gate], name=f"layers.{i}.sigmoid")
         (silu,) = self.g.op("Mul", [gate, sig], name=f"layers.{i}.silu")
         (act,) = self.g.op("Mul", [silu, up], name=f"layers.{i}.act")
-        return self.linear(act, [f"{p}.down_proj.weight"], f"layers.{i}.down_proj")
+        down, accuracy = [f"{p}.down_proj.weight"], down_accuracy(i, self.s.layers)
+        return self.linear(act, down, f"layers.{i}.down_proj", accuracy=accuracy)
 
     def layer(self, x: str, i: int, rope: tuple[str, str]) -> str:
         """A decoder layer; returns its output, not yet added to the residual."""
