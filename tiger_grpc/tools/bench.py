@@ -10,7 +10,9 @@ with the prefix cache, without it, and on llama.cpp's server (`--llama-server
 PATH`). Then structured output (`bench_structured`): a JSON schema's cost in
 decode speed and time to first token, and the validity of answers over generated
 schemas. Then key checks (`bench_keys`): a burst's requests per second with a key
-file of 1,000 keys against one key. Then quality (`bench_quality`): every
+file of 1,000 keys against one key. Then memory (`bench_memory`): the server's
+resident size with the model loaded and with 16,384 tokens of context filled,
+against llama.cpp's server at the same capacity. Then quality (`bench_quality`): every
 precision's top-1 agreement, KL divergence and perplexity against the fp32 export
 on a held-out text. Then (not with `--quick`) the 1B scale (`bench_scale`): a
 random 1.07B Llama's decode speed, against llama.cpp's Q4_0 of the same weights
@@ -45,16 +47,26 @@ from .bench_chat import scenario
 from .bench_keys import markdown as keys_markdown
 from .bench_keys import measure as measure_keys
 from .bench_keys import targets as keys_targets
-from .bench_peers import hf_baselines
+from .bench_memory import markdown as memory_markdown
+from .bench_memory import measure as measure_memory
+from .bench_memory import targets as memory_targets
+from .bench_peers import hf_baselines, llama_levels
 from .bench_quality import markdown as quality_markdown
 from .bench_quality import measure as measure_quality
 from .bench_quality import measure_kquant
 from .bench_quality import targets as quality_targets
-from .bench_report import chart, chat_markdown, chat_targets, markdown, targets
+from .bench_report import (
+    chart,
+    chat_markdown,
+    chat_targets,
+    markdown,
+    peer_targets,
+    targets,
+)
 from .bench_scale import markdown as scale_markdown
 from .bench_scale import measure as measure_scale
 from .bench_scale import targets as scale_targets
-from .bench_stats import PROMPTS, Level, messages, timed
+from .bench_stats import PROMPTS, Level, chat_body, run_level, run_round, sse_stream
 from .bench_structured import markdown as structured_markdown
 from .bench_structured import scenario as structured_scenario
 from .bench_structured import targets as structured_targets
@@ -64,22 +76,10 @@ LEVELS = [1, 4, 8, 16]
 SOLO_ROUNDS = 4  # rounds of a single stream, per round of the other levels
 
 
-def _body(prompt: str, max_tokens: int, **more: Any) -> dict[str, Any]:
-    """A greedy streaming chat request, the same for every HTTP route."""
-    return {
-        "model": DEFAULT_MODEL_ID,
-        "messages": messages(prompt),
-        "stream": True,
-        "temperature": 0,
-        "max_tokens": max_tokens,
-        **more,
-    }
-
-
 async def _http_stream(
     session: aiohttp.ClientSession, url: str, prompt: str, max_tokens: int
 ):
-    async with session.post(url, json=_body(prompt, max_tokens)) as reply:
+    async with session.post(url, json=chat_body(prompt, max_tokens)) as reply:
         count = 0
         async for line in reply.content:
             chunk = json.loads(line)
@@ -88,24 +88,6 @@ async def _http_stream(
                 yield count
             elif chunk["type"] == "stop":
                 yield chunk["usage"]["output_tokens"]
-
-
-async def _sse_stream(
-    session: aiohttp.ClientSession, url: str, prompt: str, max_tokens: int
-):
-    """The same request through OpenAI's chat completions, as Server-Sent Events."""
-    body = _body(prompt, max_tokens, stream_options={"include_usage": True})
-    async with session.post(url, json=body) as reply:
-        count = 0
-        async for line in reply.content:
-            if not line.startswith(b"data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                yield chunk["usage"]["completion_tokens"]
-            elif chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                count += 1
-                yield count
 
 
 async def _grpc_stream(stub: pb_grpc.TigerStub, prompt: str, max_tokens: int):
@@ -142,26 +124,6 @@ async def _engine_stream(registry, prompt: str, max_tokens: int):
             yield event.usage.output_tokens
 
 
-async def _round(
-    level: Level, make: Callable[[str], AsyncIterator[int]], r: int
-) -> None:
-    """Round `r` of a level: `concurrency` streams at once, added to the level."""
-    c = level.concurrency
-    prompts = [PROMPTS[(r * c + i) % len(PROMPTS)] for i in range(c)]
-    started = time.perf_counter()
-    level.streams += await asyncio.gather(*(timed(make(p)) for p in prompts))
-    level.wall_s += time.perf_counter() - started
-
-
-async def _level(
-    name: str, concurrency: int, make: Callable[[str], AsyncIterator[int]], rounds: int
-) -> Level:
-    level = Level(name, concurrency)
-    for r in range(rounds):
-        await _round(level, make, r)
-    return level
-
-
 async def _over_the_network(
     args: argparse.Namespace, home: Path, rounds: int
 ) -> list[Level]:
@@ -186,11 +148,11 @@ async def _network_levels(
         url, sse = f"{base}/generate_response", f"{base}/chat/completions"
         backends: dict[str, Callable[[str, int], AsyncIterator[int]]] = {
             "Tiger HTTP streaming": lambda p, n: _http_stream(session, url, p, n),
-            "Tiger OpenAI SSE": lambda p, n: _sse_stream(session, sse, p, n),
+            "Tiger OpenAI SSE": lambda p, n: sse_stream(session, sse, p, n),
             "Tiger gRPC": lambda p, n: _grpc_stream(stub, p, n),
         }
         for name, make in backends.items():
-            await _level(f"warm-up {name}", 1, lambda p, m=make: m(p, 4), 1)
+            await run_level(f"warm-up {name}", 1, lambda p, m=make: m(p, 4), 1)
         names, tokens = list(backends), args.max_tokens
         for c in LEVELS:
             print(
@@ -204,7 +166,7 @@ async def _network_levels(
                 turn = r % len(names)
                 for name in names[turn:] + names[:turn]:
                     make = backends[name]
-                    await _round(levels[name], lambda p, m=make: m(p, tokens), r)
+                    await run_round(levels[name], lambda p, m=make: m(p, tokens), r)
             results += levels.values()
     return results
 
@@ -219,11 +181,11 @@ async def _in_process(
     registry = ModelRegistry(store, options)
     results = []
     try:
-        await _level("warm-up", 1, lambda p: _engine_stream(registry, p, 4), 1)
+        await run_level("warm-up", 1, lambda p: _engine_stream(registry, p, 4), 1)
         for c in LEVELS:
             print(f"  engine in-process, {c} concurrent streams...", file=sys.stderr)
             results.append(
-                await _level(
+                await run_level(
                     "Tiger engine in-process",
                     c,
                     lambda p: _engine_stream(registry, p, args.max_tokens),
@@ -247,6 +209,9 @@ async def run(args: argparse.Namespace) -> list[dict[str, float]]:
     results += await asyncio.to_thread(
         hf_baselines, store.path(DEFAULT_MODEL_ID), prompts, args.max_tokens
     )
+    if args.llama_server:
+        both = (rounds * SOLO_ROUNDS, rounds)  # as many rounds as Tiger's
+        results += await llama_levels(args.llama_server, LEVELS, both, args.max_tokens)
     return [level.summary() for level in results]
 
 
@@ -291,6 +256,7 @@ def main() -> None:
     structured = structured_scenario(default_home(), rounds, schemas)
     print("  key checks: a key file against one key...", file=sys.stderr)
     keys = measure_keys(default_home(), 2.0 if args.quick else 4.0)
+    memory = measure_memory(default_home(), args.llama_server)
     print("  quality of every precision against fp32...", file=sys.stderr)
     quality_rows = measure_quality(default_home(), 512 if args.quick else None)
     kquant_rows = []
@@ -304,21 +270,21 @@ def main() -> None:
         print("  a 1B model, Tiger against llama.cpp...", file=sys.stderr)
         scale_rows = measure_scale(default_home(), args.llama_server)
     quality = (quality_rows, kquant_rows)
-    _write(args, rows, chat_rows, (structured, keys), quality, scale_rows)
+    _write(args, rows, chat_rows, (structured, keys, memory), quality, scale_rows)
 
 
 def _write(
     args: argparse.Namespace,
     rows: list[dict[str, Any]],
     chat_rows: list[dict[str, Any]],
-    extra: tuple[dict[str, Any], dict[str, Any]],
+    extra: tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]],
     quality: tuple[list[dict[str, Any]], list[dict[str, Any]]],
     scale_rows: list[dict[str, Any]],
 ) -> None:
     """bench.json, bench.md and bench.png under `args.out`; the tables printed.
-    `extra`: the structured-output and key-check rows; `quality`: the embedded
-    model's precisions and the Q4_K_M file's graphs."""
-    structured, keys = extra
+    `extra`: the structured-output, key-check and memory rows; `quality`: the
+    embedded model's precisions and the Q4_K_M file's graphs."""
+    structured, keys, memory = extra
     quality_rows, kquant_rows = quality
     meta = {
         "model": DEFAULT_MODEL_ID,
@@ -331,7 +297,7 @@ def _write(
     args.out.mkdir(parents=True, exist_ok=True)
     met = [
         {"target": n, "measured": v, "wanted": w, "met": m}
-        for n, v, w, m in targets(rows)
+        for n, v, w, m in [*targets(rows), *peer_targets(rows)]
     ]
     met += [
         {"target": n, "measured": v, "wanted": w, "met": m}
@@ -339,6 +305,7 @@ def _write(
             *chat_targets(chat_rows),
             *structured_targets(structured),
             *keys_targets(keys),
+            *memory_targets(memory),
             *quality_targets(quality_rows),
             *scale_targets(scale_rows),
         ]
@@ -349,6 +316,7 @@ def _write(
         "chat": chat_rows,
         "structured": structured,
         "keys": keys,
+        "memory": memory,
         "quality": quality_rows,
         "quality_q4_k_m": kquant_rows,
         "scale": scale_rows,
@@ -358,6 +326,7 @@ def _write(
     tables = [markdown(rows, meta), chat_markdown(chat_rows)]
     tables.append(structured_markdown(structured))
     tables.append(keys_markdown(keys))
+    tables.append(memory_markdown(memory))
     tables.append(quality_markdown(quality_rows, kquant_rows))
     if scale_rows:
         tables.append(scale_markdown(scale_rows))

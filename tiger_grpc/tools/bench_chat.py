@@ -177,6 +177,15 @@ def llama_server(
 ) -> Iterator[str]:
     """llama.cpp's server (2 threads) on a GGUF, the embedded model's unless
     given; yields its URL."""
+    with llama_process(binary, gguf, slots, context) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def llama_process(
+    binary: Path, gguf: Path | None = None, slots: int = 4, context: int = 16384
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """As `llama_server`, yielding its URL and its process."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -190,7 +199,7 @@ def llama_server(
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, popen)
-        yield url
+        yield url, popen
     finally:
         popen.terminate()
         popen.wait(timeout=30)

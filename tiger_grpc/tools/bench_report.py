@@ -53,6 +53,26 @@ def targets(rows: list[dict[str, Any]]) -> list[tuple[str, float, str, bool]]:
     ]
 
 
+def peer_targets(rows: list[dict[str, Any]]) -> list[tuple[str, float, str, bool]]:
+    """Tiger against llama.cpp's server on the same GGUF, both over OpenAI's
+    chat completions (only when llama.cpp ran)."""
+
+    def get(backend: str, c: int) -> dict[str, Any] | None:
+        found = (r for r in rows if r["backend"].startswith(backend))
+        return next((r for r in found if r["concurrency"] == c), None)
+
+    found = []
+    for c, field, wanted in ((1, "decode_tok_s", 1.3), (8, "aggregate_tok_s", 1.0)):
+        tiger, llama = get("Tiger OpenAI", c), get("llama.cpp", c)
+        if tiger is None or llama is None:
+            continue
+        ratio = tiger[field] / llama[field]
+        what = "1-stream decode" if c == 1 else "aggregate at 8 streams"
+        name = f"{what}: Tiger / llama.cpp server (OpenAI SSE)"
+        found.append((name, ratio, f">= {wanted}", ratio >= wanted))
+    return found
+
+
 def markdown(rows: list[dict[str, float]], meta: dict[str, object]) -> str:
     lines = [
         f"Tiger benchmark: {meta['model']} ({meta['precision']} fused graph), greedy, "
@@ -68,7 +88,8 @@ def markdown(rows: list[dict[str, float]], meta: dict[str, object]) -> str:
             f"{r['ttft_p50_ms']:.0f} | {r['ttft_p95_ms']:.0f} | "
             f"{r['aggregate_tok_s']:.1f} |"
         )
-    return "\n".join([*lines, *target_lines(targets(rows))]) + "\n"
+    found = [*targets(rows), *peer_targets(rows)]
+    return "\n".join([*lines, *target_lines(found)]) + "\n"
 
 
 def target_lines(

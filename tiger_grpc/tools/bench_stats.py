@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import statistics
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import aiohttp
+
+from ..config import DEFAULT_MODEL_ID
 
 # The questions every scenario asks (about 36 tokens after the chat template).
 PROMPTS = [
@@ -84,3 +90,53 @@ async def timed(chunks: AsyncIterator[int]) -> Stream:
 
 def messages(prompt: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}]
+
+
+def chat_body(prompt: str, max_tokens: int, **more: Any) -> dict[str, Any]:
+    """A greedy streaming chat request, the same for every HTTP route."""
+    return {
+        "model": DEFAULT_MODEL_ID,
+        "messages": messages(prompt),
+        "stream": True,
+        "temperature": 0,
+        "max_tokens": max_tokens,
+        **more,
+    }
+
+
+async def sse_stream(
+    session: aiohttp.ClientSession, url: str, prompt: str, max_tokens: int
+):
+    """The same request through OpenAI's chat completions, as Server-Sent Events."""
+    request = chat_body(prompt, max_tokens, stream_options={"include_usage": True})
+    async with session.post(url, json=request) as reply:
+        count = 0
+        async for line in reply.content:
+            if not line.startswith(b"data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                yield chunk["usage"]["completion_tokens"]
+            elif chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                count += 1
+                yield count
+
+
+async def run_round(
+    level: Level, make: Callable[[str], AsyncIterator[int]], r: int
+) -> None:
+    """Round `r` of a level: `concurrency` streams at once, added to the level."""
+    c = level.concurrency
+    prompts = [PROMPTS[(r * c + i) % len(PROMPTS)] for i in range(c)]
+    started = time.perf_counter()
+    level.streams += await asyncio.gather(*(timed(make(p)) for p in prompts))
+    level.wall_s += time.perf_counter() - started
+
+
+async def run_level(
+    name: str, concurrency: int, make: Callable[[str], AsyncIterator[int]], rounds: int
+) -> Level:
+    level = Level(name, concurrency)
+    for r in range(rounds):
+        await run_round(level, make, r)
+    return level

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..runtime.process import start_process
+from ..runtime.process import Process, start_process
 
 API_KEY = "bench-key"
 
@@ -25,6 +25,22 @@ def served(
     """Tiger's server (with `server_args`) and gateway on free local ports, with
     the bench's key (and `env` set), their logs in `workdir` (a new temporary
     directory if None): yields the server's gRPC target and the gateway's port."""
+    with served_processes(home, workdir, server_args, log_level, **env) as (
+        server,
+        gateway,
+    ):
+        yield f"127.0.0.1:{server.port}", gateway.port
+
+
+@contextlib.contextmanager
+def served_processes(
+    home: Path,
+    workdir: Path | None = None,
+    server_args: tuple[str, ...] = (),
+    log_level: str = "WARNING",
+    **env: str,
+) -> Iterator[tuple[Process, Process]]:
+    """As `served`, yielding the server's and the gateway's processes."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="tiger-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TIGER_HOME": str(home), "TIGER_API_KEY": API_KEY, **env}
@@ -37,7 +53,7 @@ def served(
             ["gateway.main", *local, "--grpc-target", target], workdir, "gateway", env
         )
         try:
-            yield target, gateway.port
+            yield server, gateway
         finally:
             gateway.stop(timeout=30)
     finally:

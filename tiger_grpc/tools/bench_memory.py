@@ -1,0 +1,165 @@
+"""`make bench`'s memory step: resident memory of Tiger's server (and gateway)
+against llama.cpp's server on the embedded model, at the same context capacity.
+
+Both hold 4 sequences of 4,096 tokens, 16,384 in all (llama.cpp: `-np 4 -c
+16384`; Tiger: `--max-batch 4 --max-context 4096`). Read from `/proc/<pid>/status`:
+the resident size once the model is loaded and has answered one short request,
+then with every sequence's context filled (4 prompts of about 3,800 tokens at
+once, each its own text, so that no prefix is shared), and the peak. Run alone:
+`python -m tiger_grpc.tools.bench_memory [--llama-server PATH]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from ..config import DEFAULT_MODEL_ID, default_home
+from ..models.loaded import load_tokenizer
+from ..models.store import HF_DIR, ModelStore
+from .bench_chat import llama_process, system_prompt
+from .stack import API_KEY, served_processes
+
+SEQUENCES, CONTEXT = 4, 4096
+PROMPT_TOKENS = 3800
+MIB = 2**20
+
+
+def status_bytes(pid: int) -> dict[str, int]:
+    """The process's resident size now (`VmRSS`) and at its peak (`VmHWM`)."""
+    found = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            found[name] = int(value.split()[0]) * 1024
+    return found
+
+
+async def _ask(session: aiohttp.ClientSession, url: str, content: str) -> None:
+    body = {
+        "model": DEFAULT_MODEL_ID,
+        "messages": [{"role": "user", "content": content}],
+        "temperature": 0,
+        "max_tokens": 8,
+    }
+    async with session.post(f"{url}/v1/chat/completions", json=body) as reply:
+        reply.raise_for_status()
+        await reply.read()
+
+
+async def _drive(url: str, prompts: list[str], between: Callable[[], None]) -> None:
+    """One short request; `between()`; then every prompt at once."""
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    timeout = aiohttp.ClientTimeout(total=900)
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
+        await _ask(session, url, "Hello!")
+        between()
+        await asyncio.gather(*(_ask(session, url, p) for p in prompts))
+
+
+def _measure(name: str, url: str, pids: dict[str, int], prompts: list[str]) -> dict:
+    row: dict[str, Any] = {"server": name}
+
+    def loaded() -> None:
+        time.sleep(1.0)
+        for part, pid in pids.items():
+            row[f"{part}_loaded_mb"] = round(status_bytes(pid)["VmRSS"] / MIB)
+
+    asyncio.run(_drive(url, prompts, loaded))
+    for part, pid in pids.items():
+        now = status_bytes(pid)
+        row[f"{part}_filled_mb"] = round(now["VmRSS"] / MIB)
+        row[f"{part}_peak_mb"] = round(now["VmHWM"] / MIB)
+    return row
+
+
+@contextlib.contextmanager
+def _tiger(home: Path) -> Iterator[tuple[str, dict[str, int]]]:
+    sizes = ("--max-batch", str(SEQUENCES), "--max-context", str(CONTEXT))
+    with served_processes(home, server_args=sizes) as (server, gateway):
+        pids = {"server": server.popen.pid, "gateway": gateway.popen.pid}
+        yield f"http://127.0.0.1:{gateway.port}", pids
+
+
+@contextlib.contextmanager
+def _llama(binary: Path) -> Iterator[tuple[str, dict[str, int]]]:
+    context = SEQUENCES * CONTEXT
+    with llama_process(binary, slots=SEQUENCES, context=context) as (url, popen):
+        yield url, {"server": popen.pid}
+
+
+def measure(home: Path, llama: Path | None) -> list[dict[str, Any]]:
+    """Each server alone: its resident sizes, MiB."""
+    tokenizer = load_tokenizer(str(ModelStore(home).path(DEFAULT_MODEL_ID) / HF_DIR))
+    prompts = [
+        system_prompt(tokenizer, 100 + seed, PROMPT_TOKENS) + "\nWhich rule is first?"
+        for seed in range(SEQUENCES)
+    ]
+    servers: list[tuple[str, Any]] = [("Tiger", lambda: _tiger(home))]
+    if llama is not None:
+        servers.append(("llama.cpp server", lambda: _llama(llama)))
+    rows = []
+    for name, start in servers:
+        print(f"  memory: {name}...", file=sys.stderr)
+        with start() as (url, pids):
+            rows.append(_measure(name, url, pids, prompts))
+    return rows
+
+
+def targets(rows: list[dict[str, Any]]) -> list[tuple[str, float, str, bool]]:
+    """The server's resident size against llama.cpp's: loaded, and at its peak
+    with every context filled (only with llama.cpp measured)."""
+    if len(rows) != 2:
+        return []
+    tiger, llama = rows
+    found = []
+    for when in ("loaded", "peak"):
+        ratio = tiger[f"server_{when}_mb"] / llama[f"server_{when}_mb"]
+        name = f"server resident memory, {when}: Tiger / llama.cpp"
+        found.append((name, round(ratio, 2), "<= 1.0", ratio <= 1.0))
+    return found
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"### Resident memory, {SEQUENCES} sequences of {CONTEXT:,} tokens "
+        f"({SEQUENCES * CONTEXT:,} in all), MiB",
+        "",
+        "| server | model loaded | contexts filled | peak |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in rows:
+        for part in ("server", "gateway"):
+            if f"{part}_loaded_mb" not in row:
+                continue
+            name = row["server"] if part == "server" else f"{row['server']} gateway"
+            lines.append(
+                f"| {name} | {row[f'{part}_loaded_mb']} | "
+                f"{row[f'{part}_filled_mb']} | {row[f'{part}_peak_mb']} |"
+            )
+    for name, ratio, wanted, _ in targets(rows):
+        lines.append(f"\n{name}: {ratio:.2f} ({wanted})")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="tiger-bench-memory",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--llama-server", type=Path, default=None)
+    args = parser.parse_args()
+    print(markdown(measure(default_home(), args.llama_server)))
+
+
+if __name__ == "__main__":
+    main()
