@@ -295,21 +295,11 @@ def _write(
         "quick": args.quick,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    met = [
-        {"target": n, "measured": v, "wanted": w, "met": m}
-        for n, v, w, m in [*targets(rows), *peer_targets(rows)]
-    ]
-    met += [
-        {"target": n, "measured": v, "wanted": w, "met": m}
-        for n, v, w, m in [
-            *chat_targets(chat_rows),
-            *structured_targets(structured),
-            *keys_targets(keys),
-            *memory_targets(memory),
-            *quality_targets(quality_rows),
-            *scale_targets(scale_rows),
-        ]
-    ]
+    found = [*targets(rows), *peer_targets(rows), *chat_targets(chat_rows)]
+    found += [*structured_targets(structured), *keys_targets(keys)]
+    found += [*memory_targets(memory), *quality_targets(quality_rows)]
+    found += scale_targets(scale_rows)
+    met = [{"target": n, "measured": v, "wanted": w, "met": m} for n, v, w, m in found]
     report = {
         "meta": meta,
         "results": rows,
