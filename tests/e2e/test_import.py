@@ -17,6 +17,7 @@ from tests.helpers import API_KEY, DEFAULT_MODEL_ID, Process, run_cli
 from tiger_grpc.models.fromgguf import read_header
 from tiger_grpc.models.pipeline import add_graph
 from tiger_grpc.models.store import ModelStore
+from tiger_grpc.tools.serve_calls import ask
 
 pytestmark = pytest.mark.e2e
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
@@ -166,13 +167,8 @@ async def test_a_gguf_file_is_served_with_its_own_blocks(
         assert again.quantization == {"int4": "source blocks"}
         answers = []
         for model in (model_id, DEFAULT_MODEL_ID):
-            ask = {
-                "model": model,
-                "messages": [{"role": "user", "content": "Name three colours."}],
-                "temperature": 0,
-                "max_tokens": 24,
-            }
-            async with s.post(f"{base_url}/v1/generate_response", json=ask) as r:
+            body = ask(model, "Name three colours.", 24)
+            async with s.post(f"{base_url}/v1/generate_response", json=body) as r:
                 answers.append((await r.json())["content"])
     assert answers[0] and answers[0] == answers[1]
 

@@ -12,6 +12,7 @@ from playwright.async_api import async_playwright
 
 from tests.helpers import API_KEY
 from tiger_grpc.models.embedded import DEFAULT_MODEL_ID
+from tiger_grpc.tools.serve_calls import ask
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = os.environ.get("TIGER_CHROMIUM", "/usr/bin/chromium")
@@ -63,12 +64,7 @@ async def test_type_a_prompt_and_watch_it_stream(base_url: str, tmp_path: Path) 
     async with aiohttp.ClientSession(
         headers={"Authorization": f"Bearer {API_KEY}"}
     ) as session:
-        body = {
-            "model": DEFAULT_MODEL_ID,
-            "messages": [{"role": "user", "content": "Why is the sky blue?"}],
-            "temperature": 0,
-            "max_tokens": 60,
-        }
+        body = ask(DEFAULT_MODEL_ID, "Why is the sky blue?", 60)
         async with session.post(f"{base_url}/v1/generate_response", json=body) as r:
             expected = (await r.json())["content"]
     assert text and text.strip() == expected.strip()

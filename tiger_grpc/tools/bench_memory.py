@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from ..config import DEFAULT_MODEL_ID, default_home
 from ..models.loaded import load_tokenizer
 from ..models.store import HF_DIR, ModelStore
 from .bench_chat import llama_process, system_prompt
+from .serve_calls import ask
 from .stack import API_KEY, served_processes
 
 SEQUENCES, CONTEXT = 4, 4096
@@ -43,37 +44,30 @@ def status_bytes(pid: int) -> dict[str, int]:
     return found
 
 
-async def _ask(session: aiohttp.ClientSession, url: str, content: str) -> None:
-    body = {
-        "model": DEFAULT_MODEL_ID,
-        "messages": [{"role": "user", "content": content}],
-        "temperature": 0,
-        "max_tokens": 8,
-    }
-    async with session.post(f"{url}/v1/chat/completions", json=body) as reply:
-        reply.raise_for_status()
-        await reply.read()
-
-
-async def _drive(url: str, prompts: list[str], between: Callable[[], None]) -> None:
-    """One short request; `between()`; then every prompt at once."""
+async def _ask_all(url: str, contents: list[str]) -> None:
+    """Greedy answers of 8 tokens to every one of `contents`, all at once."""
     headers = {"Authorization": f"Bearer {API_KEY}"}
     timeout = aiohttp.ClientTimeout(total=900)
     async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
-        await _ask(session, url, "Hello!")
-        between()
-        await asyncio.gather(*(_ask(session, url, p) for p in prompts))
+
+        async def one(content: str) -> None:
+            body = ask(DEFAULT_MODEL_ID, content, 8)
+            async with session.post(f"{url}/v1/chat/completions", json=body) as r:
+                r.raise_for_status()
+                await r.read()
+
+        await asyncio.gather(*(one(c) for c in contents))
 
 
 def _measure(name: str, url: str, pids: dict[str, int], prompts: list[str]) -> dict:
+    """The resident sizes once a short request is answered, then once every
+    prompt is."""
     row: dict[str, Any] = {"server": name}
-
-    def loaded() -> None:
-        time.sleep(1.0)
-        for part, pid in pids.items():
-            row[f"{part}_loaded_mb"] = round(status_bytes(pid)["VmRSS"] / MIB)
-
-    asyncio.run(_drive(url, prompts, loaded))
+    asyncio.run(_ask_all(url, ["Hello!"]))
+    time.sleep(1.0)
+    for part, pid in pids.items():
+        row[f"{part}_loaded_mb"] = round(status_bytes(pid)["VmRSS"] / MIB)
+    asyncio.run(_ask_all(url, prompts))
     for part, pid in pids.items():
         now = status_bytes(pid)
         row[f"{part}_filled_mb"] = round(now["VmRSS"] / MIB)
