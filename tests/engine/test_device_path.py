@@ -364,7 +364,7 @@ def test_an_unknown_precision_is_refused_at_start(module, tmp_path) -> None:
         timeout=60,
     )
     assert out.returncode != 0
-    choices = "int8, int4, fp16, fp32, int8-fp16, int4-fp16, got 'int3'"
+    choices = "int8, int4, int4-kv8, fp16, fp32, int8-fp16, int4-fp16, got 'int3'"
     assert f"TIGER_PRECISION must be one of {choices}" in out.stderr
 
 

@@ -14,7 +14,11 @@ from onnx import TensorProto, helper
 
 log = logging.getLogger(__name__)
 
-_ONNX = {np.float32: TensorProto.FLOAT, np.float16: TensorProto.FLOAT16}
+_ONNX = {
+    np.float32: TensorProto.FLOAT,
+    np.float16: TensorProto.FLOAT16,
+    np.int8: TensorProto.INT8,
+}
 ALIGN = 256  # bytes between buffers carved out of one allocation
 
 

@@ -2,7 +2,8 @@
 lives on the session's device.
 
 The cache is one buffer per layer and kind, (slots, kv_heads, capacity, head_dim),
-in the graph's float type (fp32 on CPU, fp16 for CUDA), allocated as ORT values on
+in the graph's cache type (int8 for the quantized CPU graphs, fp32 for the CPU's
+fp32 graph, fp16 for CUDA), allocated as ORT values on
 the device the session runs on: host memory on CPU, GPU memory on CUDA. Sequence i
 of the running batch lives in slot i, so the first n slots are one contiguous block
 that a step binds (by address, through IO binding) as both the past and the present
@@ -54,7 +55,11 @@ from .providers import (
 log = logging.getLogger(__name__)
 
 INITIAL_CAPACITY = 512
-_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_NUMPY = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int8)": np.int8,  # the CPU graphs' cache (see `models.graph.kvcache`)
+}
 
 
 class FusedCausalLM:

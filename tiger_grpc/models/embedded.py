@@ -23,9 +23,10 @@ from ..config import DEFAULT_MODEL_ID, default_home
 from ..runtime.ml import quiet_third_party_warnings
 from .fromgguf import convert_gguf
 from .graph.gguf import SOURCE_BITS
+from .graph.kvcache import with_int8_cache
 from .graph.llama import SOURCE_BLOCKS
 from .pipeline import Reporting, add_graph, build_model
-from .precision import GRAPH_TYPES, PRECISIONS, precision_from_env
+from .precision import GRAPH_TYPES, INT8_CACHE, PRECISIONS, precision_from_env
 from .store import ModelManifest, ModelStore
 
 log = logging.getLogger(__name__)
@@ -122,14 +123,17 @@ def _advise(store: ModelStore, manifest: ModelManifest) -> ModelManifest:
 
 def _missing(manifest: ModelManifest, precision: str) -> bool:
     """Whether the graph of `precision` is to be built: absent, or one of those
-    that take the GGUF's own blocks (Q4_1 projections, Q8_0 LM head: int4, and
-    int4-fp16 on CUDA) quantized again from the dequantized weights instead (a
-    store from before, or a graph the server built without the file)."""
+    that take the GGUF's own blocks (Q4_1 projections, Q8_0 LM head: int4,
+    int4-kv8, and int4-fp16 on CUDA) quantized again from the dequantized weights
+    instead (a store from before, or a graph the server built without the file)."""
     if precision not in manifest.fused_graphs:
         return True
-    return GRAPH_TYPES[precision][0] == SOURCE_BITS and (
-        manifest.quantization.get(precision) != SOURCE_BLOCKS
-    )
+    if GRAPH_TYPES[precision][0] != SOURCE_BITS:
+        return False
+    wanted = SOURCE_BLOCKS
+    if precision in INT8_CACHE:
+        wanted = with_int8_cache(wanted)
+    return manifest.quantization.get(precision) != wanted
 
 
 def _convert(gguf: Path, hf_dir: Path, say: Any) -> None:

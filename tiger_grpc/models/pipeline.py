@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..runtime.ml import stop_if_cancelled
 from .export import checkpoint_facts, export_onnx, sampling_defaults
-from .precision import GRAPH_TYPES, graph_dir, graph_path
+from .precision import GRAPH_TYPES, INT8_CACHE, graph_dir, graph_path
 from .store import HF_DIR, ONNX_DIR, ModelManifest, ModelStore
 
 SOURCE_GGUF = "source.gguf"  # the GGUF file an import came from, kept with the model
@@ -53,8 +53,9 @@ def build_graph(
 ) -> str:
     """Writes the fused graph of a Llama checkpoint to `out_dir/model.onnx` (an int4
     one from the quantized blocks of `gguf`, the file the checkpoint came from,
-    where it has them); returns how its weights were quantized."""
-    from .graph import build_fused_llama
+    where it has them; with an int8 KV cache for the precisions that have one);
+    returns how its weights (and cache) were quantized."""
+    from .graph import build_fused_llama, kvcache
 
     what = f"Building the fused {precision} graph"
     if report.engine:
@@ -69,7 +70,14 @@ def build_graph(
         progress=_layer_progress(what, report),
         bits=bits,
     )
-    return str(facts["quantization"])
+    quantization = str(facts["quantization"])
+    if precision not in INT8_CACHE:
+        return quantization
+    stop_if_cancelled(report.cancel)
+    if report.tick:
+        report.tick(f"{what}: calibrating its int8 KV cache")
+    kvcache.int8_cache(out_dir / "model.onnx", hf_dir, int(facts["max_length"]))
+    return kvcache.with_int8_cache(quantization)
 
 
 def _layer_progress(what: str, report: Reporting) -> Callable[[int, int], None]:

@@ -21,15 +21,21 @@ from ..engine.providers import CUDA, provider_for
 GRAPH_TYPES: dict[str, tuple[int | None, type]] = {
     "int8": (8, np.float32),
     "int4": (4, np.float32),
+    "int4-kv8": (4, np.float32),
     "fp16": (None, np.float16),
     "fp32": (None, np.float32),
     "int8-fp16": (8, np.float16),
     "int4-fp16": (4, np.float16),
 }
 PRECISIONS = tuple(GRAPH_TYPES)
-ON_CUDA = {"int8": "int8-fp16", "int4": "int4-fp16"}
+# The graphs whose KV cache is int8 (`graph.kvcache`): int4-kv8 is int4 with a
+# quarter of the cache's memory, at a measured cost in quality (on the embedded
+# model, top-1 agreement 97.5% -> 96.7%, KL 0.0023 -> 0.0034: under the default's
+# 97% bar, hence not the default).
+INT8_CACHE = frozenset({"int4-kv8"})
+ON_CUDA = {"int8": "int8-fp16", "int4": "int4-fp16", "int4-kv8": "int4-fp16"}
 # Closest to the source weights first; on CPU, the fp16-activation graphs last.
-FIDELITY = ("fp32", "fp16", "int8", "int4", "int8-fp16", "int4-fp16")
+FIDELITY = ("fp32", "fp16", "int8", "int4", "int4-kv8", "int8-fp16", "int4-fp16")
 CPU_DEFAULT, CUDA_DEFAULT = "int4", "fp16"
 # A model without a fused graph serves from its optimum export, float32.
 OPTIMUM_PRECISION = "fp32"

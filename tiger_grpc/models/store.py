@@ -78,7 +78,8 @@ class ModelManifest:
     # Fused graphs for the batched engine, by precision ("int4", "fp16", ...).
     fused_graphs: dict[str, str] = field(default_factory=dict)
     # How each fused graph's weights were quantized ("source blocks": a GGUF
-    # file's own; "ORT blockwise int4": ORT's quantizer; "none"). Stores written
+    # file's own; "ORT blockwise int4": ORT's quantizer; "none"; with
+    # "; int8 KV cache" after it for a graph whose cache is int8). Stores written
     # before it was recorded have none.
     quantization: dict[str, str] = field(default_factory=dict)
     # Sampling for requests that leave it unset: `temperature`, `top_p`, `top_k`

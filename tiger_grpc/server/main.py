@@ -89,7 +89,7 @@ def _engine_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -
         help="weights of the fused graph to serve (and prepare): "
         f"{', '.join(PRECISIONS)}; "
         "default int4 on CPU, fp16 on CUDA (where int4 and int8 are int4-fp16 and "
-        "int8-fp16, and fp32 is refused)",
+        "int8-fp16, and fp32 is refused); int4-kv8: int4 with an int8 KV cache",
     )
     add(
         "--max-batch",
