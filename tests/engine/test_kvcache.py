@@ -131,3 +131,25 @@ def test_a_store_from_before_rebuilds_int4_kv8_once() -> None:
             manifest, fused_graphs=graphs, quantization=quantization
         )
         assert embedded._missing(later, "int4-kv8") is rebuilt
+
+
+def test_a_keys_scale_covers_it_at_any_position() -> None:
+    """Keys are rotated by position: a channel's bound is its rotary pair's norm
+    (channel d pairs with d + head_dim / 2), which any rotation keeps."""
+    rng = np.random.default_rng(0)
+    keys = rng.normal(size=(2, 5, 8)).astype(np.float32)  # heads, positions, dim
+    bound = kvcache.rotary_norms(keys).max(axis=1)
+    assert np.all(bound >= np.abs(keys).max(axis=1))
+    for angle in np.linspace(0, 2 * np.pi, 13):
+        first, second = keys[..., :4], keys[..., 4:]
+        cos, sin = np.cos(angle), np.sin(angle)
+        turned = np.concatenate(
+            [first * cos - second * sin, first * sin + second * cos], -1
+        )
+        assert np.all(np.abs(turned).max(axis=1) <= bound + 1e-5)
+    # A pair rotated a quarter turn swaps its channels' values: the bound is
+    # their norm for both, which the unrotated per-channel maximum is not.
+    pair = np.zeros((1, 1, 2), np.float32)
+    pair[..., 0] = 3.0
+    pair[..., 1] = 4.0
+    np.testing.assert_allclose(kvcache.rotary_norms(pair), [[[5.0, 5.0]]])

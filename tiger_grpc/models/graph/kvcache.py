@@ -9,9 +9,14 @@ first written with a float32 cache; it then runs over a fixed text shipped with 
 package (`calibration.txt`: prose, a letter, code, SQL, lists, dialogue; never the
 held-out text the quality is measured on), as it is and as chat turns in the
 model's own template (the system prompt and turn markers the server always feeds),
-and each channel's scale is the largest |x| it saw there times `MARGIN`, over 127.
-Then the cache's inputs and outputs are retyped to int8 and the attention nodes
-given their scales: the weights' file is not touched.
+and each channel's scale is the largest |x| it saw there times `MARGIN`, over 127;
+for keys, the largest norm of the channel's rotary pair, since a key's channels
+rotate with its position: the text's 2,289 positions would not show what position
+6,000 rotates a slow pair to (measured on the embedded model past 4,000 positions,
+against the float cache: per-channel maxima gave top-1 agreement 86.2% and KL
+0.214, pair norms 97.2% and 0.015). Then the cache's inputs and outputs are
+retyped to int8 and the attention nodes given their scales: the weights' file is
+not touched.
 
 A quarter of the float32 cache's bytes: 11.5 KB a token for the embedded model
 instead of 46, and a step reads a quarter of the bytes at long contexts.
@@ -28,7 +33,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 CALIBRATION = Path(__file__).parents[1] / "calibration.txt"
 INT8_CACHE = "int8 KV cache"  # the manifest's words for it
-MARGIN = 1.25  # headroom over the largest value calibration saw, per channel
+# Headroom over the largest value calibration saw, per channel. Keys are bounded
+# by their rotary pairs' norms (`rotary_norms`), whatever the position; measured on
+# the embedded model, margins of 1.0 and 1.25 gave KL 0.0037 and 0.0044 on the
+# held-out text, and the same agreement with the float cache past 4,000 positions.
+MARGIN = 1.0
 CHUNK = 512  # positions written per calibration run
 _QMAX = 127.0
 _TURNS = 3  # paragraphs per chat conversation
@@ -95,10 +104,24 @@ def cache_maxima(
             }
             cache = session.run(names, feeds)
             for i, present in enumerate(cache):
-                seen = np.abs(present[0, :, start:end]).max(axis=1)
+                written = present[0, :, start:end]
+                if i % 2 == 0:  # a key: what any position can rotate it to
+                    written = rotary_norms(written)
+                seen = np.abs(written).max(axis=1)
                 np.maximum(largest[i], seen, out=largest[i])
     flat = largest.reshape(len(past) // 2, 2, heads * dim)
     return flat[:, 0], flat[:, 1]
+
+
+def rotary_norms(keys: np.ndarray) -> np.ndarray:
+    """Each key channel's rotary pair's norm, for both channels of the pair
+    (`rotary_interleaved=0`: channel d pairs with d + head_dim / 2): a key at
+    position p is its content rotated by p times the pair's frequency, so a channel
+    holds anything up to that norm, at any position, whatever positions the
+    calibration saw."""
+    half = keys.shape[-1] // 2
+    norms = np.hypot(keys[..., :half], keys[..., half:])
+    return np.concatenate([norms, norms], axis=-1)
 
 
 def quantize_cache(onnx_path: Path, key_max: np.ndarray, value_max: np.ndarray) -> None:
