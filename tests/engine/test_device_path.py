@@ -405,6 +405,8 @@ def test_on_cuda_every_precision_has_fp16_activations(monkeypatch) -> None:
     assert p.resolve_precision("int4", Device.CUDA) == "int4-fp16"
     assert p.resolve_precision("int8", Device.CUDA) == "int8-fp16"
     assert p.resolve_precision("int4-fp16", Device.CUDA) == "int4-fp16"
+    # int4-kv8's int8 cache is ORT's CPU attention's: CUDA serves int4-fp16.
+    assert p.resolve_precision("int4-kv8", Device.CUDA) == "int4-fp16"
     assert p.resolve_precision(None, Device.CUDA) == "fp16"
     with pytest.raises(ValueError, match="fp32 does not serve there"):
         p.resolve_precision("fp32", Device.CUDA)
