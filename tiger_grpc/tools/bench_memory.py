@@ -2,10 +2,12 @@
 against llama.cpp's server on the embedded model, at the same context capacity.
 
 Both hold 4 sequences of 4,096 tokens, 16,384 in all (llama.cpp: `-np 4 -c
-16384`; Tiger: `--max-batch 4 --max-context 4096`). Read from `/proc/<pid>/status`:
-the resident size once the model is loaded and has answered one short request,
-then with every sequence's context filled (4 prompts of about 3,800 tokens at
-once, each its own text, so that no prefix is shared), and the peak. Run alone:
+16384`, its default f16 cache; Tiger: `--max-batch 4 --max-context 4096`, with
+the default int4 graph's float32 cache and with int4-kv8's int8 one). Read from
+`/proc/<pid>/status`: the resident size once the model is loaded and has answered
+one short request, then with every sequence's context filled (4 prompts of about
+3,800 tokens at once, each its own text, so that no prefix is shared), and the
+peak. Run alone:
 `python -m tiger_grpc.tools.bench_memory [--llama-server PATH]`.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import sys
 import time
 from collections.abc import Iterator
@@ -30,6 +33,10 @@ from .serve_calls import ask
 from .stack import API_KEY, served_processes
 
 SEQUENCES, CONTEXT = 4, 4096
+# The default graph, and the same weights with an int8 KV cache (a quarter of the
+# float32 cache's bytes: see `models.graph.kvcache`).
+PRECISIONS = ("int4", "int4-kv8")
+LLAMA = "llama.cpp server"
 PROMPT_TOKENS = 3800
 MIB = 2**20
 
@@ -76,9 +83,10 @@ def _measure(name: str, url: str, pids: dict[str, int], prompts: list[str]) -> d
 
 
 @contextlib.contextmanager
-def _tiger(home: Path) -> Iterator[tuple[str, dict[str, int]]]:
+def _tiger(home: Path, precision: str) -> Iterator[tuple[str, dict[str, int]]]:
     sizes = ("--max-batch", str(SEQUENCES), "--max-context", str(CONTEXT))
-    with served_processes(home, server_args=sizes) as (server, gateway):
+    env = {"TIGER_PRECISION": precision, "TIGER_DEVICE": "cpu"}
+    with served_processes(home, server_args=sizes, **env) as (server, gateway):
         pids = {"server": server.popen.pid, "gateway": gateway.popen.pid}
         yield f"http://127.0.0.1:{gateway.port}", pids
 
@@ -97,9 +105,12 @@ def measure(home: Path, llama: Path | None) -> list[dict[str, Any]]:
         system_prompt(tokenizer, 100 + seed, PROMPT_TOKENS) + "\nWhich rule is first?"
         for seed in range(SEQUENCES)
     ]
-    servers: list[tuple[str, Any]] = [("Tiger", lambda: _tiger(home))]
+    servers: list[tuple[str, Any]] = [
+        (f"Tiger ({precision})", functools.partial(_tiger, home, precision))
+        for precision in PRECISIONS
+    ]
     if llama is not None:
-        servers.append(("llama.cpp server", lambda: _llama(llama)))
+        servers.append((LLAMA, lambda: _llama(llama)))
     rows = []
     for name, start in servers:
         print(f"  memory: {name}...", file=sys.stderr)
@@ -109,16 +120,17 @@ def measure(home: Path, llama: Path | None) -> list[dict[str, Any]]:
 
 
 def targets(rows: list[dict[str, Any]]) -> list[tuple[str, float, str, bool]]:
-    """The server's resident size against llama.cpp's: loaded, and at its peak
-    with every context filled (only with llama.cpp measured)."""
-    if len(rows) != 2:
+    """Each Tiger server's resident size against llama.cpp's: loaded, and at its
+    peak with every context filled (only with llama.cpp measured)."""
+    llama = next((r for r in rows if r["server"] == LLAMA), None)
+    if llama is None:
         return []
-    tiger, llama = rows
     found = []
-    for when in ("loaded", "peak"):
-        ratio = tiger[f"server_{when}_mb"] / llama[f"server_{when}_mb"]
-        name = f"server resident memory, {when}: Tiger / llama.cpp"
-        found.append((name, round(ratio, 2), "<= 1.0", ratio <= 1.0))
+    for tiger in (r for r in rows if r is not llama):
+        for when in ("loaded", "peak"):
+            ratio = tiger[f"server_{when}_mb"] / llama[f"server_{when}_mb"]
+            name = f"server resident memory, {when}: {tiger['server']} / llama.cpp"
+            found.append((name, round(ratio, 2), "<= 1.0", ratio <= 1.0))
     return found
 
 

@@ -3,8 +3,11 @@ graph against its fp32 optimum export, on the held-out text
 (`tiger_grpc.models.quality`): top-1 agreement, KL divergence, perplexity ratio,
 and the single-stream decode step. int4 is measured both ways: from the GGUF's
 own blocks (the default) and quantized again by ORT from the dequantized weights
-(what the int4 graph was before). The graphs are built into a scratch directory
-from the store's weights; the store is not touched.
+(what the int4 graph was before); int4-kv8 is the default's weights with an int8
+KV cache, measured also against int4 (its float32 cache) past 4,000 positions of a
+longer text (`long_ids`), where its scales meet positions its calibration did not
+reach (the whole text only: not with `--tokens`). The graphs are built into a
+scratch directory from the store's weights; the store is not touched.
 
 With llama.cpp's binaries (`--llama-server PATH`: `llama-quantize` is next to
 it), K-quant files are made from the embedded GGUF (`KQUANT_FILES`), and their
@@ -32,6 +35,7 @@ from ..engine.optimum import OnnxCausalLM
 from ..models import quality
 from ..models.embedded import DEFAULT_MODEL_ID, ensure_default_model, find_gguf
 from ..models.fromgguf import convert_gguf
+from ..models.graph.kvcache import CALIBRATION
 from ..models.loaded import load_tokenizer
 from ..models.pipeline import build_graph
 from ..models.store import HF_DIR, ModelManifest, ModelStore
@@ -45,6 +49,7 @@ GRAPHS = [
     ("int8 (ORT, from dequantized weights)", "int8", False),
     ("int4 (ORT, from dequantized weights: before)", "int4", False),
     ("int4 (the GGUF's own blocks: default)", "int4", True),
+    ("int4-kv8 (the GGUF's own blocks, int8 KV cache)", "int4-kv8", True),
     (
         "int4-fp16 (the GGUF's own blocks, fp16 activations: int4 on CUDA)",
         "int4-fp16",
@@ -52,6 +57,7 @@ GRAPHS = [
     ),
 ]
 STEPS = 100  # decode steps timed per graph
+LONG_FROM, CHUNK = 4000, 512  # the long comparison: from where, prefilled by
 PREFIX = 32  # tokens prefilled before the timed steps
 # The K-quant files made for `measure_kquant`: (name, type, llama-quantize's
 # options). This model's width (576) is not a multiple of 256, so llama.cpp falls
@@ -76,14 +82,54 @@ def measure(home: Path, tokens: int | None = None) -> list[dict[str, Any]]:
     reference = quality.reference_logits(
         OnnxCausalLM(model_dir / manifest.onnx_path, Device.CPU), ids
     )
-    rows = []
+    rows, built = [], {}
     with tempfile.TemporaryDirectory(prefix="tiger-quality-") as scratch:
         for name, precision, exact in GRAPHS:
             out = Path(scratch) / name.split()[0] / ("gguf" if exact else "ort")
             gguf = find_gguf() if exact else None
             graph = (model_dir / HF_DIR, out, precision, gguf)
             rows.append(_row(name, graph, reference, ids))
+            built[(precision, exact)] = out / "model.onnx"
+        if tokens is None:  # the whole text: the long comparison too
+            exact, small = built[("int4", True)], built[("int4-kv8", True)]
+            rows.append(_long_context(model_dir, exact, small))
     return rows
+
+
+def long_ids(tokenizer: Any) -> list[int]:
+    """The held-out text, the calibration text and the held-out text again (6,769
+    tokens of the embedded model)."""
+    texts = (quality.HELD_OUT, CALIBRATION, quality.HELD_OUT)
+    return [int(i) for i in tokenizer.encode("\n\n".join(t.read_text() for t in texts))]
+
+
+def _long_context(model_dir: Path, exact: Path, small: Path) -> dict[str, Any]:
+    """int4-kv8 against int4 (the same weights, a float32 cache) past `LONG_FROM`
+    positions of `long_ids`, teacher-forced: where an int8 cache's scales meet
+    positions the calibration did not reach. Its decode step there too."""
+    ids = long_ids(load_tokenizer(str(model_dir / HF_DIR)))
+    logits, step_ms = [], 0.0
+    for path in (exact, small):
+        model = FusedCausalLM(path, Device.CPU, 1, len(ids))
+        for start in range(0, LONG_FROM, CHUNK):
+            model.prefill(0, ids[: min(start + CHUNK, LONG_FROM)], start)
+        started, rows = time.perf_counter(), []
+        for i in range(LONG_FROM, len(ids) - 1):
+            rows.append(np.array(model.decode([ids[i]], [i])[0]))
+        step_ms = (time.perf_counter() - started) * 1000 / len(rows)
+        logits.append(np.stack(rows))
+    measured = quality.compare(*logits, ids[LONG_FROM:])
+    return {
+        "graph": f"int4-kv8 against int4's float32 cache, positions "
+        f"{LONG_FROM:,}-{len(ids) - 1:,}",
+        "quantization": "",
+        "tokens": measured.tokens,
+        "top1": measured.top1,
+        "kl": measured.kl,
+        "perplexity": measured.perplexity,
+        "perplexity_ratio": measured.perplexity_ratio,
+        "decode_step_ms": step_ms,
+    }
 
 
 def measure_kquant(
