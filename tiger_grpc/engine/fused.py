@@ -2,13 +2,12 @@
 lives on the session's device.
 
 The cache is one buffer per layer and kind, (slots, kv_heads, capacity, head_dim),
-in the graph's cache type (int8 for the quantized CPU graphs, fp32 for the CPU's
-fp32 graph, fp16 for CUDA), allocated as ORT values on
-the device the session runs on: host memory on CPU, GPU memory on CUDA. Sequence i
-of the running batch lives in slot i, so the first n slots are one contiguous block
-that a step binds (by address, through IO binding) as both the past and the present
-of the `GroupQueryAttention` nodes: the graph appends in place and nothing is copied
-per step. Per step only the new token ids and lengths go to the device, and only the
+in the graph's cache type (fp32 on CPU, int8 for int4-kv8, fp16 for CUDA),
+allocated as ORT values on the device the session runs on: host memory on CPU,
+GPU memory on CUDA. Sequence i of the running batch lives in slot i, so the first
+n slots are one contiguous block that a step binds (by address, through IO
+binding) as both the past and the present of the `GroupQueryAttention` nodes: the
+graph appends in place and nothing is copied per step. Per step only the new token ids and lengths go to the device, and only the
 last position's logits come back (the sampler needs them).
 
 On CUDA (Ampere and later, where ORT's attention is flash attention) the cache is

@@ -24,7 +24,6 @@ instead of 46, and a step reads a quarter of the bytes at long contexts.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,17 +47,15 @@ def with_int8_cache(quantization: str) -> str:
     return f"{quantization}; {INT8_CACHE}"
 
 
-def calibration_sequences(
-    hf_dir: Path, longest: int, load: Callable[[Path], object] | None = None
-) -> list[list[int]]:
+def calibration_sequences(hf_dir: Path, longest: int) -> list[list[int]]:
     """The calibration text's token ids, as one sequence, and as chat
     conversations in the model's template where it has one (each at most
     `longest` tokens)."""
-    if load is None:
-        from ...engine.chat import load_chat_tokenizer as load
-    tokenizer = load(hf_dir)
+    from ...engine.chat import load_chat_tokenizer
+
+    tokenizer = load_chat_tokenizer(hf_dir)
     text = CALIBRATION.read_text()
-    sequences = [list(tokenizer.encode(text))]  # type: ignore[attr-defined]
+    sequences = [list(tokenizer.encode(text))]
     paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
     for start in range(0, len(paragraphs) - 1, 2 * _TURNS):
         turns = paragraphs[start : start + 2 * _TURNS]
@@ -67,7 +64,7 @@ def calibration_sequences(
             for i, p in enumerate(turns)
         ]
         try:
-            ids = tokenizer.apply_chat_template(conversation)  # type: ignore[attr-defined]
+            ids = tokenizer.apply_chat_template(conversation)
         except Exception:  # no template, or one that refuses these turns
             break
         sequences.append([int(i) for i in ids])
