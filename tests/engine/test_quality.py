@@ -55,7 +55,7 @@ def reference(default_model_dir: Path, ids: list[int]) -> np.ndarray:
 def test_the_default_graph_computes_with_the_gguf_blocks(default_model_dir: Path):
     import onnx
 
-    from tiger_grpc.models.graph.accuracy import down_accuracy
+    from tiger_grpc.models.graph.accuracy import down_accuracy, node_accuracy
 
     manifest = ModelManifest.read(default_model_dir)
     assert manifest.quantization["int4"] == SOURCE_BLOCKS
@@ -71,7 +71,11 @@ def test_the_default_graph_computes_with_the_gguf_blocks(default_model_dir: Path
     floats = sorted(name for name, level in levels.items() if level == 1)
     assert floats == [f"layers.{i}.down_proj" for i in (27, 28, 29)]
     assert set(levels.values()) == {1, 4}
-    assert [down_accuracy(i, 16) for i in (13, 14, 15)] == [4, 1, 1]
+    assert [down_accuracy(i, 16, 1536) for i in (13, 14, 15)] == [4, 1, 1]
+    # Not where the float path costs (a 1B shape's 5,632 inputs), nor for 8-bit
+    # blocks, which have no fast float path at all.
+    assert {down_accuracy(i, 16, 5632) for i in range(16)} == {4}
+    assert node_accuracy(8, 1) == 4 and node_accuracy(4, 1) == 1
 
 
 @pytest.mark.parametrize("precision", list(TOLERANCES))

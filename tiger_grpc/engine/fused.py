@@ -7,8 +7,9 @@ allocated as ORT values on the device the session runs on: host memory on CPU,
 GPU memory on CUDA. Sequence i of the running batch lives in slot i, so the first
 n slots are one contiguous block that a step binds (by address, through IO
 binding) as both the past and the present of the `GroupQueryAttention` nodes: the
-graph appends in place and nothing is copied per step. Per step only the new token ids and lengths go to the device, and only the
-last position's logits come back (the sampler needs them).
+graph appends in place and nothing is copied per step. Per step only the new
+token ids and lengths go to the device, and only the last position's logits come
+back (the sampler needs them).
 
 On CUDA (Ampere and later, where ORT's attention is flash attention) the cache is
 allocated whole when the model loads, as long as the memory budget allows (most of

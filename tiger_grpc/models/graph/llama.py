@@ -21,7 +21,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ...runtime.ml import IMPORT_LOCK
-from .accuracy import ACCURACY_LEVEL, down_accuracy
+from .accuracy import ACCURACY_LEVEL, down_accuracy, node_accuracy
 from .gguf import SOURCE_BITS, Blocks, GgufBlocks, join
 from .shape import LlamaShape, rope_tables
 from .tensors import Tensors, checkpoint_tensors
@@ -160,7 +160,7 @@ class _Decoder:
             N=n,
             bits=blocks.bits,
             block_size=blocks.block,
-            accuracy_level=accuracy,
+            accuracy_level=node_accuracy(blocks.bits, accuracy),
         )
         if blocks.offsets is None:
             return out
@@ -235,7 +235,8 @@ class _Decoder:
         (sig,) = self.g.op("Sigmoid", [gate], name=f"layers.{i}.sigmoid")
         (silu,) = self.g.op("Mul", [gate, sig], name=f"layers.{i}.silu")
         (act,) = self.g.op("Mul", [silu, up], name=f"layers.{i}.act")
-        down, accuracy = [f"{p}.down_proj.weight"], down_accuracy(i, self.s.layers)
+        down = [f"{p}.down_proj.weight"]
+        accuracy = down_accuracy(i, self.s.layers, self.s.intermediate)
         return self.linear(act, down, f"layers.{i}.down_proj", accuracy=accuracy)
 
     def layer(self, x: str, i: int, rope: tuple[str, str]) -> str:
