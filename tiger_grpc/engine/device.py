@@ -19,6 +19,13 @@ _ONNX = {
     np.float16: TensorProto.FLOAT16,
     np.int8: TensorProto.INT8,
 }
+# A graph's cache input type (as ORT names it) -> its numpy type; int8 is
+# int4-kv8's (`models.graph.kvcache`).
+CACHE_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int8)": np.int8,
+}
 ALIGN = 256  # bytes between buffers carved out of one allocation
 
 

@@ -41,7 +41,7 @@ import onnxruntime as ort
 
 from ..config import CPU_MAX_BATCH, CUDA_MAX_BATCH, Device, cuda_graphs
 from .cudagraph import GraphDecoder, gpu_work, on_gpu
-from .device import Block, DeviceBuffers
+from .device import CACHE_TYPES, Block, DeviceBuffers
 from .providers import (
     CUDA,
     choose_providers,
@@ -55,11 +55,6 @@ from .providers import (
 log = logging.getLogger(__name__)
 
 INITIAL_CAPACITY = 512
-_NUMPY = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(int8)": np.int8,  # the CPU graphs' cache (see `models.graph.kvcache`)
-}
 
 
 class FusedCausalLM:
@@ -189,7 +184,7 @@ class FusedCausalLM:
             n.replace("past_key_values.", "present.") for n in self._past_names
         ]
         _, self.kv_heads, _, self.head_dim = past[0].shape
-        self.dtype = _NUMPY[past[0].type]
+        self.dtype = CACHE_TYPES[past[0].type]
 
     @staticmethod
     def _initializer_shapes(onnx_path: Path) -> list[tuple[str, list[int]]]:
