@@ -8,6 +8,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ..runtime.process import Process, start_process
 
@@ -15,20 +16,10 @@ API_KEY = "bench-key"
 
 
 @contextlib.contextmanager
-def served(
-    home: Path,
-    workdir: Path | None = None,
-    server_args: tuple[str, ...] = (),
-    log_level: str = "WARNING",
-    **env: str,
-) -> Iterator[tuple[str, int]]:
-    """Tiger's server (with `server_args`) and gateway on free local ports, with
-    the bench's key (and `env` set), their logs in `workdir` (a new temporary
-    directory if None): yields the server's gRPC target and the gateway's port."""
-    with served_processes(home, workdir, server_args, log_level, **env) as (
-        server,
-        gateway,
-    ):
+def served(home: Path, *args: Any, **env: Any) -> Iterator[tuple[str, int]]:
+    """`served_processes` (the same arguments), yielding the server's gRPC target
+    and the gateway's port."""
+    with served_processes(home, *args, **env) as (server, gateway):
         yield f"127.0.0.1:{server.port}", gateway.port
 
 
@@ -40,7 +31,9 @@ def served_processes(
     log_level: str = "WARNING",
     **env: str,
 ) -> Iterator[tuple[Process, Process]]:
-    """As `served`, yielding the server's and the gateway's processes."""
+    """Tiger's server (with `server_args`) and gateway on free local ports, with
+    the bench's key (and `env` set), their logs in `workdir` (a new temporary
+    directory if None): yields their processes."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="tiger-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TIGER_HOME": str(home), "TIGER_API_KEY": API_KEY, **env}
