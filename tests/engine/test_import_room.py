@@ -30,14 +30,25 @@ def test_available_memory_is_what_the_kernel_says(tmp_path: Path) -> None:
 
 
 def test_what_does_not_fit_is_named_with_both_figures(tmp_path: Path) -> None:
-    eight_b = 8_030_261_248
+    def eight_b(dtype: str, disk_free: int) -> None:
+        check_room(
+            8_030_261_248, 4_920_000_000, True, dtype, tmp_path,
+            memory=24 * GIB, disk_free=disk_free,
+        )  # fmt: skip
+
     with pytest.raises(InvalidArgumentError) as memory:
-        check_room(eight_b, 4_920_000_000, True, "fp32", tmp_path, memory=24 * GIB)
+        eight_b("fp32", 100 * GIB)
     said = str(memory.value)
     assert "8.03B-parameter model needs at least 119.7 GiB of memory" in said
     assert "this machine has 24.0 GiB available" in said
-    # Exported in fp16 on a GPU, the host holds far less: this one fits.
-    check_room(eight_b, 4_920_000_000, True, "fp16", tmp_path, memory=24 * GIB)
+    # Exported in fp16 on a GPU, the host holds far less: this one fits in memory,
+    # and on a disk with 100 GiB free, but not on one with 40.
+    eight_b("fp16", 100 * GIB)
+    with pytest.raises(InvalidArgumentError) as short:
+        eight_b("fp16", 40 * GIB)
+    assert "needs at least 49.5 GiB of disk" in str(short.value)
+    assert "40.0 GiB is free there" in str(short.value)
+    # Without a figure given, the store's own file system is asked.
     huge = 10**15  # no disk has room for it; memory is not what stops it here
     with pytest.raises(InvalidArgumentError, match="GiB of disk under") as disk:
         check_room(huge, 0, False, "fp16", tmp_path, memory=10**18)

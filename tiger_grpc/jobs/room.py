@@ -56,10 +56,12 @@ def check_room(
     export_dtype: str,
     store_root: Path,
     memory: int | None = None,
+    disk_free: int | None = None,
 ) -> None:
     """An `InvalidArgumentError` saying what is short when an import of
     `parameters` (exported in `export_dtype`, its source `source_bytes` long) cannot
-    fit in the memory (`memory`, else what the machine has) or under `store_root`."""
+    fit in the memory (`memory`, else what the machine has) or under `store_root`
+    (`disk_free`, else what its file system has free)."""
     gpu = export_dtype == "fp16"
     need = parameters * (GPU_EXPORT_BYTES if gpu else CPU_EXPORT_BYTES)
     have = available_memory() if memory is None else memory
@@ -74,7 +76,7 @@ def check_room(
         )
     export = FLOAT16 if gpu else FLOAT32
     disk = source_bytes + parameters * ((FLOAT32 if from_gguf else 0) + export)
-    free = shutil.disk_usage(store_root).free
+    free = shutil.disk_usage(store_root).free if disk_free is None else disk_free
     if disk > free:
         raise InvalidArgumentError(
             f"importing this {size} needs at least {disk / GIB:.1f} GiB of disk "
