@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -13,8 +14,11 @@ from ..engine.scheduler import BatchScheduler
 from ..engine.sequence import Scheduler
 from ..engine.serial import SerialScheduler
 from ..engine.tokens import TokenTexts, texts_of
+from .graph.accuracy import mend_accuracy
 from .precision import OPTIMUM_PRECISION, served_precision
 from .store import ModelManifest
+
+log = logging.getLogger(__name__)
 
 
 class Serving(NamedTuple):
@@ -57,6 +61,7 @@ class LoadedModel:
         self.quantization = serving.quantization
         self.scheduler: Scheduler
         if serving.fused:
+            _mend(directory / serving.graph)
             runner = FusedCausalLM(
                 directory / serving.graph,
                 options.device,
@@ -88,6 +93,18 @@ class LoadedModel:
 
     def close(self) -> None:
         self.scheduler.close()
+
+
+def _mend(graph: Path) -> None:
+    """A graph an earlier version built, brought to the current accuracy rules
+    (`mend_accuracy`); where the store cannot be written, served as it is."""
+    try:
+        changed = mend_accuracy(graph)
+    except OSError as exc:
+        log.warning("%s is served as it was built (%s)", graph, exc)
+        return
+    if changed:
+        log.info("%s: %d projections given the current accuracy levels", graph, changed)
 
 
 def load_tokenizer(path: str) -> Any:
