@@ -85,8 +85,9 @@ def _measure(name: str, url: str, pids: dict[str, int], prompts: list[str]) -> d
 @contextlib.contextmanager
 def _tiger(home: Path, precision: str) -> Iterator[tuple[str, dict[str, int]]]:
     sizes = ("--max-batch", str(SEQUENCES), "--max-context", str(CONTEXT))
-    env = {"TIGER_PRECISION": precision, "TIGER_DEVICE": "cpu"}
-    with served_processes(home, server_args=sizes, **env) as (server, gateway):
+    with served_processes(
+        home, server_args=sizes, TIGER_PRECISION=precision, TIGER_DEVICE="cpu"
+    ) as (server, gateway):
         pids = {"server": server.popen.pid, "gateway": gateway.popen.pid}
         yield f"http://127.0.0.1:{gateway.port}", pids
 

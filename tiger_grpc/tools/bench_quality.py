@@ -91,8 +91,9 @@ def measure(home: Path, tokens: int | None = None) -> list[dict[str, Any]]:
             rows.append(_row(name, graph, reference, ids))
             built[(precision, exact)] = out / "model.onnx"
         if tokens is None:  # the whole text: the long comparison too
-            exact, small = built[("int4", True)], built[("int4-kv8", True)]
-            rows.append(_long_context(model_dir, exact, small))
+            float_cache = built[("int4", True)]
+            int8_cache = built[("int4-kv8", True)]
+            rows.append(_long_context(model_dir, float_cache, int8_cache))
     return rows
 
 
@@ -118,7 +119,8 @@ def _long_context(model_dir: Path, exact: Path, small: Path) -> dict[str, Any]:
             rows.append(np.array(model.decode([ids[i]], [i])[0]))
         step_ms = (time.perf_counter() - started) * 1000 / len(rows)
         logits.append(np.stack(rows))
-    measured = quality.compare(*logits, ids[LONG_FROM:])
+    reference, measured_logits = logits
+    measured = quality.compare(reference, measured_logits, ids[LONG_FROM:])
     return {
         "graph": f"int4-kv8 against int4's float32 cache, positions "
         f"{LONG_FROM:,}-{len(ids) - 1:,}",
