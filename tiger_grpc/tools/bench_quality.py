@@ -104,13 +104,15 @@ def long_ids(tokenizer: Any) -> list[int]:
     return [int(i) for i in tokenizer.encode("\n\n".join(t.read_text() for t in texts))]
 
 
-def _long_context(model_dir: Path, exact: Path, small: Path) -> dict[str, Any]:
+def _long_context(
+    model_dir: Path, float_cache: Path, int8_cache: Path
+) -> dict[str, Any]:
     """int4-kv8 against int4 (the same weights, a float32 cache) past `LONG_FROM`
     positions of `long_ids`, teacher-forced: where an int8 cache's scales meet
     positions the calibration did not reach. Its decode step there too."""
     ids = long_ids(load_tokenizer(str(model_dir / HF_DIR)))
     logits, step_ms = [], 0.0
-    for path in (exact, small):
+    for path in (float_cache, int8_cache):
         model = FusedCausalLM(path, Device.CPU, 1, len(ids))
         for start in range(0, LONG_FROM, CHUNK):
             model.prefill(0, ids[: min(start + CHUNK, LONG_FROM)], start)
@@ -121,17 +123,9 @@ def _long_context(model_dir: Path, exact: Path, small: Path) -> dict[str, Any]:
         logits.append(np.stack(rows))
     reference, measured_logits = logits
     measured = quality.compare(reference, measured_logits, ids[LONG_FROM:])
-    return {
-        "graph": f"int4-kv8 against int4's float32 cache, positions "
-        f"{LONG_FROM:,}-{len(ids) - 1:,}",
-        "quantization": "",
-        "tokens": measured.tokens,
-        "top1": measured.top1,
-        "kl": measured.kl,
-        "perplexity": measured.perplexity,
-        "perplexity_ratio": measured.perplexity_ratio,
-        "decode_step_ms": step_ms,
-    }
+    positions = f"{LONG_FROM:,}-{len(ids) - 1:,}"
+    name = f"int4-kv8 against int4's float32 cache, positions {positions}"
+    return _table_row(name, "", measured, step_ms)
 
 
 def measure_kquant(
@@ -180,6 +174,13 @@ def _row(
     `ids` against the `reference` logits."""
     how, model = _built(graph, ids)
     measured = quality.compare(reference, quality.fused_logits(model, ids), ids)
+    return _table_row(name, how, measured, _step_ms(model, ids))
+
+
+def _table_row(
+    name: str, how: str, measured: quality.Quality, step_ms: float
+) -> dict[str, Any]:
+    """A row of the quality table: graph `name`, quantized `how`."""
     return {
         "graph": name,
         "quantization": how,
@@ -188,7 +189,7 @@ def _row(
         "kl": measured.kl,
         "perplexity": measured.perplexity,
         "perplexity_ratio": measured.perplexity_ratio,
-        "decode_step_ms": _step_ms(model, ids),
+        "decode_step_ms": step_ms,
     }
 
 
