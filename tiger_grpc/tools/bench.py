@@ -1,29 +1,32 @@
 """`make bench`: Tiger against the usual ways to run the same model, side by side.
 
 One run, same prompts, same machine: Tiger over HTTP streaming, over gRPC, its
-engine in-process, optimum's `ORTModelForCausalLM.generate` on the fp32 export, and
-transformers' `generate` in PyTorch. Greedy decoding. For each: decode tokens/s per
-stream, time to first token (p50/p95) and aggregate tokens/s at 1, 4, 8 and 16
-concurrent streams (the baselines generate one request at a time). Then the chat
-scenario (`bench_chat`): a multi-turn conversation's time to first token per turn
-with the prefix cache, without it, and on llama.cpp's server (`--llama-server
-PATH`). Then structured output (`bench_structured`): a JSON schema's cost in
-decode speed and time to first token, and the validity of answers over generated
-schemas. Then key checks (`bench_keys`): a burst's requests per second with a key
-file of 1,000 keys against one key. Then memory (`bench_memory`): the server's
-resident size with the model loaded and with 16,384 tokens of context filled,
-against llama.cpp's server at the same capacity. Then quality (`bench_quality`): every
-precision's top-1 agreement, KL divergence and perplexity against the fp32 export
-on a held-out text. Then (not with `--quick`) the 1B scale (`bench_scale`): a
-random 1.07B Llama's decode speed, against llama.cpp's Q4_0 of the same weights
-with `--llama-server`. Writes bench.json, bench.md and bench.png, and prints the
-tables and the target ratios.
+engine in-process, optimum's `ORTModelForCausalLM.generate` on the fp32 export,
+transformers' `generate` in PyTorch and, with `--llama-server PATH`, llama.cpp's
+server on the same GGUF over the same OpenAI route, its requests taking turns with
+Tiger's in the same rounds. Greedy decoding. For each: decode tokens/s per stream,
+time to first token (p50/p95) and aggregate tokens/s at 1, 4, 8 and 16 concurrent
+streams (the baselines generate one request at a time). Then the chat scenario
+(`bench_chat`): a multi-turn conversation's time to first token per turn with the
+prefix cache, without it, and on llama.cpp's server (`--llama-server PATH`). Then
+structured output (`bench_structured`): a JSON schema's cost in decode speed and
+time to first token, and the validity of answers over generated schemas. Then key
+checks (`bench_keys`): a burst's requests per second with a key file of 1,000 keys
+against one key. Then memory (`bench_memory`): the server's resident size with the
+model loaded and with 16,384 tokens of context filled, against llama.cpp's server at
+the same capacity. Then quality (`bench_quality`): every precision's top-1
+agreement, KL divergence and perplexity against the fp32 export on a held-out text.
+Then (not with `--quick`) the 1B scale (`bench_scale`): a random 1.07B Llama's
+decode speed, against llama.cpp's Q4_0 of the same weights with `--llama-server`.
+Writes bench.json, bench.md and bench.png, and prints the tables and the target
+ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -43,14 +46,14 @@ from ..models.precision import precision_from_env
 from ..models.store import ModelStore
 from ..pb.tiger.v1 import tiger_pb2 as pb
 from ..pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
-from .bench_chat import scenario
+from .bench_chat import llama_process, scenario
 from .bench_keys import markdown as keys_markdown
 from .bench_keys import measure as measure_keys
 from .bench_keys import targets as keys_targets
 from .bench_memory import markdown as memory_markdown
 from .bench_memory import measure as measure_memory
 from .bench_memory import targets as memory_targets
-from .bench_peers import hf_baselines, llama_levels
+from .bench_peers import hf_baselines
 from .bench_quality import markdown as quality_markdown
 from .bench_quality import measure as measure_quality
 from .bench_quality import measure_kquant
@@ -74,6 +77,8 @@ from .stack import API_KEY, served
 
 LEVELS = [1, 4, 8, 16]
 SOLO_ROUNDS = 4  # rounds of a single stream, per round of the other levels
+LLAMA = "llama.cpp server SSE"
+LLAMA_CONTEXT = 1024  # per slot: the bench's questions and answers fit in it
 
 
 async def _http_stream(
@@ -127,21 +132,44 @@ async def _engine_stream(registry, prompt: str, max_tokens: int):
 async def _over_the_network(
     args: argparse.Namespace, home: Path, rounds: int
 ) -> list[Level]:
-    """Tiger over HTTP and over gRPC: the real server and gateway."""
-    with served(home, TIGER_PRECISION=args.precision) as (target, http_port):
-        return await _network_levels(args, target, http_port, rounds)
+    """Tiger over HTTP and over gRPC: the real server and gateway; with
+    `--llama-server`, llama.cpp's server on the same GGUF, up at the same time and
+    taking its turn in the same rounds."""
+    with contextlib.ExitStack() as up:
+        target, http_port = up.enter_context(
+            served(home, TIGER_PRECISION=args.precision)
+        )
+        llama = None
+        if args.llama_server:
+            slots = max(LEVELS)
+            llama, _ = up.enter_context(
+                llama_process(
+                    args.llama_server, slots=slots, context=slots * LLAMA_CONTEXT
+                )
+            )
+        return await _network_levels(args, target, http_port, rounds, llama)
 
 
 async def _network_levels(
-    args: argparse.Namespace, target: str, http_port: int, rounds: int
+    args: argparse.Namespace,
+    target: str,
+    http_port: int,
+    rounds: int,
+    llama: str | None = None,
 ) -> list[Level]:
     results: list[Level] = []
     base = f"http://127.0.0.1:{http_port}/v1"
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    forever = aiohttp.ClientTimeout(total=None)
     async with (
+        aiohttp.ClientSession(headers=headers, timeout=forever) as session,
+        # A connection per request: llama.cpp's server closes a kept-alive
+        # connection after a streamed answer.
         aiohttp.ClientSession(
-            headers={"Authorization": f"Bearer {API_KEY}"},
-            timeout=aiohttp.ClientTimeout(total=None),
-        ) as session,
+            headers=headers,
+            timeout=forever,
+            connector=aiohttp.TCPConnector(force_close=True),
+        ) as closing,
         grpc.aio.insecure_channel(target) as channel,
     ):
         stub = pb_grpc.TigerStub(channel)
@@ -151,17 +179,19 @@ async def _network_levels(
             "Tiger OpenAI SSE": lambda p, n: sse_stream(session, sse, p, n),
             "Tiger gRPC": lambda p, n: _grpc_stream(stub, p, n),
         }
+        if llama is not None:
+            peer = f"{llama}/v1/chat/completions"
+            backends[LLAMA] = lambda p, n: sse_stream(closing, peer, p, n)
         for name, make in backends.items():
             await run_level(f"warm-up {name}", 1, lambda p, m=make: m(p, 4), 1)
         names, tokens = list(backends), args.max_tokens
         for c in LEVELS:
-            print(
-                f"  Tiger over the network, {c} concurrent streams...", file=sys.stderr
-            )
+            print(f"  over the network, {c} concurrent streams...", file=sys.stderr)
             levels = {name: Level(name, c) for name in backends}
-            # Round-robin, the order turning each round, so that the routes are
-            # compared under the same conditions; one stream gets more rounds, as
-            # its time to first token is the noisiest figure.
+            # Round-robin, the order turning each round, so that the routes (and
+            # llama.cpp's server) are compared under the same conditions: this
+            # machine's speed drifts by tens of percent within minutes. One stream
+            # gets more rounds, as its time to first token is the noisiest figure.
             for r in range(rounds * SOLO_ROUNDS if c == 1 else rounds):
                 turn = r % len(names)
                 for name in names[turn:] + names[:turn]:
@@ -209,9 +239,6 @@ async def run(args: argparse.Namespace) -> list[dict[str, float]]:
     results += await asyncio.to_thread(
         hf_baselines, store.path(DEFAULT_MODEL_ID), prompts, args.max_tokens
     )
-    if args.llama_server:
-        both = (rounds * SOLO_ROUNDS, rounds)  # as many rounds as Tiger's
-        results += await llama_levels(args.llama_server, LEVELS, both, args.max_tokens)
     return [level.summary() for level in results]
 
 

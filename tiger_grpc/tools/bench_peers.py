@@ -1,21 +1,16 @@
 """The peers `make bench` runs beside Tiger: optimum's
 `ORTModelForCausalLM.generate` on the fp32 export and transformers' `generate`,
-one request at a time, and llama.cpp's server on the same GGUF (`--llama-server`),
-at the same levels of concurrency as Tiger, over the same OpenAI route."""
+one request at a time. (llama.cpp's server takes its turn in Tiger's own rounds:
+see `bench._network_levels`.)"""
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import aiohttp
-
 from ..models.store import ModelManifest
-from .bench_chat import llama_process
-from .bench_stats import Level, Stream, messages, run_level, sse_stream
-from .stack import API_KEY
+from .bench_stats import Level, Stream, messages
 
 
 def _baseline(
@@ -89,43 +84,3 @@ def hf_baselines(model_dir: Path, prompts: list[str], max_tokens: int) -> list[L
         )
     )
     return levels
-
-
-LLAMA_CONTEXT = 1024  # per slot: the bench's questions and answers fit in it
-
-
-async def llama_levels(
-    binary: Path, levels: list[int], rounds: tuple[int, int], max_tokens: int
-) -> list[Level]:
-    """llama.cpp's server (2 threads, a slot per stream of the largest level),
-    streamed through OpenAI's chat completions as Tiger's SSE rows are, with as
-    many `rounds` (of a single stream, of the other levels) as Tiger's."""
-    slots = max(levels)
-    with llama_process(binary, slots=slots, context=slots * LLAMA_CONTEXT) as (
-        url,
-        _,
-    ):
-        headers = {"Authorization": f"Bearer {API_KEY}"}
-        # A connection per request: llama.cpp's closes a kept-alive connection
-        # after a streamed answer.
-        async with aiohttp.ClientSession(
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=None),
-            connector=aiohttp.TCPConnector(force_close=True),
-        ) as session:
-            sse = f"{url}/v1/chat/completions"
-            await run_level("warm-up", 1, lambda p: sse_stream(session, sse, p, 4), 1)
-            found = []
-            for c in levels:
-                print(
-                    f"  llama.cpp's server, {c} concurrent streams...", file=sys.stderr
-                )
-                found.append(
-                    await run_level(
-                        "llama.cpp server SSE",
-                        c,
-                        lambda p: sse_stream(session, sse, p, max_tokens),
-                        rounds[0] if c == 1 else rounds[1],
-                    )
-                )
-    return found

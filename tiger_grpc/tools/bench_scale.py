@@ -15,7 +15,8 @@ to Q4_0 and to Q4_K_M (the common download: Q4_K, with Q6_K for the embedding or
 head and for some layers' V and down projections). Tiger then also builds its
 graphs from those files' blocks, the same weights as llama.cpp's. `llama-server`
 (2 threads, 8 slots) decodes one stream (its own `predicted_per_second`) and eight
-concurrent ones (their tokens over the wall clock).
+concurrent ones (their tokens over the wall clock). Tiger's engine and llama.cpp's
+server are up together and take turns, run by run.
 
 `python -m tiger_grpc.tools.bench_scale [--llama-server PATH]` runs it alone.
 """
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -115,18 +117,43 @@ def checkpoint(home: Path) -> Path:
     return hf
 
 
+class _TigerRuns:
+    """Tiger's engine on a graph, its rows prefilled once: `run(rows)` decodes
+    `STEPS` tokens for `rows` sequences and gives tokens/s."""
+
+    def __init__(self, graph: Path) -> None:
+        self.model = FusedCausalLM(graph, Device.CPU, STREAMS, 1024)
+        for row in range(STREAMS):
+            self.model.prefill(row, PROMPT)
+
+    def run(self, rows: int) -> float:
+        started = time.perf_counter()
+        for i in range(STEPS):
+            self.model.decode(
+                [PROMPT[i % len(PROMPT)]] * rows, [len(PROMPT) + i] * rows
+            )
+        return rows * STEPS / (time.perf_counter() - started)
+
+
 def tiger_speed(graph: Path) -> dict[str, list[float]]:
     """Tokens/s of one sequence and of `STREAMS` at once, `RUNS` runs each."""
-    model = FusedCausalLM(graph, Device.CPU, STREAMS, 1024)
-    for row in range(STREAMS):
-        model.prefill(row, PROMPT)
-    speeds: dict[str, list[float]] = {"one": [], "eight": []}
+    return _interleaved([_TigerRuns(graph).run])[0]
+
+
+def _interleaved(
+    engines: Sequence[Callable[[int], float]],
+) -> list[dict[str, list[float]]]:
+    """`RUNS` runs of one sequence, then of `STREAMS`, by each of `engines` (a
+    run's tokens/s for so many rows) in turn, the order turning each run: this
+    machine's speed drifts by tens of percent within minutes, so the engines
+    compared share its good and its bad moments."""
+    speeds: list[dict[str, list[float]]] = [{"one": [], "eight": []} for _ in engines]
+    order = list(range(len(engines)))
     for key, rows in (("one", 1), ("eight", STREAMS)):
-        for _ in range(RUNS):
-            started = time.perf_counter()
-            for i in range(STEPS):
-                model.decode([PROMPT[i % len(PROMPT)]] * rows, [len(PROMPT) + i] * rows)
-            speeds[key].append(rows * STEPS / (time.perf_counter() - started))
+        for r in range(RUNS):
+            turn = r % len(order)
+            for i in order[turn:] + order[:turn]:
+                speeds[i][key].append(engines[i](rows))
     return speeds
 
 
@@ -154,38 +181,37 @@ def llama_ggufs(binary: Path, hf: Path) -> dict[str, Path]:
     return files
 
 
-def llama_speed(binary: Path, gguf: Path) -> dict[str, list[float]]:
-    speeds: dict[str, list[float]] = {"one": [], "eight": []}
-    with llama_server(binary, gguf, slots=STREAMS, context=8192) as url:
+class _LlamaRuns:
+    """llama.cpp's server at `url`: `run(rows)` completes `STEPS` tokens for each
+    of `rows` requests at once; one request's speed is the server's own
+    `predicted_per_second`, several requests' their tokens over the wall clock."""
 
-        def complete(shift: int) -> dict[str, Any]:
-            body = {
-                "prompt": [PROMPT[0] + shift, *PROMPT[1:]],
-                "n_predict": STEPS,
-                "temperature": 0,
-                "ignore_eos": True,
-                "cache_prompt": False,
-            }
-            request = urllib.request.Request(
-                f"{url}/completion",
-                json.dumps(body).encode(),
-                {
-                    "Content-Type": "application/json",
-                    "Authorization": f"Bearer {API_KEY}",
-                },
-            )
-            with urllib.request.urlopen(request, timeout=300) as reply:
-                return dict(json.load(reply)["timings"])
+    def __init__(self, url: str) -> None:
+        self.url = url
 
-        for _ in range(RUNS):
-            speeds["one"].append(float(complete(0)["predicted_per_second"]))
-        with ThreadPoolExecutor(STREAMS) as pool:
-            for _ in range(RUNS):
-                started = time.perf_counter()
-                done = list(pool.map(complete, range(STREAMS)))
-                tokens = sum(t["predicted_n"] for t in done)
-                speeds["eight"].append(tokens / (time.perf_counter() - started))
-    return speeds
+    def _complete(self, shift: int) -> dict[str, Any]:
+        body = {
+            "prompt": [PROMPT[0] + shift, *PROMPT[1:]],
+            "n_predict": STEPS,
+            "temperature": 0,
+            "ignore_eos": True,
+            "cache_prompt": False,
+        }
+        request = urllib.request.Request(
+            f"{self.url}/completion",
+            json.dumps(body).encode(),
+            {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"},
+        )
+        with urllib.request.urlopen(request, timeout=300) as reply:
+            return dict(json.load(reply)["timings"])
+
+    def run(self, rows: int) -> float:
+        if rows == 1:
+            return float(self._complete(0)["predicted_per_second"])
+        started = time.perf_counter()
+        with ThreadPoolExecutor(rows) as pool:
+            done = list(pool.map(self._complete, range(rows)))
+        return sum(t["predicted_n"] for t in done) / (time.perf_counter() - started)
 
 
 def measure(home: Path, llama: Path | None = None) -> list[dict[str, Any]]:
@@ -208,8 +234,12 @@ def measure(home: Path, llama: Path | None = None) -> list[dict[str, Any]]:
         for kind, gguf in ggufs.items():
             graph = out / f"int4-{kind.lower()}" / "model.onnx"
             build_graph(hf, graph.parent, "int4", gguf=gguf)
-            rows.append({"engine": tiger_row(kind), **tiger_speed(graph)})
-            rows.append({"engine": llama_row(kind), **llama_speed(llama, gguf)})
+            # Both up at once, taking turns (an idle one takes no CPU).
+            with llama_server(llama, gguf, slots=STREAMS, context=8192) as url:
+                engines = [_TigerRuns(graph).run, _LlamaRuns(url).run]
+                tiger, peer = _interleaved(engines)
+            rows.append({"engine": tiger_row(kind), **tiger})
+            rows.append({"engine": llama_row(kind), **peer})
     return rows
 
 
