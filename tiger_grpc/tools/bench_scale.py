@@ -208,10 +208,11 @@ class _LlamaRuns:
     def run(self, rows: int) -> float:
         if rows == 1:
             return float(self._complete(0)["predicted_per_second"])
-        started = time.perf_counter()
         with ThreadPoolExecutor(rows) as pool:
+            started = time.perf_counter()
             done = list(pool.map(self._complete, range(rows)))
-        return sum(t["predicted_n"] for t in done) / (time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+        return sum(t["predicted_n"] for t in done) / elapsed
 
 
 def measure(home: Path, llama: Path | None = None) -> list[dict[str, Any]]:
@@ -234,13 +235,20 @@ def measure(home: Path, llama: Path | None = None) -> list[dict[str, Any]]:
         for kind, gguf in ggufs.items():
             graph = out / f"int4-{kind.lower()}" / "model.onnx"
             build_graph(hf, graph.parent, "int4", gguf=gguf)
-            # Both up at once, taking turns (an idle one takes no CPU).
-            with llama_server(llama, gguf, slots=STREAMS, context=8192) as url:
-                engines = [_TigerRuns(graph).run, _LlamaRuns(url).run]
-                tiger, peer = _interleaved(engines)
+            tiger, peer = _side_by_side(graph, llama, gguf)
             rows.append({"engine": tiger_row(kind), **tiger})
             rows.append({"engine": llama_row(kind), **peer})
     return rows
+
+
+def _side_by_side(
+    graph: Path, llama: Path, gguf: Path
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Tiger's engine on `graph` and llama.cpp's server on `gguf`, up at once (an
+    idle one takes no CPU) and taking turns; both are gone when it returns."""
+    with llama_server(llama, gguf, slots=STREAMS, context=8192) as url:
+        tiger, peer = _interleaved([_TigerRuns(graph).run, _LlamaRuns(url).run])
+    return tiger, peer
 
 
 def _spread(values: list[float]) -> str:
