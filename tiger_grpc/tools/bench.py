@@ -46,7 +46,7 @@ from ..models.precision import precision_from_env
 from ..models.store import ModelStore
 from ..pb.tiger.v1 import tiger_pb2 as pb
 from ..pb.tiger.v1 import tiger_pb2_grpc as pb_grpc
-from .bench_chat import llama_process, scenario
+from .bench_chat import llama_server, scenario
 from .bench_keys import markdown as keys_markdown
 from .bench_keys import measure as measure_keys
 from .bench_keys import targets as keys_targets
@@ -142,8 +142,8 @@ async def _over_the_network(
         llama = None
         if args.llama_server:
             slots = max(LEVELS)
-            llama, _ = up.enter_context(
-                llama_process(
+            llama = up.enter_context(
+                llama_server(
                     args.llama_server, slots=slots, context=slots * LLAMA_CONTEXT
                 )
             )
